@@ -1,0 +1,336 @@
+//! Policy bundles: signing and verifying a policy YAML together with every file it references.
+//!
+//! Verification reads each covered file once into memory, checks digests and signatures, and
+//! only then parses the YAML, leniently, for the few fields trust depends on (`name`,
+//! `version`, `expires`, `rules`). The result, a [`PolicyBundle`], carries the verified bytes so
+//! the strict policy parser downstream reads exactly what was checked. The full policy format
+//! belongs to the `capgate` crate, not here.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde_saphyr::Spanned;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use crate::digest::Sha256;
+use crate::envelope::{BundleFile, PayloadKind, SignatureFile, sig_path};
+use crate::error::Error;
+use crate::key::SecretKey;
+use crate::state::StateStore;
+use crate::trust::{Role, TrustRoot};
+
+/// The largest rules file capgate will read.
+const MAX_RULES_BYTES: u64 = 4 * 1024 * 1024;
+
+#[derive(serde::Deserialize)]
+struct RawHeader {
+    capgate: Option<Spanned<u64>>,
+    name: Option<Spanned<String>>,
+    version: Option<Spanned<u64>>,
+    expires: Option<Spanned<String>>,
+    #[serde(default)]
+    rules: Vec<Spanned<String>>,
+}
+
+/// The fields of a policy that trust decisions depend on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyHeader {
+    /// The policy's identity, `[a-z0-9-]+`.
+    pub name: String,
+    /// Its revision, at least 1.
+    pub version: u64,
+    /// When it stops being valid.
+    pub expires: Option<OffsetDateTime>,
+    /// The rules files it references, as written.
+    pub rules: Vec<String>,
+}
+
+impl PolicyHeader {
+    /// Reads the header fields from policy YAML, ignoring every other key.
+    pub fn parse(path: &Path, yaml: &[u8]) -> Result<Self, Error> {
+        let raw: RawHeader = crate::yaml::from_slice(path, yaml)?;
+        let err = |at: Option<&serde_saphyr::Location>, message: String, hint: Option<&str>| {
+            Error::Syntax {
+                path: path.to_owned(),
+                line: at.map_or(0, |l| l.line()),
+                column: at.map_or(0, |l| l.column()),
+                message,
+                hint: hint.map(str::to_owned),
+            }
+        };
+        match &raw.capgate {
+            Some(v) if v.value == 1 => {}
+            Some(v) => {
+                return Err(err(
+                    Some(&v.referenced),
+                    format!("unsupported policy format `capgate: {}`, expected `capgate: 1`", v.value),
+                    None,
+                ));
+            }
+            None => {
+                return Err(err(
+                    None,
+                    "missing `capgate: 1` (the policy format version)".into(),
+                    Some("add `capgate: 1` as the first line"),
+                ));
+            }
+        }
+        let name = raw
+            .name
+            .ok_or_else(|| err(None, "missing `name`".into(), Some("add `name: my-app`")))?;
+        if name.value.is_empty()
+            || !name
+                .value
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        {
+            return Err(err(
+                Some(&name.referenced),
+                format!("policy name `{}` is not valid: expected `[a-z0-9-]+`", crate::error::clip(&name.value)),
+                None,
+            ));
+        }
+        let version = raw.version.ok_or_else(|| {
+            err(None, "missing `version`".into(), Some("add `version: 1` and raise it with every change"))
+        })?;
+        if version.value == 0 {
+            return Err(err(Some(&version.referenced), "`version` must be at least 1".into(), None));
+        }
+        let expires = match raw.expires {
+            None => None,
+            Some(e) => Some(OffsetDateTime::parse(&e.value, &Rfc3339).map_err(|_| {
+                err(
+                    Some(&e.referenced),
+                    format!("`expires: {}` is not an RFC 3339 instant", crate::error::clip(&e.value)),
+                    Some("write e.g. `expires: 2027-06-01T00:00:00Z`"),
+                )
+            })?),
+        };
+        let mut rules = Vec::new();
+        for r in raw.rules {
+            if r.value.is_empty() || Path::new(&r.value).is_absolute() {
+                return Err(err(
+                    Some(&r.referenced),
+                    format!("rules path `{}` must be relative to the policy file", crate::error::clip(&r.value)),
+                    None,
+                ));
+            }
+            rules.push(r.value);
+        }
+        Ok(Self {
+            name: name.value,
+            version: version.value,
+            expires,
+            rules,
+        })
+    }
+}
+
+/// How a [`PolicyBundle`] came to be trusted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Provenance {
+    /// Signed by these keys of the trust root's `policy` role.
+    Signed {
+        /// Names of the keys whose signatures counted.
+        signers: Vec<String>,
+    },
+    /// Admitted without a signature by [`crate::danger::unverified_policy`].
+    UnsignedForDevelopment,
+}
+
+/// A policy YAML and the files it references, as verified. Built only by
+/// [`PolicyVerifier::verify`] or [`crate::danger::unverified_policy`].
+#[derive(Debug, Clone)]
+pub struct PolicyBundle {
+    path: PathBuf,
+    yaml: Vec<u8>,
+    files: BTreeMap<String, Vec<u8>>,
+    header: PolicyHeader,
+    sha256: Sha256,
+    provenance: Provenance,
+}
+
+impl PolicyBundle {
+    /// The policy file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The directory that relative paths in the policy are resolved against.
+    pub fn dir(&self) -> &Path {
+        self.path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."))
+    }
+
+    /// The policy YAML bytes that were verified.
+    pub fn yaml(&self) -> &[u8] {
+        &self.yaml
+    }
+
+    /// The bytes of a referenced file, by the path the policy names it with.
+    pub fn file(&self, name: &str) -> Option<&[u8]> {
+        self.files.get(name).map(Vec::as_slice)
+    }
+
+    /// The trust-relevant header fields.
+    pub fn header(&self) -> &PolicyHeader {
+        &self.header
+    }
+
+    /// SHA-256 of the policy YAML.
+    pub fn sha256(&self) -> Sha256 {
+        self.sha256
+    }
+
+    /// Who vouched for it.
+    pub fn provenance(&self) -> &Provenance {
+        &self.provenance
+    }
+}
+
+/// Reads the policy and its referenced files, returning their bytes and bundle entries.
+fn read_bundle(path: &Path) -> Result<(Vec<u8>, PolicyHeader, BTreeMap<String, Vec<u8>>, Vec<BundleFile>), Error> {
+    let yaml = crate::error::read_bounded(path, crate::yaml::MAX_YAML_BYTES)?;
+    let header = PolicyHeader::parse(path, &yaml)?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut bytes = BTreeMap::new();
+    let mut entries = Vec::new();
+    for r in &header.rules {
+        let b = crate::error::read_bounded(&dir.join(r), MAX_RULES_BYTES)?;
+        entries.push(BundleFile {
+            path: r.clone(),
+            sha256: Sha256::of(&b),
+            size: b.len() as u64,
+        });
+        bytes.insert(r.clone(), b);
+    }
+    Ok((yaml, header, bytes, entries))
+}
+
+/// Signs the policy at `path` and every file it references with `key`, creating or extending
+/// `path.sig`.
+pub fn sign_policy(path: &Path, key: &SecretKey) -> Result<SignatureFile, Error> {
+    let (yaml, _, _, entries) = read_bundle(path)?;
+    let sig = sig_path(path);
+    let mut sf = crate::artifact::existing_or_new(
+        path,
+        &sig,
+        PayloadKind::Policy,
+        Sha256::of(&yaml),
+        yaml.len() as u64,
+        entries,
+    )?;
+    sf.sign(PayloadKind::Policy, key);
+    sf.save(&sig)?;
+    Ok(sf)
+}
+
+/// Verifies policy bundles against a trust root, the clock and the rollback state.
+#[derive(Debug)]
+pub struct PolicyVerifier<'a> {
+    trust: &'a TrustRoot,
+    state: &'a StateStore,
+    now: OffsetDateTime,
+}
+
+impl<'a> PolicyVerifier<'a> {
+    /// A verifier using the current time.
+    pub fn new(trust: &'a TrustRoot, state: &'a StateStore) -> Self {
+        Self {
+            trust,
+            state,
+            now: OffsetDateTime::now_utc(),
+        }
+    }
+
+    /// Judges expiry as of `now` instead of the current time.
+    pub fn at(mut self, now: OffsetDateTime) -> Self {
+        self.now = now;
+        self
+    }
+
+    /// Verifies the policy at `path` (signature file `path.sig`): content digests, signatures
+    /// by the `policy` role, coverage of every referenced file, expiry, then rollback. On
+    /// success the version is recorded as accepted.
+    pub fn verify(&self, path: &Path) -> Result<PolicyBundle, Error> {
+        let sig = crate::artifact::load_sig(path, PayloadKind::Policy)?;
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let yaml = crate::error::read_bounded(path, crate::yaml::MAX_YAML_BYTES)?;
+        let sha256 = Sha256::of(&yaml);
+        if sig.sha256 != sha256 || sig.size != yaml.len() as u64 {
+            return Err(Error::ContentMismatch {
+                path: path.to_owned(),
+                expected: sig.sha256,
+                expected_size: sig.size,
+                found: sha256,
+                found_size: yaml.len() as u64,
+            });
+        }
+        let mut files = BTreeMap::new();
+        for f in &sig.files {
+            let file_path = dir.join(&f.path);
+            let b = crate::error::read_bounded(&file_path, MAX_RULES_BYTES)?;
+            let d = Sha256::of(&b);
+            if d != f.sha256 || b.len() as u64 != f.size {
+                return Err(Error::ContentMismatch {
+                    path: file_path,
+                    expected: f.sha256,
+                    expected_size: f.size,
+                    found: d,
+                    found_size: b.len() as u64,
+                });
+            }
+            files.insert(f.path.clone(), b);
+        }
+        let signers = self.trust.check(
+            path,
+            &self.trust.role(Role::Policy),
+            &sig.signed_message(PayloadKind::Policy),
+            &sig,
+        )?;
+        // Only now, with every byte vouched for, is the YAML parsed.
+        let header = PolicyHeader::parse(path, &yaml)?;
+        if let Some(missing) = header.rules.iter().find(|r| !files.contains_key(*r)) {
+            return Err(Error::NotCovered {
+                path: path.to_owned(),
+                file: missing.clone(),
+            });
+        }
+        check_expiry(path, &header, self.now)?;
+        self.state.accept(path, &header.name, header.version)?;
+        Ok(PolicyBundle {
+            path: path.to_owned(),
+            yaml,
+            files,
+            header,
+            sha256,
+            provenance: Provenance::Signed { signers },
+        })
+    }
+}
+
+fn check_expiry(path: &Path, header: &PolicyHeader, now: OffsetDateTime) -> Result<(), Error> {
+    match header.expires {
+        Some(at) if now >= at => Err(Error::Expired {
+            path: path.to_owned(),
+            name: header.name.clone(),
+            // INVARIANT: an instant parsed from RFC 3339 formats back to RFC 3339.
+            expires: at.format(&Rfc3339).unwrap_or_default(),
+        }),
+        _ => Ok(()),
+    }
+}
+
+pub(crate) fn unverified(path: &Path, now: OffsetDateTime) -> Result<PolicyBundle, Error> {
+    let (yaml, header, files, _) = read_bundle(path)?;
+    check_expiry(path, &header, now)?;
+    Ok(PolicyBundle {
+        path: path.to_owned(),
+        sha256: Sha256::of(&yaml),
+        yaml,
+        files,
+        header,
+        provenance: Provenance::UnsignedForDevelopment,
+    })
+}

@@ -1,0 +1,140 @@
+//! Rollback protection: the highest policy `version` this host has accepted, per policy name.
+//!
+//! The store is one small JSON file in a state directory, updated under an exclusive file lock
+//! and replaced atomically, so concurrent capgate processes agree and a crash mid-write leaves
+//! the old state. A state file that cannot be read is an error, never "no state": failing open
+//! here would re-enable rollback.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use crate::error::Error;
+
+const FILE: &str = "policy-versions.json";
+
+#[derive(Default, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Versions {
+    #[serde(rename = "capgate-state")]
+    format: u32,
+    versions: BTreeMap<String, u64>,
+}
+
+/// Where accepted policy versions are remembered.
+#[derive(Debug, Clone)]
+pub struct StateStore {
+    dir: PathBuf,
+}
+
+impl StateStore {
+    /// A store in `dir` (created on first write).
+    pub fn at(dir: impl Into<PathBuf>) -> Self {
+        Self { dir: dir.into() }
+    }
+
+    /// The default directory: `$XDG_STATE_HOME/capgate`, else `$HOME/.local/state/capgate`.
+    pub fn default_dir() -> Option<PathBuf> {
+        let from = |var: &str| std::env::var_os(var).filter(|v| !v.is_empty()).map(PathBuf::from);
+        from("XDG_STATE_HOME")
+            .map(|d| d.join("capgate"))
+            .or_else(|| from("HOME").map(|h| h.join(".local/state/capgate")))
+    }
+
+    /// The directory this store lives in.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The highest version accepted for `name`, if any.
+    pub fn highest(&self, name: &str) -> Result<Option<u64>, Error> {
+        Ok(self.read()?.versions.get(name).copied())
+    }
+
+    /// Refuses `version` if it is lower than the highest accepted for `name`; otherwise records
+    /// it. `policy` is only for the error message.
+    pub fn accept(&self, policy: &Path, name: &str, version: u64) -> Result<(), Error> {
+        fs::create_dir_all(&self.dir).map_err(|e| self.io(e))?;
+        let lock = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(self.dir.join(".lock"))
+            .map_err(|e| self.io(e))?;
+        lock.lock().map_err(|e| self.io(e))?;
+        let mut state = self.read()?;
+        if let Some(&highest) = state.versions.get(name) {
+            if version < highest {
+                return Err(Error::Rollback {
+                    path: policy.to_owned(),
+                    name: name.to_owned(),
+                    version,
+                    highest,
+                });
+            }
+            if version == highest {
+                return Ok(());
+            }
+        }
+        state.format = 1;
+        state.versions.insert(name.to_owned(), version);
+        // INVARIANT: a map of strings to integers serialises to JSON infallibly.
+        let text = serde_json::to_string_pretty(&state).expect("state serialises");
+        crate::error::write_file(&self.path(), text.as_bytes())
+        // The lock is released when `lock` drops.
+    }
+
+    fn path(&self) -> PathBuf {
+        self.dir.join(FILE)
+    }
+
+    fn read(&self) -> Result<Versions, Error> {
+        let path = self.path();
+        let text = match fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Versions::default()),
+            Err(e) => return Err(self.io(e)),
+        };
+        serde_json::from_str(&text).map_err(|e| Error::State {
+            path,
+            message: format!("not a capgate state file: {e}"),
+            hint: "restore it from a backup; deleting it forgets every accepted version",
+        })
+    }
+
+    fn io(&self, e: std::io::Error) -> Error {
+        Error::State {
+            path: self.path(),
+            message: e.to_string(),
+            hint: "check the permissions of the state directory, or pass `--state-dir`",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn remembers_the_highest_and_refuses_lower() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = StateStore::at(dir.path().join("state"));
+        let p = Path::new("p.yaml");
+        assert_eq!(s.highest("a").unwrap(), None);
+        s.accept(p, "a", 3).unwrap();
+        s.accept(p, "a", 3).unwrap();
+        assert!(matches!(s.accept(p, "a", 2), Err(Error::Rollback { highest: 3, .. })));
+        s.accept(p, "b", 1).unwrap();
+        s.accept(p, "a", 5).unwrap();
+        assert_eq!(s.highest("a").unwrap(), Some(5));
+        assert_eq!(s.highest("b").unwrap(), Some(1));
+    }
+
+    #[test]
+    fn a_corrupt_state_file_fails_closed() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join(FILE), "not json").unwrap();
+        let s = StateStore::at(dir.path());
+        assert!(matches!(s.accept(Path::new("p"), "a", 9), Err(Error::State { .. })));
+    }
+}
