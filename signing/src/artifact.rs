@@ -78,12 +78,11 @@ pub fn verify_artifact_file(
         path: path.to_owned(),
         source,
     })?;
-    let (sha256, size) = Sha256::of_reader(std::io::BufReader::new(file)).map_err(|source| {
-        Error::Io {
+    let (sha256, size) =
+        Sha256::of_reader(std::io::BufReader::new(file)).map_err(|source| Error::Io {
             path: path.to_owned(),
             source,
-        }
-    })?;
+        })?;
     let signers = check(path, &sig, sha256, size, trust, req)?;
     Ok(ArtifactReport {
         sha256,
@@ -198,10 +197,12 @@ fn check(
     if sig.sha256 != sha256 || sig.size != size {
         return Err(Error::ContentMismatch {
             path: path.to_owned(),
-            expected: sig.sha256,
-            expected_size: sig.size,
-            found: sha256,
-            found_size: size,
+            digests: Box::new(crate::error::Digests {
+                expected: sig.sha256,
+                expected_size: sig.size,
+                found: sha256,
+                found_size: size,
+            }),
         });
     }
     trust.check(path, req, &sig.signed_message(PayloadKind::Artifact), sig)

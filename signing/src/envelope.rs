@@ -186,7 +186,10 @@ impl SignatureFile {
             path: path.to_owned(),
             line: e.line() as u64,
             column: e.column() as u64,
-            message: format!("not a capgate signature file: {}", strip_position(&e.to_string())),
+            message: format!(
+                "not a capgate signature file: {}",
+                strip_position(&e.to_string())
+            ),
             hint: None,
         })?;
         if sf.format != 1 {
@@ -285,7 +288,15 @@ mod tests {
 
     #[test]
     fn malformed_json_is_located() {
-        let err = SignatureFile::parse(Path::new("x.sig"), b"{\n  \"capgate-signature\": 1,\n  oops").unwrap_err();
-        assert!(err.to_string().starts_with("x.sig:3:3: not a capgate signature file"), "{err}");
+        let err = SignatureFile::parse(
+            Path::new("x.sig"),
+            b"{\n  \"capgate-signature\": 1,\n  oops",
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("x.sig:3:3: not a capgate signature file"),
+            "{err}"
+        );
     }
 }

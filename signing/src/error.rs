@@ -67,11 +67,42 @@ impl fmt::Display for SignatureProblem {
                 write!(f, "key `{name}` is trusted, but not for this")
             }
             Self::BadSignature { name, keyid } => {
-                write!(f, "signature by `{name}` (key id `{keyid}`) does not verify")
+                write!(
+                    f,
+                    "signature by `{name}` (key id `{keyid}`) does not verify"
+                )
             }
             Self::Duplicate { name } => write!(f, "key `{name}` signed more than once"),
         }
     }
+}
+
+/// The digest and size a signature covers, and those of the file as found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Digests {
+    /// The digest the signature covers.
+    pub expected: Sha256,
+    /// The size the signature covers.
+    pub expected_size: u64,
+    /// The digest of the file now.
+    pub found: Sha256,
+    /// The size of the file now.
+    pub found_size: u64,
+}
+
+/// Why the signatures on a file did not meet a requirement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Shortfall {
+    /// What was being checked, e.g. "role `policy`".
+    pub what: String,
+    /// Signatures needed.
+    pub threshold: usize,
+    /// Names of the keys that would count.
+    pub accepted: Vec<String>,
+    /// Names of the keys whose signatures verified.
+    pub valid: Vec<String>,
+    /// Entries that did not count, and why.
+    pub problems: Vec<SignatureProblem>,
 }
 
 /// An error from key handling, signing or verification.
@@ -136,18 +167,12 @@ pub enum Error {
     },
 
     /// A signed file's bytes differ from what its signature covers.
-    #[error("{}: content does not match its signature: signed sha256 `{expected}` ({expected_size} bytes), found `{found}` ({found_size} bytes); the file changed after signing", path.display())]
+    #[error("{}: content does not match its signature: signed sha256 `{}` ({} bytes), found `{}` ({} bytes); the file changed after signing", path.display(), digests.expected, digests.expected_size, digests.found, digests.found_size)]
     ContentMismatch {
         /// The changed file.
         path: PathBuf,
-        /// The digest the signature covers.
-        expected: Sha256,
-        /// The size the signature covers.
-        expected_size: u64,
-        /// The digest of the file now.
-        found: Sha256,
-        /// The size of the file now.
-        found_size: u64,
+        /// What the signature covers and what the file has now.
+        digests: Box<Digests>,
     },
 
     /// There is no signature file for something that must be signed.
@@ -191,20 +216,12 @@ pub enum Error {
     },
 
     /// Not enough valid signatures by the keys this check accepts.
-    #[error("{}: {what} needs {threshold} valid signature{} by {}; found {}{}", path.display(), plural(*threshold), list_or_none(accepted), count_valid(valid), problems_suffix(problems))]
+    #[error("{}: {} needs {} valid signature{} by {}; found {}{}", path.display(), shortfall.what, shortfall.threshold, plural(shortfall.threshold), list_or_none(&shortfall.accepted), count_valid(&shortfall.valid), problems_suffix(&shortfall.problems))]
     NotTrusted {
         /// The signed file.
         path: PathBuf,
-        /// What was being checked, e.g. "role `policy`".
-        what: String,
-        /// Signatures needed.
-        threshold: usize,
-        /// Names of the keys that would count.
-        accepted: Vec<String>,
-        /// Names of the keys whose signatures verified.
-        valid: Vec<String>,
-        /// Entries that did not count, and why.
-        problems: Vec<SignatureProblem>,
+        /// What was needed and what was found.
+        shortfall: Box<Shortfall>,
     },
 
     /// The policy's `expires` instant has passed.

@@ -179,8 +179,13 @@ impl SecretKey {
                 }
             }
         }
-        let pem = self
-            .key
+        // PKCS#8 v1 (no embedded public key), as `openssl genpkey` writes it: OpenSSL 3.0
+        // refuses the v2 form.
+        let v1 = ed25519_dalek::pkcs8::KeypairBytes {
+            secret_key: self.key.to_bytes(),
+            public_key: None,
+        };
+        let pem = v1
             .to_pkcs8_pem(LineEnding::LF)
             .map_err(|e| Error::KeyFormat {
                 path: Some(key_path.clone()),
@@ -242,7 +247,10 @@ mod tests {
         let pem = k.key.to_pkcs8_pem(LineEnding::LF).unwrap();
         let back = SecretKey::from_pem(&pem).unwrap();
         assert_eq!(back.public(), k.public());
-        assert_eq!(PublicKey::from_pem(&k.public().to_pem()).unwrap(), k.public());
+        assert_eq!(
+            PublicKey::from_pem(&k.public().to_pem()).unwrap(),
+            k.public()
+        );
     }
 
     #[cfg(unix)]
@@ -252,7 +260,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let name = dir.path().join("k");
         SecretKey::generate().save_pair(&name, false).unwrap();
-        let mode = fs::metadata(dir.path().join("k.key")).unwrap().permissions().mode();
+        let mode = fs::metadata(dir.path().join("k.key"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
         let err = SecretKey::generate().save_pair(&name, false).unwrap_err();
         assert!(matches!(err, Error::WouldOverwrite { .. }), "{err}");

@@ -64,7 +64,10 @@ impl PolicyHeader {
             Some(v) => {
                 return Err(err(
                     Some(&v.referenced),
-                    format!("unsupported policy format `capgate: {}`, expected `capgate: 1`", v.value),
+                    format!(
+                        "unsupported policy format `capgate: {}`, expected `capgate: 1`",
+                        v.value
+                    ),
                     None,
                 ));
             }
@@ -87,22 +90,36 @@ impl PolicyHeader {
         {
             return Err(err(
                 Some(&name.referenced),
-                format!("policy name `{}` is not valid: expected `[a-z0-9-]+`", crate::error::clip(&name.value)),
+                format!(
+                    "policy name `{}` is not valid: expected `[a-z0-9-]+`",
+                    crate::error::clip(&name.value)
+                ),
                 None,
             ));
         }
         let version = raw.version.ok_or_else(|| {
-            err(None, "missing `version`".into(), Some("add `version: 1` and raise it with every change"))
+            err(
+                None,
+                "missing `version`".into(),
+                Some("add `version: 1` and raise it with every change"),
+            )
         })?;
         if version.value == 0 {
-            return Err(err(Some(&version.referenced), "`version` must be at least 1".into(), None));
+            return Err(err(
+                Some(&version.referenced),
+                "`version` must be at least 1".into(),
+                None,
+            ));
         }
         let expires = match raw.expires {
             None => None,
             Some(e) => Some(OffsetDateTime::parse(&e.value, &Rfc3339).map_err(|_| {
                 err(
                     Some(&e.referenced),
-                    format!("`expires: {}` is not an RFC 3339 instant", crate::error::clip(&e.value)),
+                    format!(
+                        "`expires: {}` is not an RFC 3339 instant",
+                        crate::error::clip(&e.value)
+                    ),
                     Some("write e.g. `expires: 2027-06-01T00:00:00Z`"),
                 )
             })?),
@@ -112,7 +129,10 @@ impl PolicyHeader {
             if r.value.is_empty() || Path::new(&r.value).is_absolute() {
                 return Err(err(
                     Some(&r.referenced),
-                    format!("rules path `{}` must be relative to the policy file", crate::error::clip(&r.value)),
+                    format!(
+                        "rules path `{}` must be relative to the policy file",
+                        crate::error::clip(&r.value)
+                    ),
                     None,
                 ));
             }
@@ -160,7 +180,10 @@ impl PolicyBundle {
 
     /// The directory that relative paths in the policy are resolved against.
     pub fn dir(&self) -> &Path {
-        self.path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."))
+        self.path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."))
     }
 
     /// The policy YAML bytes that were verified.
@@ -189,12 +212,20 @@ impl PolicyBundle {
     }
 }
 
-/// Reads the policy and its referenced files, returning their bytes and bundle entries.
-fn read_bundle(path: &Path) -> Result<(Vec<u8>, PolicyHeader, BTreeMap<String, Vec<u8>>, Vec<BundleFile>), Error> {
+/// A policy and its referenced files as read from disk, not yet verified.
+struct ReadBundle {
+    yaml: Vec<u8>,
+    header: PolicyHeader,
+    files: BTreeMap<String, Vec<u8>>,
+    entries: Vec<BundleFile>,
+}
+
+/// Reads the policy and the files its `rules` reference.
+fn read_bundle(path: &Path) -> Result<ReadBundle, Error> {
     let yaml = crate::error::read_bounded(path, crate::yaml::MAX_YAML_BYTES)?;
     let header = PolicyHeader::parse(path, &yaml)?;
     let dir = path.parent().unwrap_or(Path::new("."));
-    let mut bytes = BTreeMap::new();
+    let mut files = BTreeMap::new();
     let mut entries = Vec::new();
     for r in &header.rules {
         let b = crate::error::read_bounded(&dir.join(r), MAX_RULES_BYTES)?;
@@ -203,15 +234,20 @@ fn read_bundle(path: &Path) -> Result<(Vec<u8>, PolicyHeader, BTreeMap<String, V
             sha256: Sha256::of(&b),
             size: b.len() as u64,
         });
-        bytes.insert(r.clone(), b);
+        files.insert(r.clone(), b);
     }
-    Ok((yaml, header, bytes, entries))
+    Ok(ReadBundle {
+        yaml,
+        header,
+        files,
+        entries,
+    })
 }
 
 /// Signs the policy at `path` and every file it references with `key`, creating or extending
 /// `path.sig`.
 pub fn sign_policy(path: &Path, key: &SecretKey) -> Result<SignatureFile, Error> {
-    let (yaml, _, _, entries) = read_bundle(path)?;
+    let ReadBundle { yaml, entries, .. } = read_bundle(path)?;
     let sig = sig_path(path);
     let mut sf = crate::artifact::existing_or_new(
         path,
@@ -261,10 +297,12 @@ impl<'a> PolicyVerifier<'a> {
         if sig.sha256 != sha256 || sig.size != yaml.len() as u64 {
             return Err(Error::ContentMismatch {
                 path: path.to_owned(),
-                expected: sig.sha256,
-                expected_size: sig.size,
-                found: sha256,
-                found_size: yaml.len() as u64,
+                digests: Box::new(crate::error::Digests {
+                    expected: sig.sha256,
+                    expected_size: sig.size,
+                    found: sha256,
+                    found_size: yaml.len() as u64,
+                }),
             });
         }
         let mut files = BTreeMap::new();
@@ -275,10 +313,12 @@ impl<'a> PolicyVerifier<'a> {
             if d != f.sha256 || b.len() as u64 != f.size {
                 return Err(Error::ContentMismatch {
                     path: file_path,
-                    expected: f.sha256,
-                    expected_size: f.size,
-                    found: d,
-                    found_size: b.len() as u64,
+                    digests: Box::new(crate::error::Digests {
+                        expected: f.sha256,
+                        expected_size: f.size,
+                        found: d,
+                        found_size: b.len() as u64,
+                    }),
                 });
             }
             files.insert(f.path.clone(), b);
@@ -323,7 +363,12 @@ fn check_expiry(path: &Path, header: &PolicyHeader, now: OffsetDateTime) -> Resu
 }
 
 pub(crate) fn unverified(path: &Path, now: OffsetDateTime) -> Result<PolicyBundle, Error> {
-    let (yaml, header, files, _) = read_bundle(path)?;
+    let ReadBundle {
+        yaml,
+        header,
+        files,
+        ..
+    } = read_bundle(path)?;
     check_expiry(path, &header, now)?;
     Ok(PolicyBundle {
         path: path.to_owned(),

@@ -35,7 +35,11 @@ impl StateStore {
 
     /// The default directory: `$XDG_STATE_HOME/capgate`, else `$HOME/.local/state/capgate`.
     pub fn default_dir() -> Option<PathBuf> {
-        let from = |var: &str| std::env::var_os(var).filter(|v| !v.is_empty()).map(PathBuf::from);
+        let from = |var: &str| {
+            std::env::var_os(var)
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        };
         from("XDG_STATE_HOME")
             .map(|d| d.join("capgate"))
             .or_else(|| from("HOME").map(|h| h.join(".local/state/capgate")))
@@ -123,7 +127,10 @@ mod tests {
         assert_eq!(s.highest("a").unwrap(), None);
         s.accept(p, "a", 3).unwrap();
         s.accept(p, "a", 3).unwrap();
-        assert!(matches!(s.accept(p, "a", 2), Err(Error::Rollback { highest: 3, .. })));
+        assert!(matches!(
+            s.accept(p, "a", 2),
+            Err(Error::Rollback { highest: 3, .. })
+        ));
         s.accept(p, "b", 1).unwrap();
         s.accept(p, "a", 5).unwrap();
         assert_eq!(s.highest("a").unwrap(), Some(5));
@@ -135,6 +142,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         fs::write(dir.path().join(FILE), "not json").unwrap();
         let s = StateStore::at(dir.path());
-        assert!(matches!(s.accept(Path::new("p"), "a", 9), Err(Error::State { .. })));
+        assert!(matches!(
+            s.accept(Path::new("p"), "a", 9),
+            Err(Error::State { .. })
+        ));
     }
 }

@@ -80,7 +80,7 @@ struct RawRole {
 #[derive(Debug, Clone)]
 pub struct Requirement {
     what: String,
-    keys: BTreeMap<KeyId, String>,
+    keys: Vec<(KeyId, String)>,
     threshold: usize,
 }
 
@@ -121,17 +121,21 @@ impl TrustRoot {
     }
 
     fn build(path: &Path, dir: &Path, raw: RawTrust) -> Result<Self, Error> {
-        let bad = |at: &serde_saphyr::Location, message: String, hint: Option<&str>| Error::Syntax {
-            path: path.to_owned(),
-            line: at.line(),
-            column: at.column(),
-            message,
-            hint: hint.map(str::to_owned),
-        };
+        let bad =
+            |at: &serde_saphyr::Location, message: String, hint: Option<&str>| Error::Syntax {
+                path: path.to_owned(),
+                line: at.line(),
+                column: at.column(),
+                message,
+                hint: hint.map(str::to_owned),
+            };
         if raw.format.value != 1 {
             return Err(bad(
                 &raw.format.referenced,
-                format!("unsupported `capgate-trust` version {}, expected 1", raw.format.value),
+                format!(
+                    "unsupported `capgate-trust` version {}, expected 1",
+                    raw.format.value
+                ),
                 None,
             ));
         }
@@ -146,24 +150,36 @@ impl TrustRoot {
             {
                 return Err(bad(
                     at,
-                    format!("key name `{}` is not valid: expected letters, digits, `-`, `_` or `.`", crate::error::clip(&name)),
+                    format!(
+                        "key name `{}` is not valid: expected letters, digits, `-`, `_` or `.`",
+                        crate::error::clip(&name)
+                    ),
                     None,
                 ));
             }
             let (key, pin) = match entry.value {
                 RawKey::File(f) => (PublicKey::load(&dir.join(f))?, None),
-                RawKey::Spec(RawKeySpec { file: Some(f), pem: None, keyid }) => {
-                    (PublicKey::load(&dir.join(f))?, keyid)
-                }
-                RawKey::Spec(RawKeySpec { file: None, pem: Some(p), keyid }) => (
-                    PublicKey::from_pem(&p).map_err(|e| bad(at, format!("key `{name}`: {e}"), None))?,
+                RawKey::Spec(RawKeySpec {
+                    file: Some(f),
+                    pem: None,
+                    keyid,
+                }) => (PublicKey::load(&dir.join(f))?, keyid),
+                RawKey::Spec(RawKeySpec {
+                    file: None,
+                    pem: Some(p),
+                    keyid,
+                }) => (
+                    PublicKey::from_pem(&p)
+                        .map_err(|e| bad(at, format!("key `{name}`: {e}"), None))?,
                     keyid,
                 ),
                 RawKey::Spec(_) => {
                     return Err(bad(
                         at,
                         format!("key `{name}` must give exactly one of `file` or `pem`"),
-                        Some("write `name: path/to/key.pub` or `name: { pem: \"-----BEGIN PUBLIC KEY-----...\" }`"),
+                        Some(
+                            "write `name: path/to/key.pub` or `name: { pem: \"-----BEGIN PUBLIC KEY-----...\" }`",
+                        ),
                     ));
                 }
             };
@@ -172,14 +188,21 @@ impl TrustRoot {
             {
                 return Err(bad(
                     at,
-                    format!("key `{name}` has key id `{}`, not the pinned `{}`", key.id(), crate::error::clip(&pin)),
+                    format!(
+                        "key `{name}` has key id `{}`, not the pinned `{}`",
+                        key.id(),
+                        crate::error::clip(&pin)
+                    ),
                     Some("the key file was replaced, or the pin is wrong"),
                 ));
             }
             if let Some(other) = by_id.get(&key.id()) {
                 return Err(bad(
                     at,
-                    format!("keys `{other}` and `{name}` are the same key (key id `{}`)", key.id()),
+                    format!(
+                        "keys `{other}` and `{name}` are the same key (key id `{}`)",
+                        key.id()
+                    ),
                     Some("give each key one name, so thresholds count distinct keys"),
                 ));
             }
@@ -198,12 +221,19 @@ impl TrustRoot {
                 if !keys.contains_key(&k.value) {
                     return Err(bad(
                         &k.referenced,
-                        format!("role `{role}` names key `{}`, which `keys` does not define", crate::error::clip(&k.value)),
+                        format!(
+                            "role `{role}` names key `{}`, which `keys` does not define",
+                            crate::error::clip(&k.value)
+                        ),
                         None,
                     ));
                 }
                 if names.contains(&k.value) {
-                    return Err(bad(&k.referenced, format!("role `{role}` lists key `{}` twice", k.value), None));
+                    return Err(bad(
+                        &k.referenced,
+                        format!("role `{role}` lists key `{}` twice", k.value),
+                        None,
+                    ));
                 }
                 names.push(k.value.clone());
             }
@@ -211,7 +241,10 @@ impl TrustRoot {
             if t == 0 || t > names.len() {
                 return Err(bad(
                     &spec.value.threshold.referenced,
-                    format!("role `{role}` has threshold {t}, expected 1 to {} (the number of its keys)", names.len()),
+                    format!(
+                        "role `{role}` has threshold {t}, expected 1 to {} (the number of its keys)",
+                        names.len()
+                    ),
                     None,
                 ));
             }
@@ -285,7 +318,7 @@ impl TrustRoot {
                 problems.push(SignatureProblem::UnknownKey { keyid: entry.keyid });
                 continue;
             };
-            if !req.keys.contains_key(&entry.keyid) {
+            if !req.keys.iter().any(|(id, _)| *id == entry.keyid) {
                 problems.push(SignatureProblem::NotAllowed {
                     name: name.clone(),
                     keyid: entry.keyid,
@@ -293,7 +326,8 @@ impl TrustRoot {
                 continue;
             }
             let key = &self.keys[name];
-            let ok = SignatureFile::decode(entry).is_some_and(|sig| key.verify_strict(message, &sig));
+            let ok =
+                SignatureFile::decode(entry).is_some_and(|sig| key.verify_strict(message, &sig));
             if !ok {
                 problems.push(SignatureProblem::BadSignature {
                     name: name.clone(),
@@ -308,11 +342,13 @@ impl TrustRoot {
         }
         Err(Error::NotTrusted {
             path: path.to_owned(),
-            what: req.what.clone(),
-            threshold: req.threshold,
-            accepted: req.keys.values().cloned().collect(),
-            valid: valid.into_iter().collect(),
-            problems,
+            shortfall: Box::new(crate::error::Shortfall {
+                what: req.what.clone(),
+                threshold: req.threshold,
+                accepted: req.keys.iter().map(|(_, n)| n.clone()).collect(),
+                valid: valid.into_iter().collect(),
+                problems,
+            }),
         })
     }
 }

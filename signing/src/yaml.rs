@@ -48,7 +48,12 @@ pub fn from_slice<T: DeserializeOwned>(path: &Path, bytes: &[u8]) -> Result<T, E
         Err(e) => {
             let before = &bytes[..e.valid_up_to()];
             let line = before.iter().filter(|&&b| b == b'\n').count() as u64 + 1;
-            let column = (before.len() - before.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1)) as u64 + 1;
+            let column = (before.len()
+                - before
+                    .iter()
+                    .rposition(|&b| b == b'\n')
+                    .map_or(0, |i| i + 1)) as u64
+                + 1;
             Err(Error::Syntax {
                 path: path.to_owned(),
                 line,
@@ -140,21 +145,33 @@ mod tests {
         };
         assert_eq!((*line, *column), (2, 1), "{err}");
         assert_eq!(hint.as_deref(), Some("did you mean `network`?"), "{err}");
-        assert!(err.to_string().starts_with("p.yaml:2:1: unknown field `netwrk`"), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with("p.yaml:2:1: unknown field `netwrk`"),
+            "{err}"
+        );
     }
 
     #[test]
     fn duplicate_keys_are_refused() {
-        let err = from_str::<BTreeMap<String, u32>>(Path::new("d.yaml"), "a: 1\na: 2\n").unwrap_err();
+        let err =
+            from_str::<BTreeMap<String, u32>>(Path::new("d.yaml"), "a: 1\na: 2\n").unwrap_err();
         assert!(err.to_string().contains("d.yaml:2:"), "{err}");
-        assert!(err.to_string().to_lowercase().contains("duplicate"), "{err}");
+        assert!(
+            err.to_string().to_lowercase().contains("duplicate"),
+            "{err}"
+        );
     }
 
     #[test]
     fn alias_bomb_is_refused_quickly() {
         let mut y = String::from("a: &a [x, x, x, x, x, x, x, x, x, x]\n");
         for i in 0..12 {
-            let prev = if i == 0 { "a".to_string() } else { format!("l{}", i - 1) };
+            let prev = if i == 0 {
+                "a".to_string()
+            } else {
+                format!("l{}", i - 1)
+            };
             y.push_str(&format!(
                 "l{i}: &l{i} [*{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}]\n"
             ));
@@ -165,7 +182,11 @@ mod tests {
 
     #[test]
     fn invalid_utf8_is_located() {
-        let err = from_slice::<Doc>(Path::new("u.yaml"), b"files: 1\nnet\xffwork: 2\n").unwrap_err();
-        assert!(err.to_string().starts_with("u.yaml:2:4: not valid UTF-8"), "{err}");
+        let err =
+            from_slice::<Doc>(Path::new("u.yaml"), b"files: 1\nnet\xffwork: 2\n").unwrap_err();
+        assert!(
+            err.to_string().starts_with("u.yaml:2:4: not valid UTF-8"),
+            "{err}"
+        );
     }
 }

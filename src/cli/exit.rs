@@ -1,0 +1,90 @@
+//! Exit codes (sysexits-style, as the spec lists them) and the CLI's error type.
+//!
+//! Every failure leaves the process with exactly one of these codes and one or two lines on
+//! stderr. Trust failures are always 77, whatever else is also wrong.
+
+use capgate_signing::ErrorClass;
+
+use super::LogFormat;
+
+/// The process exit codes capgate uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Exit {
+    /// Bad command line.
+    Usage = 64,
+    /// Invalid policy, rules, key, signature file or component.
+    DataErr = 65,
+    /// An input file does not exist.
+    NoInput = 66,
+    /// A guest trapped or hit a limit.
+    #[allow(dead_code)]
+    GuestFault = 69,
+    /// An output file could not be created.
+    CantCreate = 73,
+    /// Another I/O error.
+    IoErr = 74,
+    /// A signature, trust, expiry or rollback check refused the input.
+    NoPerm = 77,
+}
+
+impl Exit {
+    fn class_name(self) -> &'static str {
+        match self {
+            Self::Usage => "usage",
+            Self::DataErr => "invalid",
+            Self::NoInput => "missing-input",
+            Self::GuestFault => "guest-fault",
+            Self::CantCreate => "cannot-create",
+            Self::IoErr => "io",
+            Self::NoPerm => "trust",
+        }
+    }
+}
+
+/// An error on its way to stderr.
+#[derive(Debug)]
+pub struct CliError {
+    /// The exit code.
+    pub exit: Exit,
+    message: String,
+}
+
+impl CliError {
+    /// An error with this exit code and message.
+    pub fn new(exit: Exit, message: impl Into<String>) -> Self {
+        Self {
+            exit,
+            message: message.into(),
+        }
+    }
+
+    /// Writes the error to stderr in `format`.
+    pub fn print(&self, format: LogFormat) {
+        match format {
+            LogFormat::Text => eprintln!("error: {}", self.message),
+            LogFormat::Json => eprintln!(
+                "{}",
+                serde_json::json!({
+                    "level": "error",
+                    "exit": self.exit as u8,
+                    "class": self.exit.class_name(),
+                    "message": self.message,
+                })
+            ),
+        }
+    }
+}
+
+impl From<capgate_signing::Error> for CliError {
+    fn from(e: capgate_signing::Error) -> Self {
+        let exit = match e.class() {
+            ErrorClass::MissingInput => Exit::NoInput,
+            ErrorClass::Invalid => Exit::DataErr,
+            ErrorClass::Trust => Exit::NoPerm,
+            ErrorClass::CannotCreate => Exit::CantCreate,
+            _ => Exit::IoErr,
+        };
+        Self::new(exit, e.to_string())
+    }
+}

@@ -1,0 +1,160 @@
+//! The `capgate` command line: argument parsing, exit codes and error rendering.
+//!
+//! Each subcommand is a few lines over one library call, so everything the CLI does can be
+//! tested through the library too. This module owns the mapping from errors to the exit codes
+//! of the spec; it never makes a trust decision itself.
+
+mod exit;
+mod keys;
+
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+pub use exit::{CliError, Exit};
+
+/// Run WebAssembly components under signed, capability-based policies.
+#[derive(Debug, Parser)]
+#[command(name = "capgate", version, about, long_about = None, disable_help_subcommand = true)]
+pub struct Cli {
+    /// How errors and results are printed.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Output format for errors and results.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// One or two lines a person can act on.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Generate an Ed25519 key pair: NAME.key (PKCS#8 PEM, mode 0600) and NAME.pub (SPKI PEM).
+    Keygen {
+        /// Path prefix of the two files to write.
+        #[arg(long, value_name = "NAME")]
+        out: PathBuf,
+        /// Replace existing key files.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Sign an artifact or a policy bundle, creating or extending FILE.sig.
+    Sign {
+        #[arg(value_enum)]
+        kind: Kind,
+        /// The file to sign.
+        file: PathBuf,
+        /// The private key (PKCS#8 PEM).
+        #[arg(long, value_name = "KEY")]
+        key: PathBuf,
+    },
+    /// Verify an artifact or a policy bundle against a trust root.
+    Verify {
+        #[arg(value_enum)]
+        kind: Kind,
+        /// The signed file (its signature is FILE.sig).
+        file: PathBuf,
+        #[command(flatten)]
+        trust: TrustArgs,
+    },
+}
+
+/// What is being signed or verified.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Kind {
+    /// A component artifact (.wasm).
+    Artifact,
+    /// A policy YAML and every file it references.
+    Policy,
+}
+
+#[derive(Debug, Args)]
+struct TrustArgs {
+    /// The trust root (YAML).
+    #[arg(long, value_name = "TRUST.yaml")]
+    trust: PathBuf,
+    /// Where accepted policy versions are remembered (rollback protection).
+    /// [default: $XDG_STATE_HOME/capgate, else ~/.local/state/capgate]
+    #[arg(long, value_name = "DIR", env = "CAPGATE_STATE_DIR")]
+    state_dir: Option<PathBuf>,
+}
+
+impl TrustArgs {
+    fn state(&self) -> Result<capgate_signing::StateStore, CliError> {
+        match &self.state_dir {
+            Some(d) => Ok(capgate_signing::StateStore::at(d)),
+            None => capgate_signing::StateStore::default_dir()
+                .map(capgate_signing::StateStore::at)
+                .ok_or_else(|| {
+                    CliError::new(
+                        Exit::Usage,
+                        "cannot find a state directory: neither `XDG_STATE_HOME` nor `HOME` is set (hint: pass `--state-dir DIR`)",
+                    )
+                }),
+        }
+    }
+}
+
+/// A successful command's report: a line for people, fields for `--log-format json`.
+pub struct Report {
+    text: String,
+    json: serde_json::Value,
+}
+
+impl Report {
+    fn new(text: impl Into<String>, json: serde_json::Value) -> Self {
+        Self {
+            text: text.into(),
+            json,
+        }
+    }
+}
+
+/// Parses `std::env::args`, runs the command and returns the process exit code.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            let code = match e.kind() {
+                ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => 0,
+                ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => Exit::Usage as u8,
+                _ => Exit::Usage as u8,
+            };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    let format = cli.log_format;
+    match run(cli) {
+        Ok(report) => {
+            let mut out = std::io::stdout().lock();
+            let _ = match format {
+                LogFormat::Text => writeln!(out, "{}", report.text),
+                LogFormat::Json => writeln!(out, "{}", report.json),
+            };
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            e.print(format);
+            ExitCode::from(e.exit as u8)
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<Report, CliError> {
+    match cli.command {
+        Command::Keygen { out, force } => keys::keygen(&out, force),
+        Command::Sign { kind, file, key } => keys::sign(kind, &file, &key),
+        Command::Verify { kind, file, trust } => keys::verify(kind, &file, &trust),
+    }
+}

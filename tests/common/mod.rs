@@ -1,0 +1,119 @@
+//! Helpers shared by the integration tests: the real `capgate` binary, temp dirs, key files.
+#![allow(dead_code)]
+
+pub mod guests;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The result of one `capgate` invocation.
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    fn from(out: Output) -> Self {
+        Self {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// Asserts the exit code, showing the output when it differs.
+    #[track_caller]
+    pub fn expect(&self, code: i32) -> &Self {
+        assert_eq!(
+            self.code, code,
+            "expected exit {code}, got {}\nstdout: {}\nstderr: {}",
+            self.code, self.stdout, self.stderr
+        );
+        self
+    }
+
+    /// Asserts stderr contains `needle`.
+    #[track_caller]
+    pub fn stderr_has(&self, needle: &str) -> &Self {
+        assert!(
+            self.stderr.contains(needle),
+            "stderr lacks {needle:?}:\n{}",
+            self.stderr
+        );
+        self
+    }
+
+    /// Asserts stdout contains `needle`.
+    #[track_caller]
+    pub fn stdout_has(&self, needle: &str) -> &Self {
+        assert!(
+            self.stdout.contains(needle),
+            "stdout lacks {needle:?}:\n{}",
+            self.stdout
+        );
+        self
+    }
+}
+
+/// A scratch directory with its own rollback state, where `capgate` runs.
+pub struct Sandbox {
+    pub dir: tempfile::TempDir,
+}
+
+impl Sandbox {
+    pub fn new() -> Self {
+        Self {
+            dir: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    pub fn write(&self, rel: &str, contents: impl AsRef<[u8]>) -> PathBuf {
+        let p = self.path(rel);
+        if let Some(parent) = p.parent() {
+            std::fs::create_dir_all(parent).unwrap();
+        }
+        std::fs::write(&p, contents).unwrap();
+        p
+    }
+
+    pub fn read(&self, rel: &str) -> Vec<u8> {
+        std::fs::read(self.path(rel)).unwrap()
+    }
+
+    /// Runs `capgate ARGS` in this sandbox (cwd = sandbox, state dir inside it).
+    pub fn capgate<I, S>(&self, args: I) -> Run
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
+        Run::from(
+            Command::new(env!("CARGO_BIN_EXE_capgate"))
+                .args(args)
+                .current_dir(self.dir.path())
+                .env("CAPGATE_STATE_DIR", self.path("state"))
+                .output()
+                .expect("run capgate"),
+        )
+    }
+
+    /// `capgate keygen --out keys/NAME` for each name.
+    pub fn keys(&self, names: &[&str]) {
+        std::fs::create_dir_all(self.path("keys")).unwrap();
+        for n in names {
+            self.capgate(["keygen", "--out", &format!("keys/{n}")])
+                .expect(0);
+        }
+    }
+}
+
+/// Flips the lowest bit of byte `i` of a file.
+pub fn flip_byte(path: &Path, i: usize) {
+    let mut b = std::fs::read(path).unwrap();
+    b[i] ^= 1;
+    std::fs::write(path, b).unwrap();
+}

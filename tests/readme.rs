@@ -1,0 +1,54 @@
+//! The README's quick start works when pasted: its shell block runs against the built binary.
+
+use std::process::Command;
+
+#[test]
+fn readme_quick_start_runs() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let begin = readme
+        .find("<!-- quickstart:begin -->")
+        .expect("quickstart marker");
+    let end = readme
+        .find("<!-- quickstart:end -->")
+        .expect("quickstart end marker");
+    let block = &readme[begin..end];
+    let body = block
+        .split_once("```sh\n")
+        .and_then(|(_, rest)| rest.rsplit_once("```"))
+        .map(|(body, _)| body)
+        .expect("a sh block between the markers");
+    // `cargo build` already ran (this test's binary exists); the block's PATH line would point
+    // at the same directory.
+    let script: String = body
+        .lines()
+        .filter(|l| !l.starts_with("cargo ") && !l.starts_with("export PATH="))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let bin_dir = std::path::Path::new(env!("CARGO_BIN_EXE_capgate"))
+        .parent()
+        .unwrap();
+    let path = format!(
+        "{}:{}",
+        bin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let out = Command::new("bash")
+        .args(["-euo", "pipefail", "-c", &script])
+        .env("PATH", path)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "quick start failed:\n{stdout}\n{stderr}"
+    );
+    assert!(stdout.contains("ok: app.wasm"), "{stdout}");
+    assert!(stdout.contains("ok: policy `demo` version 1"), "{stdout}");
+    assert!(stdout.contains("refused, exit 77"), "{stdout}");
+    assert!(
+        stderr.contains("app.cedar: content does not match its signature"),
+        "{stderr}"
+    );
+}
