@@ -1,10 +1,14 @@
 //! capgate runs WebAssembly components under signed, capability-based policies.
 //!
-//! This crate is the engine behind the `capgate` command. Signing and trust live in the
+//! Data flows one way: verified bytes ([`signing`]) → parsed policy ([`policy`]) → compiled
+//! authorisation ([`authz`]) → running components → decisions. Signing and trust live in the
 //! [`signing`] crate (re-exported here), which has no WebAssembly runtime dependency so build
 //! pipelines can sign without it.
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
+
+pub mod authz;
+pub mod policy;
 
 pub use capgate_signing as signing;

@@ -1,0 +1,196 @@
+//! Authorisation: the one decision function every enforcement point calls.
+//!
+//! Grants are matched by capgate's own pattern matchers (exact semantics, property-tested);
+//! Cedar then combines the matching grants with the policy's rules: each grant is a `permit`
+//! whose id names it, rules may `permit` or `forbid` on any attribute of the request, and
+//! `forbid` wins. Each component gets its own slice of the policy set (its grants plus the
+//! rules that can apply to it), so a decision's cost does not grow with the number of
+//! components. Decisions are cached: the context of a request is derived entirely from its
+//! resource, so an identical request always gets the identical decision.
+//!
+//! This module never returns an error from a decision: anything that goes wrong while deciding
+//! (a request Cedar rejects, a policy that fails to evaluate) is a deny with the reason.
+
+mod compile;
+mod request;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+
+use cedar_policy::{Authorizer, Entities, Entity, PolicySet};
+
+pub use compile::{Identity, Lint, SCHEMA};
+pub use request::{Action, Request};
+
+use crate::policy::{ComponentPolicy, Policy, PolicyError};
+
+/// Allow or deny, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    /// Whether the request may proceed.
+    pub allowed: bool,
+    /// Ids of the grants and rules that decided: the permits that allowed it, or the forbids
+    /// that denied it. Empty for a default deny (no grant matched).
+    pub reasons: Vec<String>,
+    /// Problems met while deciding; any problem makes the decision a deny.
+    pub errors: Vec<String>,
+}
+
+impl Decision {
+    /// A short human explanation: which grant or rule decided, or that none matched.
+    pub fn explain(&self) -> String {
+        match (
+            self.allowed,
+            self.reasons.is_empty(),
+            self.errors.is_empty(),
+        ) {
+            (true, _, _) => format!("allowed by {}", quote_all(&self.reasons)),
+            (false, _, false) => format!("denied: {}", self.errors.join("; ")),
+            (false, true, true) => "denied: no grant matches".to_owned(),
+            (false, false, true) => format!("denied by {}", quote_all(&self.reasons)),
+        }
+    }
+}
+
+fn quote_all(ids: &[String]) -> String {
+    ids.iter()
+        .map(|r| format!("`{r}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Decides requests for one component.
+struct Slice {
+    component: ComponentPolicy,
+    policies: PolicySet,
+    principal: Entity,
+    cache: Mutex<HashMap<String, Decision>>,
+}
+
+/// Cache entries kept per component before the cache is cleared and refilled.
+const CACHE_LIMIT: usize = 4096;
+
+/// The compiled authorisation of a whole policy.
+#[derive(Clone)]
+pub struct Authority {
+    slices: Arc<BTreeMap<String, Slice>>,
+    lints: Arc<Vec<Lint>>,
+}
+
+impl std::fmt::Debug for Authority {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authority")
+            .field("components", &self.slices.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl Authority {
+    /// Compiles `policy`'s grants and rules. `identity` gives each component's artifact digest
+    /// and signers (the `Component` entity's attributes). Rules that do not parse, lack an
+    /// `@id`, reuse an id or do not validate against the schema are errors naming file, line
+    /// and column.
+    pub fn compile(
+        policy: &Policy,
+        identity: impl Fn(&str) -> Identity,
+    ) -> Result<Self, PolicyError> {
+        let compiled = compile::compile(policy, identity)?;
+        let slices = compiled
+            .slices
+            .into_iter()
+            .map(|(name, (policies, principal))| {
+                let component = policy.components[&name].clone();
+                (
+                    name,
+                    Slice {
+                        component,
+                        policies,
+                        principal,
+                        cache: Mutex::new(HashMap::new()),
+                    },
+                )
+            })
+            .collect();
+        Ok(Self {
+            slices: Arc::new(slices),
+            lints: Arc::new(compiled.lints),
+        })
+    }
+
+    /// Things in the rules that are legal but probably mistakes.
+    pub fn lints(&self) -> &[Lint] {
+        &self.lints
+    }
+
+    /// Decides whether `component` may do `request`.
+    pub fn decide(&self, component: &str, request: &Request) -> Decision {
+        let Some(slice) = self.slices.get(component) else {
+            return deny_error(format!("no component `{component}` in this policy"));
+        };
+        let key = request.cache_key();
+        // A poisoned lock only means another thread panicked mid-insert; the map is intact.
+        if let Some(d) = slice
+            .cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+        {
+            return d.clone();
+        }
+        let decision = self.evaluate(slice, request);
+        let mut cache = slice.cache.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.len() >= CACHE_LIMIT {
+            cache.clear();
+        }
+        cache.insert(key, decision.clone());
+        decision
+    }
+
+    /// Decides without the cache (what `decide` does on a miss).
+    pub fn decide_uncached(&self, component: &str, request: &Request) -> Decision {
+        match self.slices.get(component) {
+            Some(slice) => self.evaluate(slice, request),
+            None => deny_error(format!("no component `{component}` in this policy")),
+        }
+    }
+
+    fn evaluate(&self, slice: &Slice, request: &Request) -> Decision {
+        let grants = request.matching_grants(&slice.component);
+        let built = match request.to_cedar(&slice.component, &grants) {
+            Ok(b) => b,
+            Err(e) => return deny_error(format!("request cannot be evaluated: {e}")),
+        };
+        let entities =
+            match Entities::from_entities([slice.principal.clone(), built.resource], None) {
+                Ok(e) => e,
+                Err(e) => return deny_error(format!("request cannot be evaluated: {e}")),
+            };
+        let response = Authorizer::new().is_authorized(&built.request, &slice.policies, &entities);
+        let errors: Vec<String> = response
+            .diagnostics()
+            .errors()
+            .map(|e| e.to_string())
+            .collect();
+        let mut reasons: Vec<String> = response
+            .diagnostics()
+            .reason()
+            .map(|id| AsRef::<str>::as_ref(id).to_owned())
+            .collect();
+        reasons.sort();
+        let allowed = errors.is_empty() && response.decision() == cedar_policy::Decision::Allow;
+        Decision {
+            allowed,
+            // For an allow, the permits; for a deny, the forbids (Cedar reports only those).
+            reasons,
+            errors,
+        }
+    }
+}
+
+fn deny_error(message: String) -> Decision {
+    Decision {
+        allowed: false,
+        reasons: Vec::new(),
+        errors: vec![message],
+    }
+}

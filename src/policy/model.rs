@@ -1,0 +1,270 @@
+//! The validated policy: what each component is granted, in types that can only hold valid
+//! values. Built only by [`super::parse`]; nothing here reads files or makes decisions.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use capgate_signing::Sha256;
+
+use super::pattern::{NamePattern, SocketPattern, UrlPattern};
+use super::units::{ByteSize, Span};
+
+/// Defaults for limits a policy does not set. Listed once here and in `docs/policy.md`.
+pub mod defaults {
+    use super::ByteSize;
+
+    /// Linear memory a component may grow to when `limits.memory` is not set: 256 MiB.
+    pub const MEMORY: ByteSize = ByteSize::from_bytes(256 << 20);
+    /// Concurrent instances of one component when `limits.instances` is not set.
+    pub const INSTANCES: u32 = 4;
+}
+
+/// A stable identifier of one grant, from its place in the YAML: `http-handler.http[1]`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct GrantId(pub(crate) String);
+
+impl GrantId {
+    pub(crate) fn new(component: &str, kind: &str, index: usize) -> Self {
+        Self(format!("{component}.{kind}[{index}]"))
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for GrantId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// How a directory is mounted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Access {
+    /// Reading only: every mutation is refused.
+    ReadOnly,
+    /// Reading and writing.
+    ReadWrite,
+}
+
+/// A preopened directory.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct FileGrant {
+    /// The grant's id.
+    pub id: GrantId,
+    /// The host directory, absolute, resolved when the policy loaded.
+    pub host: PathBuf,
+    /// Where the guest sees it: an absolute, normalised path.
+    pub guest: String,
+    /// Read-only or read-write.
+    pub access: Access,
+}
+
+/// A socket grant.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct SocketGrant {
+    /// The grant's id.
+    pub id: GrantId,
+    /// The addresses and ports it covers.
+    pub pattern: SocketPattern,
+}
+
+/// A DNS lookup grant.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct LookupGrant {
+    /// The grant's id.
+    pub id: GrantId,
+    /// The names it covers.
+    pub pattern: NamePattern,
+}
+
+/// Network grants of one component.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct Network {
+    /// Outbound TCP connections.
+    pub connect: Vec<SocketGrant>,
+    /// TCP listening addresses.
+    pub bind: Vec<SocketGrant>,
+    /// UDP peers and local addresses.
+    pub udp: Vec<SocketGrant>,
+    /// Names it may resolve.
+    pub lookup: Vec<LookupGrant>,
+}
+
+/// An outbound HTTP grant.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct HttpGrant {
+    /// The grant's id.
+    pub id: GrantId,
+    /// Scheme, host, port and path prefix.
+    pub url: UrlPattern,
+    /// Allowed methods (uppercase); `None` allows every method.
+    pub methods: Option<Vec<String>>,
+}
+
+/// Permission to call another component of the policy.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct CallGrant {
+    /// The grant's id.
+    pub id: GrantId,
+    /// The callee component's name.
+    pub component: String,
+    /// The interface, `ns:pkg/iface` with an optional `@version`.
+    pub interface: String,
+    /// The functions allowed; `None` allows every function of the interface.
+    pub functions: Option<Vec<String>>,
+}
+
+/// Standard input: closed unless the policy says `inherit`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Input {
+    /// The guest reads end-of-file.
+    #[default]
+    Closed,
+    /// The guest reads the host's stdin.
+    Inherit,
+}
+
+/// Standard output or error: inherited unless the policy says `closed`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Output {
+    /// Written to the host's stream.
+    #[default]
+    Inherit,
+    /// Discarded.
+    Closed,
+}
+
+/// Standard streams.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stdio {
+    /// Standard input.
+    pub stdin: Input,
+    /// Standard output.
+    pub stdout: Output,
+    /// Standard error.
+    pub stderr: Output,
+}
+
+/// Resource limits of one component.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Limits {
+    /// Maximum linear memory.
+    pub memory: ByteSize,
+    /// Wall-clock time one run or call may take.
+    pub timeout: Option<Span>,
+    /// Fuel (roughly, wasm instructions) one run or call may burn.
+    pub fuel: Option<u64>,
+    /// Concurrent instances.
+    pub instances: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            memory: defaults::MEMORY,
+            timeout: None,
+            fuel: None,
+            instances: defaults::INSTANCES,
+        }
+    }
+}
+
+/// Everything one component is granted.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ComponentPolicy {
+    /// The component's name in the policy.
+    pub name: String,
+    /// The artifact path, resolved against the policy file's directory.
+    pub artifact: PathBuf,
+    /// A digest pin, if given.
+    pub sha256: Option<Sha256>,
+    /// Trust-root key names, one of which must have signed the artifact; empty means the
+    /// trust root's `artifact` role decides.
+    pub signed_by: Vec<String>,
+    /// Preopened directories.
+    pub files: Vec<FileGrant>,
+    /// Environment variables with literal values.
+    pub env: Vec<(String, String)>,
+    /// Environment variables copied from the host by name (absent ones are skipped).
+    pub env_from_host: Vec<String>,
+    /// Arguments after the program name.
+    pub args: Vec<String>,
+    /// Standard streams.
+    pub stdio: Stdio,
+    /// Sockets and DNS.
+    pub network: Network,
+    /// Outbound HTTP.
+    pub http: Vec<HttpGrant>,
+    /// Calls into other components.
+    pub calls: Vec<CallGrant>,
+    /// Resource limits.
+    pub limits: Limits,
+}
+
+/// Which decisions are written to the audit log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AuditLevel {
+    /// Denials only.
+    #[default]
+    Deny,
+    /// Every decision.
+    All,
+}
+
+/// The policy's `audit` section.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct AuditSpec {
+    /// What is recorded.
+    pub level: AuditLevel,
+    /// Where, resolved against the policy file's directory.
+    pub log: Option<PathBuf>,
+}
+
+/// A Cedar rules file the policy references, with its verified text.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct RulesSource {
+    /// The path as the policy names it.
+    pub name: String,
+    /// The file, resolved.
+    pub path: PathBuf,
+    /// Its text.
+    pub text: String,
+}
+
+/// A parsed, validated policy.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Policy {
+    /// The policy file.
+    pub path: PathBuf,
+    /// Its name.
+    pub name: String,
+    /// Its version.
+    pub version: u64,
+    /// SHA-256 of the policy YAML.
+    pub sha256: Sha256,
+    /// Rules files.
+    pub rules: Vec<RulesSource>,
+    /// Audit settings.
+    pub audit: AuditSpec,
+    /// Components by name.
+    pub components: BTreeMap<String, ComponentPolicy>,
+}
