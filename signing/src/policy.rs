@@ -268,6 +268,7 @@ pub struct PolicyVerifier<'a> {
     trust: &'a TrustRoot,
     state: &'a StateStore,
     now: OffsetDateTime,
+    record: bool,
 }
 
 impl<'a> PolicyVerifier<'a> {
@@ -277,7 +278,15 @@ impl<'a> PolicyVerifier<'a> {
             trust,
             state,
             now: OffsetDateTime::now_utc(),
+            record: true,
         }
+    }
+
+    /// Checks rollback against the state but does not record the version as accepted (for
+    /// read-only checks such as `capgate policy check`).
+    pub fn check_only(mut self) -> Self {
+        self.record = false;
+        self
     }
 
     /// Judges expiry as of `now` instead of the current time.
@@ -338,7 +347,18 @@ impl<'a> PolicyVerifier<'a> {
             });
         }
         check_expiry(path, &header, self.now)?;
-        self.state.accept(path, &header.name, header.version)?;
+        if self.record {
+            self.state.accept(path, &header.name, header.version)?;
+        } else if let Some(highest) = self.state.highest(&header.name)?
+            && header.version < highest
+        {
+            return Err(Error::Rollback {
+                path: path.to_owned(),
+                name: header.name.clone(),
+                version: header.version,
+                highest,
+            });
+        }
         Ok(PolicyBundle {
             path: path.to_owned(),
             yaml,

@@ -146,6 +146,20 @@ impl Authority {
         decision
     }
 
+    /// The cached decision for this request, if there is one. Never evaluates Cedar, so it is
+    /// safe to call anywhere, including on a wasmtime fiber stack (where Cedar's stack guard
+    /// cannot measure the stack and refuses to evaluate).
+    pub fn cached(&self, component: &str, request: &Request) -> Option<Decision> {
+        let slice = self.slices.get(component)?;
+        let key = request.cache_key();
+        slice
+            .cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+            .cloned()
+    }
+
     /// Decides without the cache (what `decide` does on a miss).
     pub fn decide_uncached(&self, component: &str, request: &Request) -> Decision {
         match self.slices.get(component) {

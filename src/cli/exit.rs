@@ -18,8 +18,9 @@ pub enum Exit {
     /// An input file does not exist.
     NoInput = 66,
     /// A guest trapped or hit a limit.
-    #[allow(dead_code)]
     GuestFault = 69,
+    /// capgate itself failed (e.g. the engine could not start).
+    Software = 70,
     /// An output file could not be created.
     CantCreate = 73,
     /// Another I/O error.
@@ -35,6 +36,7 @@ impl Exit {
             Self::DataErr => "invalid",
             Self::NoInput => "missing-input",
             Self::GuestFault => "guest-fault",
+            Self::Software => "internal",
             Self::CantCreate => "cannot-create",
             Self::IoErr => "io",
             Self::NoPerm => "trust",
@@ -84,6 +86,31 @@ impl From<capgate_signing::Error> for CliError {
             ErrorClass::Trust => Exit::NoPerm,
             ErrorClass::CannotCreate => Exit::CantCreate,
             _ => Exit::IoErr,
+        };
+        Self::new(exit, e.to_string())
+    }
+}
+
+impl From<capgate::policy::PolicyError> for CliError {
+    fn from(e: capgate::policy::PolicyError) -> Self {
+        use capgate::policy::PolicyError as P;
+        match e {
+            P::Signing(inner) => inner.into(),
+            P::MissingFile { .. } => Self::new(Exit::NoInput, e.to_string()),
+            P::PinMismatch { .. } => Self::new(Exit::NoPerm, e.to_string()),
+            _ => Self::new(Exit::DataErr, e.to_string()),
+        }
+    }
+}
+
+impl From<capgate::RunError> for CliError {
+    fn from(e: capgate::RunError) -> Self {
+        use capgate::RunError as R;
+        let exit = match &e {
+            R::Trap { .. } | R::Limit { .. } => Exit::GuestFault,
+            R::Invalid { .. } | R::Instantiate { .. } => Exit::DataErr,
+            R::NoSuchComponent { .. } => Exit::Usage,
+            _ => Exit::Software,
         };
         Self::new(exit, e.to_string())
     }

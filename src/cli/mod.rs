@@ -6,6 +6,7 @@
 
 mod exit;
 mod keys;
+mod run;
 
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -65,6 +66,51 @@ enum Command {
         file: PathBuf,
         #[command(flatten)]
         trust: TrustArgs,
+    },
+    /// Check a policy: parse it, validate its rules against the schema, verify signatures when
+    /// `--trust` is given, and report lints.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+    /// Run a `wasi:cli/run` component under a signed policy.
+    Run {
+        /// The policy (YAML).
+        #[arg(long, value_name = "POLICY.yaml")]
+        policy: PathBuf,
+        /// The trust root; required unless `--allow-unsigned`.
+        #[arg(long, value_name = "TRUST.yaml")]
+        trust: Option<PathBuf>,
+        /// The component to run [default: the policy's only command].
+        #[arg(long, value_name = "NAME")]
+        component: Option<String>,
+        /// DANGER: run without checking any signature. For local development only.
+        #[arg(long)]
+        allow_unsigned: bool,
+        /// Where accepted policy versions are remembered.
+        #[arg(long, value_name = "DIR", env = "CAPGATE_STATE_DIR")]
+        state_dir: Option<PathBuf>,
+        /// Do not use the compilation cache ($XDG_CACHE_HOME/capgate).
+        #[arg(long)]
+        no_cache: bool,
+        /// Arguments passed to the guest after the policy's `args`.
+        #[arg(last = true, value_name = "ARGS")]
+        args: Vec<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PolicyCommand {
+    /// Parse and validate a policy and its rules; verify signatures with `--trust`.
+    Check {
+        /// The policy (YAML).
+        policy: PathBuf,
+        /// The trust root; without it, signatures are not checked.
+        #[arg(long, value_name = "TRUST.yaml")]
+        trust: Option<PathBuf>,
+        /// Where accepted policy versions are remembered (read only here).
+        #[arg(long, value_name = "DIR", env = "CAPGATE_STATE_DIR")]
+        state_dir: Option<PathBuf>,
     },
 }
 
@@ -135,6 +181,36 @@ pub fn main() -> ExitCode {
         }
     };
     let format = cli.log_format;
+    if let Command::Run {
+        policy,
+        trust,
+        component,
+        allow_unsigned,
+        state_dir,
+        no_cache,
+        args,
+    } = &cli.command
+    {
+        let src = run::Source {
+            policy,
+            trust: trust.as_deref(),
+            state_dir: state_dir.as_deref(),
+            allow_unsigned: *allow_unsigned,
+        };
+        let a = run::RunArgs {
+            component: component.as_deref(),
+            args,
+            no_cache: *no_cache,
+            format,
+        };
+        return match run::run(&src, &a) {
+            Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+            Err(e) => {
+                e.print(format);
+                ExitCode::from(e.exit as u8)
+            }
+        };
+    }
     match run(cli) {
         Ok(report) => {
             let mut out = std::io::stdout().lock();
@@ -156,5 +232,20 @@ fn run(cli: Cli) -> Result<Report, CliError> {
         Command::Keygen { out, force } => keys::keygen(&out, force),
         Command::Sign { kind, file, key } => keys::sign(kind, &file, &key),
         Command::Verify { kind, file, trust } => keys::verify(kind, &file, &trust),
+        Command::Policy {
+            command:
+                PolicyCommand::Check {
+                    policy,
+                    trust,
+                    state_dir,
+                },
+        } => run::check(&run::Source {
+            policy: &policy,
+            trust: trust.as_deref(),
+            state_dir: state_dir.as_deref(),
+            allow_unsigned: trust.is_none(),
+        }),
+        // INVARIANT: `main` handles `run` before calling this function.
+        Command::Run { .. } => unreachable!("run is dispatched in main"),
     }
 }

@@ -37,6 +37,19 @@ pub enum PolicyError {
         file: PathBuf,
     },
 
+    /// A component's artifact does not have the digest the policy pins.
+    #[error("component `{component}`: {} has sha256 `{found}`, but the policy pins `{expected}` (hint: rebuild the artifact, or update the pin and sign the policy again)", artifact.display())]
+    PinMismatch {
+        /// The component.
+        component: String,
+        /// Its artifact.
+        artifact: PathBuf,
+        /// The pinned digest.
+        expected: capgate_signing::Sha256,
+        /// The artifact's digest.
+        found: capgate_signing::Sha256,
+    },
+
     /// Signature, trust, expiry, rollback or I/O failure.
     #[error(transparent)]
     Signing(#[from] capgate_signing::Error),

@@ -1,0 +1,188 @@
+//! `run` and `policy check`: load a verified policy, then run a command component or report.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use capgate::signing::{StateStore, TrustRoot};
+use capgate::{Host, HostConfig, VerifiedPolicy};
+use serde_json::json;
+
+use super::{CliError, Exit, LogFormat, Report};
+
+/// Where the policy's trust comes from.
+pub(super) struct Source<'a> {
+    pub policy: &'a Path,
+    pub trust: Option<&'a Path>,
+    pub state_dir: Option<&'a Path>,
+    pub allow_unsigned: bool,
+}
+
+fn state(dir: Option<&Path>) -> Result<StateStore, CliError> {
+    match dir {
+        Some(d) => Ok(StateStore::at(d)),
+        None => StateStore::default_dir().map(StateStore::at).ok_or_else(|| {
+            CliError::new(Exit::Usage, "cannot find a state directory: neither `XDG_STATE_HOME` nor `HOME` is set (hint: pass `--state-dir DIR`)")
+        }),
+    }
+}
+
+fn load(src: &Source<'_>, record: bool) -> Result<VerifiedPolicy, CliError> {
+    if src.allow_unsigned {
+        // `policy check` without `--trust` says so in its report instead.
+        if record {
+            eprintln!(
+                "warning: --allow-unsigned: NO SIGNATURE IS CHECKED on `{}` or its components, and rollback protection is off. For local development only.",
+                src.policy.display()
+            );
+        }
+        return Ok(capgate::danger::load_unsigned_policy(src.policy)?);
+    }
+    let trust = src.trust.ok_or_else(|| {
+        CliError::new(Exit::Usage, "`--trust TRUST.yaml` is required to verify the policy (hint: for local development only, `--allow-unsigned` skips verification)")
+    })?;
+    let trust = TrustRoot::load(trust)?;
+    let state = state(src.state_dir)?;
+    Ok(if record {
+        VerifiedPolicy::load(src.policy, &trust, &state)?
+    } else {
+        VerifiedPolicy::check(src.policy, &trust, &state)?
+    })
+}
+
+/// The default compilation cache: `$XDG_CACHE_HOME/capgate`, else `~/.cache/capgate`.
+fn default_cache_dir() -> Option<PathBuf> {
+    let from = |v: &str| {
+        std::env::var_os(v)
+            .filter(|s| !s.is_empty())
+            .map(PathBuf::from)
+    };
+    from("XDG_CACHE_HOME")
+        .map(|d| d.join("capgate"))
+        .or_else(|| from("HOME").map(|h| h.join(".cache/capgate")))
+        .filter(|p| p.is_absolute())
+}
+
+pub(super) struct RunArgs<'a> {
+    pub component: Option<&'a str>,
+    pub args: &'a [String],
+    pub no_cache: bool,
+    pub format: LogFormat,
+}
+
+pub(super) fn run(src: &Source<'_>, a: &RunArgs<'_>) -> Result<i32, CliError> {
+    let policy = Arc::new(load(src, true)?);
+    let format = a.format;
+    let mut config = HostConfig::new().observe(move |ev| {
+        if ev.decision.allowed {
+            return;
+        }
+        match format {
+            LogFormat::Text => eprintln!("capgate: denied `{}` {} {}: {}", ev.component, ev.action, ev.resource, ev.decision.explain()),
+            LogFormat::Json => eprintln!(
+                "{}",
+                json!({"level": "warn", "event": "deny", "component": ev.component, "action": ev.action.as_str(), "resource": ev.resource, "reasons": ev.decision.reasons, "errors": ev.decision.errors})
+            ),
+        }
+    });
+    if !a.no_cache
+        && let Some(dir) = default_cache_dir()
+    {
+        config = config.cache_dir(dir);
+    }
+    let host = Host::new(config)?;
+    let name = pick_component(&host, &policy, a.component)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            CliError::new(
+                Exit::Software,
+                format!("cannot start the async runtime: {e}"),
+            )
+        })?;
+    Ok(rt.block_on(host.run(&policy, &name, a.args))?)
+}
+
+/// The component named, or the only one that is a command.
+fn pick_component(
+    host: &Host,
+    policy: &VerifiedPolicy,
+    named: Option<&str>,
+) -> Result<String, CliError> {
+    if let Some(n) = named {
+        return Ok(n.to_owned());
+    }
+    let names: Vec<&String> = policy.policy().components.keys().collect();
+    if let [only] = names.as_slice() {
+        return Ok((*only).clone());
+    }
+    let mut commands = Vec::new();
+    for n in &names {
+        let c = host.compile(policy, n)?;
+        if c.component_type()
+            .exports(host.engine())
+            .any(|(e, _)| e.starts_with("wasi:cli/run@"))
+        {
+            commands.push((*n).clone());
+        }
+    }
+    match commands.as_slice() {
+        [one] => Ok(one.clone()),
+        [] => Err(CliError::new(
+            Exit::Usage,
+            "no component of this policy exports `wasi:cli/run` (hint: `capgate serve` or `capgate call` run other kinds)",
+        )),
+        many => Err(CliError::new(
+            Exit::Usage,
+            format!(
+                "several components are commands ({}); choose one with `--component NAME`",
+                many.join(", ")
+            ),
+        )),
+    }
+}
+
+pub(super) fn check(src: &Source<'_>) -> Result<Report, CliError> {
+    let policy = load(src, false)?;
+    let p = policy.policy();
+    let lints: Vec<String> = policy
+        .authority()
+        .lints()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    let mut text = format!(
+        "ok: policy `{}` version {} ({} component{}, {} rules file{}){}",
+        p.name,
+        p.version,
+        p.components.len(),
+        if p.components.len() == 1 { "" } else { "s" },
+        p.rules.len(),
+        if p.rules.len() == 1 { "" } else { "s" },
+        if src.trust.is_some() {
+            ", signatures verified"
+        } else {
+            ", signatures not checked (no `--trust`)"
+        }
+    );
+    for (name, c) in &p.components {
+        let grants = c.files.len()
+            + c.network.connect.len()
+            + c.network.bind.len()
+            + c.network.udp.len()
+            + c.network.lookup.len()
+            + c.http.len()
+            + c.calls.len();
+        text.push_str(&format!(
+            "\n  {name}: {grants} grant{}",
+            if grants == 1 { "" } else { "s" }
+        ));
+    }
+    for l in &lints {
+        text.push_str(&format!("\nwarning: {l}"));
+    }
+    Ok(Report::new(
+        text,
+        json!({"ok": true, "name": p.name, "version": p.version, "components": p.components.keys().collect::<Vec<_>>(), "warnings": lints}),
+    ))
+}

@@ -1,0 +1,202 @@
+//! Grants → WASI: builds each component's `WasiCtx` from its policy, and the store limiter.
+//!
+//! Everything the guest can reach is added here and nowhere else, starting from a context with
+//! nothing granted: preopens from the directory handles opened at load, literal and host
+//! environment variables, arguments, stdio, and sockets behind a check that asks the one
+//! decision function for every address. This module never widens a grant: when in doubt, it
+//! denies.
+
+mod limits;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use wasmtime_wasi::sockets::SocketAddrUse;
+use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder};
+
+use crate::authz::{Action, Decision, Request};
+use crate::policy::{Access, ComponentPolicy, Input, Output};
+use crate::verified::VerifiedPolicy;
+
+pub use limits::{LimitHit, Limiter};
+
+/// One decision made while a guest ran, for observers (the CLI prints denials; the audit log
+/// records them).
+#[derive(Debug, Clone)]
+pub struct DecisionEvent {
+    /// The component that asked.
+    pub component: String,
+    /// The action.
+    pub action: Action,
+    /// The resource, as one line.
+    pub resource: String,
+    /// The decision.
+    pub decision: Decision,
+}
+
+/// Receives every decision made on behalf of running guests.
+pub type DecisionObserver = Arc<dyn Fn(&DecisionEvent) + Send + Sync>;
+
+/// Decides `request` for `component` from a guest's host call, and tells `observer`.
+///
+/// Host calls run on wasmtime's fiber stacks, where Cedar's stack guard cannot measure the
+/// stack and would refuse to evaluate; a decision not in the cache is therefore evaluated on
+/// a blocking-pool thread with a real stack.
+pub(crate) async fn decide(
+    policy: Arc<VerifiedPolicy>,
+    observer: DecisionObserver,
+    component: String,
+    request: Request,
+) -> bool {
+    let decision = match policy.authority().cached(&component, &request) {
+        Some(d) => d,
+        None => {
+            let (p, c, r) = (policy.clone(), component.clone(), request.clone());
+            match tokio::task::spawn_blocking(move || p.authority().decide(&c, &r)).await {
+                Ok(d) => d,
+                Err(e) => Decision {
+                    allowed: false,
+                    reasons: Vec::new(),
+                    errors: vec![format!("the decision could not be made: {e}")],
+                },
+            }
+        }
+    };
+    let allowed = decision.allowed;
+    observer(&DecisionEvent {
+        component: component.to_owned(),
+        action: request.action(),
+        resource: request.resource(),
+        decision,
+    });
+    allowed
+}
+
+/// Where the guest's standard streams go when the policy does not close them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StdioMode {
+    /// The host process's own stdin, stdout and stderr.
+    #[default]
+    Inherit,
+}
+
+/// Builds the WASI context for `component`, exactly as its policy grants.
+pub(crate) fn wasi_ctx(
+    policy: &Arc<VerifiedPolicy>,
+    observer: &DecisionObserver,
+    component: &ComponentPolicy,
+    extra_args: &[String],
+) -> Result<WasiCtx, wasmtime::Error> {
+    let mut b = WasiCtxBuilder::new();
+
+    // argv[0] is the component's name, as `wasmtime run` passes the program name.
+    let mut argv = vec![component.name.clone()];
+    argv.extend(component.args.iter().cloned());
+    argv.extend(extra_args.iter().cloned());
+    b.args(&argv);
+
+    for (k, v) in &component.env {
+        b.env(k, v);
+    }
+    for k in &component.env_from_host {
+        if let Ok(v) = std::env::var(k) {
+            b.env(k, v);
+        }
+    }
+
+    if component.stdio.stdin == Input::Inherit {
+        b.inherit_stdin();
+    }
+    if component.stdio.stdout == Output::Inherit {
+        b.inherit_stdout();
+    }
+    if component.stdio.stderr == Output::Inherit {
+        b.inherit_stderr();
+    }
+
+    let dirs = policy
+        .dirs
+        .get(&component.name)
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    for (grant, dir) in component.files.iter().zip(dirs) {
+        let perms = match grant.access {
+            Access::ReadOnly => FsPerms::ReadOnly,
+            Access::ReadWrite => FsPerms::ReadWrite,
+        };
+        b.preopened_dir(handle_path(dir, &grant.host), &grant.guest, perms)?;
+    }
+
+    let net = &component.network;
+    b.allow_tcp(!net.connect.is_empty() || !net.bind.is_empty());
+    b.allow_udp(!net.udp.is_empty());
+    b.allow_ip_name_lookup(false);
+    let (p, o, name) = (policy.clone(), observer.clone(), component.name.clone());
+    let has_connect = !net.connect.is_empty();
+    let has_udp = !net.udp.is_empty();
+    b.socket_addr_check(move |addr, use_| {
+        Box::pin(socket_allowed(
+            p.clone(),
+            o.clone(),
+            name.clone(),
+            has_connect,
+            has_udp,
+            addr,
+            use_,
+        ))
+    });
+    Ok(b.build())
+}
+
+/// The path wasmtime-wasi opens a preopen from. On Linux this is the handle opened when the
+/// policy loaded (through `/proc/self/fd`), so replacing the directory on disk afterwards
+/// cannot redirect the grant.
+fn handle_path(dir: &cap_std::fs::Dir, host: &std::path::Path) -> std::path::PathBuf {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd as _;
+        let _ = host;
+        std::path::PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd()))
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = dir;
+        host.to_owned()
+    }
+}
+
+fn is_ephemeral(addr: SocketAddr) -> bool {
+    addr.ip().is_unspecified() && addr.port() == 0
+}
+
+/// Maps wasi:sockets' address checks onto policy requests.
+async fn socket_allowed(
+    policy: Arc<VerifiedPolicy>,
+    observer: DecisionObserver,
+    component: String,
+    has_connect: bool,
+    has_udp: bool,
+    addr: SocketAddr,
+    use_: SocketAddrUse,
+) -> bool {
+    let action = match use_ {
+        // Binding the unspecified address with port 0 is the implicit local bind before an
+        // outbound connection; it grants nothing by itself.
+        SocketAddrUse::TcpBind if is_ephemeral(addr) && has_connect => return true,
+        SocketAddrUse::UdpBind if is_ephemeral(addr) && has_udp => return true,
+        SocketAddrUse::TcpConnect => Action::NetConnect,
+        SocketAddrUse::TcpBind | SocketAddrUse::TcpListen => Action::NetBind,
+        // Peers connecting to a listener the policy granted.
+        SocketAddrUse::TcpAccept => return true,
+        SocketAddrUse::UdpBind | SocketAddrUse::UdpSend | SocketAddrUse::UdpReceive => {
+            Action::NetUdp
+        }
+    };
+    decide(
+        policy,
+        observer,
+        component,
+        Request::Socket { action, addr },
+    )
+    .await
+}

@@ -1,0 +1,178 @@
+//! `VerifiedPolicy`: the proof that a policy and every artifact it names passed verification.
+//!
+//! This is the only input the runtime accepts. It is built by [`VerifiedPolicy::load`] (policy
+//! signature by the trust root's `policy` role, expiry, rollback; each artifact's digest pin
+//! and signature by `signed_by` keys or the `artifact` role) or, for local development only,
+//! by [`crate::danger::load_unsigned_policy`]. Host directories are opened here, once, as
+//! capability handles; nothing later resolves a grant's path again.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use capgate_signing::{
+    PolicyBundle, PolicyVerifier, Provenance, Role, StateStore, TrustRoot, VerifiedArtifact,
+};
+
+use crate::authz::{Authority, Identity};
+use crate::policy::{self, Policy, PolicyError};
+
+/// The largest component artifact capgate will read.
+pub const MAX_ARTIFACT_BYTES: u64 = 512 * 1024 * 1024;
+
+/// A policy whose signatures, freshness and artifacts have all been checked, compiled and
+/// ready to run.
+#[derive(Debug, Clone)]
+pub struct VerifiedPolicy {
+    policy: Policy,
+    authority: Authority,
+    artifacts: BTreeMap<String, VerifiedArtifact>,
+    provenance: Provenance,
+    #[cfg(feature = "runtime")]
+    pub(crate) dirs: BTreeMap<String, Vec<std::sync::Arc<cap_std::fs::Dir>>>,
+}
+
+impl VerifiedPolicy {
+    /// Verifies the policy at `path` and every component artifact it names, against `trust`,
+    /// recording the accepted version in `state`.
+    pub fn load(path: &Path, trust: &TrustRoot, state: &StateStore) -> Result<Self, PolicyError> {
+        let bundle = PolicyVerifier::new(trust, state).verify(path)?;
+        Self::from_bundle(bundle, Some(trust))
+    }
+
+    /// Like [`VerifiedPolicy::load`], but does not record the version as accepted.
+    pub fn check(path: &Path, trust: &TrustRoot, state: &StateStore) -> Result<Self, PolicyError> {
+        let bundle = PolicyVerifier::new(trust, state)
+            .check_only()
+            .verify(path)?;
+        Self::from_bundle(bundle, Some(trust))
+    }
+
+    pub(crate) fn from_bundle(
+        bundle: PolicyBundle,
+        trust: Option<&TrustRoot>,
+    ) -> Result<Self, PolicyError> {
+        let provenance = bundle.provenance().clone();
+        let policy = policy::parse(&bundle)?;
+        let mut artifacts = BTreeMap::new();
+        for (name, c) in &policy.components {
+            let bytes = read_artifact(&c.artifact)?;
+            if let Some(pin) = c.sha256 {
+                let found = capgate_signing::Sha256::of(&bytes);
+                if found != pin {
+                    return Err(PolicyError::PinMismatch {
+                        component: name.clone(),
+                        artifact: c.artifact.clone(),
+                        expected: pin,
+                        found,
+                    });
+                }
+            }
+            let artifact = match trust {
+                Some(trust) => {
+                    let req = if c.signed_by.is_empty() {
+                        trust.role(Role::Artifact)
+                    } else {
+                        trust.any_of(&c.signed_by).map_err(|missing| PolicyError::Invalid {
+                            path: policy.path.clone(),
+                            line: 0,
+                            column: 0,
+                            message: format!("{name}.signed_by: key `{missing}` is not in the trust root `{}`", trust.path().display()),
+                            hint: Some("name keys as the trust root's `keys` section does".into()),
+                        })?
+                    };
+                    VerifiedArtifact::verify(&c.artifact, bytes, trust, &req)?
+                }
+                None => capgate_signing::danger::unverified_artifact(&c.artifact, bytes),
+            };
+            artifacts.insert(name.clone(), artifact);
+        }
+        let authority = Authority::compile(&policy, |name| Identity {
+            sha256: artifacts
+                .get(name)
+                .map(|a| a.report().sha256.to_string())
+                .unwrap_or_default(),
+            signers: artifacts
+                .get(name)
+                .map(|a| a.report().signers.clone())
+                .unwrap_or_default(),
+        })?;
+        #[cfg(feature = "runtime")]
+        let dirs = open_dirs(&policy)?;
+        Ok(Self {
+            policy,
+            authority,
+            artifacts,
+            provenance,
+            #[cfg(feature = "runtime")]
+            dirs,
+        })
+    }
+
+    /// The parsed policy.
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    /// The compiled decision function.
+    pub fn authority(&self) -> &Authority {
+        &self.authority
+    }
+
+    /// The verified artifact of a component.
+    pub fn artifact(&self, component: &str) -> Option<&VerifiedArtifact> {
+        self.artifacts.get(component)
+    }
+
+    /// Who signed the policy, or that it was admitted unsigned.
+    pub fn provenance(&self) -> &Provenance {
+        &self.provenance
+    }
+}
+
+fn read_artifact(path: &PathBuf) -> Result<Vec<u8>, PolicyError> {
+    use std::io::Read as _;
+    let io = |source| {
+        PolicyError::Signing(capgate_signing::Error::Io {
+            path: path.clone(),
+            source,
+        })
+    };
+    let f = std::fs::File::open(path).map_err(io)?;
+    let mut bytes = Vec::new();
+    f.take(MAX_ARTIFACT_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(io)?;
+    if bytes.len() as u64 > MAX_ARTIFACT_BYTES {
+        return Err(PolicyError::Invalid {
+            path: path.clone(),
+            line: 0,
+            column: 0,
+            message: format!("component is larger than the {MAX_ARTIFACT_BYTES}-byte limit"),
+            hint: None,
+        });
+    }
+    Ok(bytes)
+}
+
+/// Opens every granted host directory once, as a capability handle.
+#[cfg(feature = "runtime")]
+fn open_dirs(
+    policy: &Policy,
+) -> Result<BTreeMap<String, Vec<std::sync::Arc<cap_std::fs::Dir>>>, PolicyError> {
+    let mut out = BTreeMap::new();
+    for (name, c) in &policy.components {
+        let mut dirs = Vec::new();
+        for f in &c.files {
+            let dir = cap_std::fs::Dir::open_ambient_dir(&f.host, cap_std::ambient_authority())
+                .map_err(|source| {
+                    PolicyError::Signing(capgate_signing::Error::Io {
+                        path: f.host.clone(),
+                        source,
+                    })
+                })?;
+            dirs.push(std::sync::Arc::new(dir));
+        }
+        out.insert(name.clone(), dirs);
+    }
+    Ok(out)
+}

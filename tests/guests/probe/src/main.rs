@@ -1,0 +1,81 @@
+//! A hostile guest for the escape table: each invocation attempts one thing and prints one
+//! line, `ok: ...` or `err: KIND: message`, so tests can assert exactly what happened.
+//!
+//! Usage: probe OP [ARGS...]
+
+use std::io::{Read, Write};
+use std::net::{TcpStream, ToSocketAddrs, UdpSocket};
+
+fn report<T: std::fmt::Debug>(r: std::io::Result<T>) {
+    match r {
+        Ok(v) => println!("ok: {v:?}"),
+        Err(e) => println!("err: {:?}: {e}", e.kind()),
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let op = args.get(1).map(String::as_str).unwrap_or("");
+    let a = |i: usize| args.get(i).cloned().unwrap_or_default();
+    match op {
+        "args" => println!("ok: {:?}", args),
+        "read" => report(std::fs::read_to_string(a(2))),
+        "list" => report(std::fs::read_dir(a(2)).map(|d| {
+            let mut names: Vec<String> = d.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+            names.sort();
+            names
+        })),
+        "write" => report(std::fs::write(a(2), a(3))),
+        "create" => report(std::fs::File::create_new(a(2)).map(|_| ())),
+        "append" => report(std::fs::OpenOptions::new().append(true).open(a(2)).and_then(|mut f| f.write_all(b"more"))),
+        "truncate" => report(std::fs::OpenOptions::new().write(true).open(a(2)).and_then(|f| f.set_len(0))),
+        "remove" => report(std::fs::remove_file(a(2))),
+        "rmdir" => report(std::fs::remove_dir(a(2))),
+        "mkdir" => report(std::fs::create_dir(a(2))),
+        "rename" => report(std::fs::rename(a(2), a(3))),
+        "hardlink" => report(std::fs::hard_link(a(2), a(3))),
+        "set-times" => report(std::fs::File::open(a(2)).and_then(|f| f.set_modified(std::time::SystemTime::UNIX_EPOCH))),
+        "env" => match std::env::var(a(2)) {
+            Ok(v) => println!("ok: {v}"),
+            Err(e) => println!("err: {e}"),
+        },
+        "env-all" => println!("ok: {:?}", std::env::vars().map(|(k, _)| k).collect::<Vec<_>>()),
+        "connect" => report(a(2).parse::<std::net::SocketAddr>().map_err(std::io::Error::other).and_then(|addr| {
+            let mut s = TcpStream::connect(addr)?;
+            s.write_all(b"ping\n")?;
+            let mut buf = [0u8; 5];
+            s.read_exact(&mut buf)?;
+            Ok(String::from_utf8_lossy(&buf).into_owned())
+        })),
+        "bind" => report(std::net::TcpListener::bind(a(2)).map(|_| ())),
+        "udp" => report(UdpSocket::bind(a(2)).and_then(|s| s.send_to(b"x", a(3)))),
+        "lookup" => report((a(2).as_str(), 80).to_socket_addrs().map(|it| it.count())),
+        "alloc" => {
+            let mut v: Vec<Vec<u8>> = Vec::new();
+            loop {
+                v.push(vec![1u8; 1 << 20]);
+            }
+        }
+        "spin" => {
+            let mut x: u64 = 0;
+            loop {
+                x = std::hint::black_box(x.wrapping_add(1));
+            }
+        }
+        "recurse" => {
+            fn deep(n: u64) -> u64 {
+                if n == u64::MAX {
+                    return 0;
+                }
+                std::hint::black_box(deep(n + 1)) + 1
+            }
+            println!("{}", deep(0));
+        }
+        "exit" => std::process::exit(a(2).parse().unwrap_or(1)),
+        "trap" => panic!("the probe was asked to trap"),
+        _ => {
+            eprintln!("probe: unknown op `{op}`");
+            std::process::exit(2);
+        }
+    }
+}
