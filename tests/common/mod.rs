@@ -14,6 +14,11 @@ pub struct Run {
 }
 
 impl Run {
+    /// Wraps a finished process.
+    pub fn from_output(out: Output) -> Self {
+        Self::from(out)
+    }
+
     fn from(out: Output) -> Self {
         Self {
             code: out.status.code().unwrap_or(-1),
@@ -96,6 +101,11 @@ impl Sandbox {
                 .args(args)
                 .current_dir(self.dir.path())
                 .env("CAPGATE_STATE_DIR", self.path("state"))
+                // Share compiled guests across test runs.
+                .env(
+                    "XDG_CACHE_HOME",
+                    concat!(env!("CARGO_MANIFEST_DIR"), "/target/test-cache"),
+                )
                 .output()
                 .expect("run capgate"),
         )
@@ -116,4 +126,20 @@ pub fn flip_byte(path: &Path, i: usize) {
     let mut b = std::fs::read(path).unwrap();
     b[i] ^= 1;
     std::fs::write(path, b).unwrap();
+}
+
+/// A TCP server on `addr` that answers each connection's first line with `pong\n`. Returns the
+/// bound address; the server lives as long as the test process.
+pub fn pong_server(addr: &str) -> Option<std::net::SocketAddr> {
+    use std::io::{Read as _, Write as _};
+    let listener = std::net::TcpListener::bind(addr).ok()?;
+    let local = listener.local_addr().ok()?;
+    std::thread::spawn(move || {
+        for mut c in listener.incoming().flatten() {
+            let mut buf = [0u8; 5];
+            let _ = c.read(&mut buf);
+            let _ = c.write_all(b"pong\n");
+        }
+    });
+    Some(local)
 }

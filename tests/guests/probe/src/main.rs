@@ -25,6 +25,7 @@ fn main() {
             names.sort();
             names
         })),
+        "read-nul" => report(std::fs::read_to_string(format!("{}\0.txt", a(2)))),
         "write" => report(std::fs::write(a(2), a(3))),
         "create" => report(std::fs::File::create_new(a(2)).map(|_| ())),
         "append" => report(std::fs::OpenOptions::new().append(true).open(a(2)).and_then(|mut f| f.write_all(b"more"))),

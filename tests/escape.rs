@@ -1,0 +1,361 @@
+//! The escape table: a hostile guest (`tests/guests/probe`) run through the real `capgate run`
+//! under a signed policy. Every row asserts the exact outcome, and every denial has a positive
+//! control showing the same grant works when the request is inside it.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Run, Sandbox, guests, pong_server};
+
+struct Fixture {
+    sb: Sandbox,
+    port: u16,
+}
+
+const TRUST: &str = "capgate-trust: 1
+keys: { release: keys/release.pub, alice: keys/alice.pub }
+roles:
+  artifact: { keys: [release], threshold: 1 }
+  policy: { keys: [alice], threshold: 1 }
+";
+
+fn fixture() -> Fixture {
+    let sb = Sandbox::new();
+    sb.keys(&["release", "alice"]);
+    sb.write("trust.yaml", TRUST);
+    std::fs::copy(guests::guest("probe"), sb.path("probe.wasm")).unwrap();
+    sb.write("outside.txt", "outside secret\n");
+    sb.write("data/a.txt", "hello\n");
+    sb.write("data/sub/b.txt", "b\n");
+    sb.write("out/keep.txt", "keep\n");
+    #[cfg(unix)]
+    std::os::unix::fs::symlink("../outside.txt", sb.path("data/link")).unwrap();
+    let port = pong_server("127.0.0.1:0").expect("listener").port();
+    let policy = format!(
+        "capgate: 1
+name: escape
+version: 1
+components:
+  probe:
+    component: probe.wasm
+    files:
+      - {{ host: data, guest: /data, access: read-only }}
+      - {{ host: out, guest: /out, access: read-write }}
+    env: {{ GREETING: hi }}
+    env_from_host: [CAPGATE_VISIBLE]
+    network:
+      connect: [tcp://127.0.0.1:{port}]
+    limits: {{ memory: 32MiB, timeout: 2s }}
+  probe-fuel:
+    component: probe.wasm
+    limits: {{ fuel: 50000000 }}
+"
+    );
+    sb.write("policy.yaml", policy);
+    sb.capgate([
+        "sign",
+        "artifact",
+        "probe.wasm",
+        "--key",
+        "keys/release.key",
+    ])
+    .expect(0);
+    sb.capgate(["sign", "policy", "policy.yaml", "--key", "keys/alice.key"])
+        .expect(0);
+    Fixture { sb, port }
+}
+
+impl Fixture {
+    fn probe(&self, args: &[&str]) -> Run {
+        self.run("probe", args)
+    }
+
+    fn run(&self, component: &str, args: &[&str]) -> Run {
+        let mut argv = vec![
+            "run",
+            "--policy",
+            "policy.yaml",
+            "--trust",
+            "trust.yaml",
+            "--component",
+            component,
+            "--",
+        ];
+        argv.extend_from_slice(args);
+        self.sb.capgate(argv)
+    }
+}
+
+#[track_caller]
+fn ok(r: &Run, want: &str) {
+    r.expect(0);
+    assert_eq!(
+        r.stdout.trim(),
+        format!("ok: {want}"),
+        "stderr: {}",
+        r.stderr
+    );
+}
+
+#[track_caller]
+fn denied(r: &Run, kind: &str) {
+    r.expect(0);
+    assert!(
+        r.stdout.starts_with(&format!("err: {kind}")),
+        "expected a `{kind}` error, got: {}\nstderr: {}",
+        r.stdout,
+        r.stderr
+    );
+}
+
+#[test]
+fn files_escape_table() {
+    let f = fixture();
+    let data_before = std::fs::metadata(f.sb.path("data/a.txt"))
+        .unwrap()
+        .modified()
+        .unwrap();
+
+    // Positive controls: the grants work.
+    ok(&f.probe(&["read", "/data/a.txt"]), "\"hello\\n\"");
+    ok(&f.probe(&["read", "/data/sub/b.txt"]), "\"b\\n\"");
+    ok(
+        &f.probe(&["list", "/data"]),
+        "[\"a.txt\", \"link\", \"sub\"]",
+    );
+
+    // Break-out attempts through paths.
+    denied(
+        &f.probe(&["read", "/data/../outside.txt"]),
+        "PermissionDenied",
+    );
+    denied(
+        &f.probe(&["read", "/data/sub/../../../../outside.txt"]),
+        "PermissionDenied",
+    );
+    denied(&f.probe(&["read", "/data/link"]), "PermissionDenied");
+    let abs = f.probe(&["read", &f.sb.path("outside.txt").display().to_string()]);
+    assert!(
+        abs.stdout.starts_with("err: "),
+        "absolute host path: {}",
+        abs.stdout
+    );
+    denied(&f.probe(&["read", "/etc/passwd"]), "NotFound");
+    denied(&f.probe(&["read-nul", "/data/a"]), "InvalidInput");
+
+    // Every mutation of the read-only mount is refused...
+    for (op, args) in [
+        ("write", vec!["/data/a.txt", "x"]),
+        ("create", vec!["/data/new.txt"]),
+        ("append", vec!["/data/a.txt"]),
+        ("truncate", vec!["/data/a.txt"]),
+        ("remove", vec!["/data/a.txt"]),
+        ("mkdir", vec!["/data/newdir"]),
+        ("rmdir", vec!["/data/sub"]),
+        ("set-times", vec!["/data/a.txt"]),
+        ("rename", vec!["/data/a.txt", "/data/c.txt"]),
+        ("hardlink", vec!["/data/a.txt", "/data/h.txt"]),
+    ] {
+        let mut argv = vec![op];
+        argv.extend(args.iter().copied());
+        let r = f.probe(&argv);
+        assert!(
+            r.stdout.starts_with("err: "),
+            "{op} on the read-only mount: {}",
+            r.stdout
+        );
+    }
+    // ...while each works on the read-write mount (controls).
+    ok(&f.probe(&["write", "/out/w.txt", "x"]), "()");
+    ok(&f.probe(&["create", "/out/new.txt"]), "()");
+    ok(&f.probe(&["append", "/out/w.txt"]), "()");
+    ok(&f.probe(&["truncate", "/out/w.txt"]), "()");
+    ok(&f.probe(&["set-times", "/out/w.txt"]), "()");
+    ok(&f.probe(&["mkdir", "/out/d"]), "()");
+    ok(
+        &f.probe(&["rename", "/out/new.txt", "/out/renamed.txt"]),
+        "()",
+    );
+    ok(&f.probe(&["hardlink", "/out/w.txt", "/out/w2.txt"]), "()");
+    ok(&f.probe(&["remove", "/out/w2.txt"]), "()");
+
+    // Across mounts: no link or rename from the writable mount into the read-only one, or out.
+    let r = f.probe(&["hardlink", "/data/a.txt", "/out/stolen.txt"]);
+    assert!(
+        r.stdout.starts_with("err: "),
+        "hard link across mounts: {}",
+        r.stdout
+    );
+    let r = f.probe(&["rename", "/out/renamed.txt", "/data/moved.txt"]);
+    assert!(
+        r.stdout.starts_with("err: "),
+        "rename across mounts: {}",
+        r.stdout
+    );
+    let r = f.probe(&["write", "/out/../outside.txt", "pwned"]);
+    assert!(
+        r.stdout.starts_with("err: "),
+        "write above the mount: {}",
+        r.stdout
+    );
+
+    // Host side: nothing outside the grants changed.
+    assert_eq!(
+        std::fs::read_to_string(f.sb.path("outside.txt")).unwrap(),
+        "outside secret\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(f.sb.path("data/a.txt")).unwrap(),
+        "hello\n"
+    );
+    assert_eq!(
+        std::fs::metadata(f.sb.path("data/a.txt"))
+            .unwrap()
+            .modified()
+            .unwrap(),
+        data_before
+    );
+    let mut names: Vec<String> = std::fs::read_dir(f.sb.path("data"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["a.txt", "link", "sub"]);
+    assert!(f.sb.path("out/renamed.txt").exists() && !f.sb.path("out/stolen.txt").exists());
+}
+
+#[test]
+fn environment_is_only_what_the_policy_grants() {
+    let f = fixture();
+    let run = |args: &[&str]| {
+        let mut argv = vec![
+            "run",
+            "--policy",
+            "policy.yaml",
+            "--trust",
+            "trust.yaml",
+            "--component",
+            "probe",
+            "--",
+        ];
+        argv.extend_from_slice(args);
+        common::Run::from_output(
+            std::process::Command::new(env!("CARGO_BIN_EXE_capgate"))
+                .args(&argv)
+                .current_dir(f.sb.dir.path())
+                .env("CAPGATE_STATE_DIR", f.sb.path("state"))
+                .env("CAPGATE_SECRET", "topsecret")
+                .env("CAPGATE_VISIBLE", "shown")
+                .output()
+                .unwrap(),
+        )
+    };
+    ok(&run(&["env", "GREETING"]), "hi");
+    ok(&run(&["env", "CAPGATE_VISIBLE"]), "shown");
+    let r = run(&["env", "CAPGATE_SECRET"]);
+    r.expect(0);
+    assert_eq!(r.stdout.trim(), "err: environment variable not found");
+    ok(&run(&["env-all"]), "[\"GREETING\", \"CAPGATE_VISIBLE\"]");
+    // argv[0] is the component name, then the policy's args, then the CLI's.
+    ok(&run(&["args", "x"]), "[\"probe\", \"args\", \"x\"]");
+}
+
+#[test]
+fn sockets_escape_table() {
+    let f = fixture();
+    // Control: the granted address and port reach a real listener.
+    ok(
+        &f.probe(&["connect", &format!("127.0.0.1:{}", f.port)]),
+        "\"pong\\n\"",
+    );
+
+    // Each denial happens while a real listener is up, so it is the policy's doing.
+    let other_port = pong_server("127.0.0.1:0").unwrap();
+    let r = f.probe(&["connect", &other_port.to_string()]);
+    assert!(r.stdout.starts_with("err: "), "{}", r.stdout);
+    r.stderr_has(&format!(
+        "capgate: denied `probe` net.connect tcp://{other_port}: denied: no grant matches"
+    ));
+
+    let other_addr = pong_server(&format!("127.0.0.2:{}", f.port))
+        .or_else(|| pong_server("127.0.0.2:0"))
+        .unwrap();
+    let r = f.probe(&["connect", &other_addr.to_string()]);
+    assert!(r.stdout.starts_with("err: "), "{}", r.stdout);
+    r.stderr_has(&format!("denied `probe` net.connect tcp://{other_addr}"));
+
+    if let Some(v6) = pong_server(&format!("[::1]:{}", f.port)).or_else(|| pong_server("[::1]:0")) {
+        let r = f.probe(&["connect", &v6.to_string()]);
+        assert!(r.stdout.starts_with("err: "), "{}", r.stdout);
+        r.stderr_has(&format!("denied `probe` net.connect tcp://{v6}"));
+    } else {
+        eprintln!("SKIPPED: IPv6 loopback row, no ::1 on this machine");
+    }
+
+    // No bind grant: listening is refused. No udp grant: UDP is refused.
+    let r = f.probe(&["bind", "127.0.0.1:0"]);
+    assert!(r.stdout.starts_with("err: "), "{}", r.stdout);
+    let r = f.probe(&["udp", "127.0.0.1:0", &format!("127.0.0.1:{}", f.port)]);
+    assert!(r.stdout.starts_with("err: "), "{}", r.stdout);
+    // No lookup grant: name resolution is refused.
+    let r = f.probe(&["lookup", "localhost"]);
+    assert!(r.stdout.starts_with("err: "), "{}", r.stdout);
+}
+
+fn assert_stopped(r: &Run, started: Instant, limit: Duration, message: &str) {
+    r.expect(69).stderr_has(message);
+    // Stopped within the limit plus a margin for process start and compilation.
+    assert!(
+        started.elapsed() < limit + Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn limits_stop_hostile_guests_with_the_limit_named() {
+    let f = fixture();
+    let t = Instant::now();
+    assert_stopped(
+        &f.probe(&["alloc"]),
+        t,
+        Duration::ZERO,
+        "component `probe` stopped: memory limit of 32MiB exceeded (`limits.memory`)",
+    );
+    let t = Instant::now();
+    assert_stopped(
+        &f.probe(&["spin"]),
+        t,
+        Duration::from_secs(2),
+        "component `probe` stopped: timeout of 2s exceeded (`limits.timeout`)",
+    );
+    let t = Instant::now();
+    assert_stopped(
+        &f.probe(&["recurse"]),
+        t,
+        Duration::ZERO,
+        "component `probe` stopped: wasm stack of 1024 KiB exhausted",
+    );
+    let t = Instant::now();
+    assert_stopped(
+        &f.run("probe-fuel", &["spin"]),
+        t,
+        Duration::ZERO,
+        "component `probe-fuel` stopped: fuel limit of 50000000 exhausted (`limits.fuel`)",
+    );
+    // Controls: the same components run normally within their limits.
+    ok(&f.probe(&["read", "/data/a.txt"]), "\"hello\\n\"");
+    let r = f.run("probe-fuel", &["env", "NONE"]);
+    r.expect(0);
+    assert_eq!(r.stdout.trim(), "err: environment variable not found");
+}
+
+#[test]
+fn guest_traps_and_exits() {
+    let f = fixture();
+    f.probe(&["trap"]).expect(69).stderr_has("component `probe` trapped: wasm trap: wasm `unreachable` instruction executed (the guest panicked or aborted)");
+    f.probe(&["exit", "0"]).expect(0);
+    // wasi:cli/exit in WASI 0.2 carries success or failure only, so any non-zero code is 1.
+    f.probe(&["exit", "3"]).expect(1);
+}

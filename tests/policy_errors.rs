@@ -1,0 +1,276 @@
+//! Bad input: one broken policy per error kind, through `capgate policy check`, each with the
+//! exact message (file, line, column, what was expected, hint) and exit code it produces.
+
+mod common;
+
+use common::Sandbox;
+
+const HEAD: &str = "capgate: 1\nname: bad\nversion: 1\n";
+
+fn sandbox() -> Sandbox {
+    let sb = Sandbox::new();
+    sb.write("app.wasm", b"\0asm\x0d\0\x01\0");
+    std::fs::create_dir_all(sb.path("static")).unwrap();
+    sb
+}
+
+fn check(sb: &Sandbox, policy: &str) -> common::Run {
+    sb.write("p.yaml", policy);
+    sb.capgate(["policy", "check", "p.yaml"])
+}
+
+#[test]
+fn a_good_policy_passes_as_the_control() {
+    let sb = sandbox();
+    sb.write("rules.cedar", "@id(\"no-private\")\nforbid(principal, action == Action::\"fs.read\", resource)\nwhen { resource.path like \"/static/private/*\" };\n");
+    let r = check(
+        &sb,
+        &format!(
+            "{HEAD}rules: [rules.cedar]\ncomponents:\n  app:\n    component: app.wasm\n    files: [{{ host: static, guest: /static }}]\n    network: {{ connect: [tcp://10.0.0.0/8:5432] }}\n    http: [https://api.example.com, {{ url: https://*.github.com/repos/, methods: [GET] }}]\n    limits: {{ memory: 64MiB, timeout: 5s }}\n"
+        ),
+    );
+    r.expect(0).stdout_has("ok: policy `bad` version 1 (1 component, 1 rules file), signatures not checked (no `--trust`)").stdout_has("app: 4 grants");
+}
+
+#[test]
+fn each_broken_policy_gets_its_own_located_message() {
+    let app = "components:\n  app:\n    component: app.wasm\n";
+    let cases: Vec<(&str, String, i32, &str)> = vec![
+        (
+            "unknown key",
+            format!("{HEAD}{app}    netwrk: {{}}\n"),
+            65,
+            "p.yaml:7:5: unknown field `netwrk`",
+        ),
+        (
+            "typo hint",
+            format!("{HEAD}{app}    netwrk: {{}}\n"),
+            65,
+            "did you mean `network`?",
+        ),
+        (
+            "duplicate key",
+            format!("{HEAD}{app}    args: [a]\n    args: [b]\n"),
+            65,
+            "p.yaml:8:5: duplicate",
+        ),
+        (
+            "wrong type",
+            format!("{HEAD}{app}    args: 7\n"),
+            65,
+            "p.yaml:7:11:",
+        ),
+        (
+            "bad memory unit",
+            format!("{HEAD}{app}    limits: {{ memory: 64MB }}\n"),
+            65,
+            "app.limits.memory: `64MB` is not a memory size: bytes, or a number with `KiB`, `MiB` or `GiB` (hint: write `64MiB`)",
+        ),
+        (
+            "bad duration",
+            format!("{HEAD}{app}    limits: {{ timeout: 5 }}\n"),
+            65,
+            "(hint: add a unit, e.g. `5s`)",
+        ),
+        (
+            "name in a socket grant",
+            format!("{HEAD}{app}    network: {{ connect: [tcp://db.internal:5432] }}\n"),
+            65,
+            "p.yaml:7:26: app.network.connect[0]: `tcp://db.internal:5432` is not a valid socket pattern: sockets connect to addresses, not names",
+        ),
+        (
+            "udp pattern under connect",
+            format!("{HEAD}{app}    network: {{ connect: [udp://10.0.0.1:53] }}\n"),
+            65,
+            "is not a `tcp://` pattern",
+        ),
+        (
+            "socket without port",
+            format!("{HEAD}{app}    network: {{ connect: [tcp://10.0.0.1] }}\n"),
+            65,
+            "a socket pattern needs a port",
+        ),
+        (
+            "bad wildcard",
+            format!("{HEAD}{app}    http: [https://api.*.com]\n"),
+            65,
+            "`*` may only be the whole host or a leading `*.`",
+        ),
+        (
+            "lowercase method",
+            format!("{HEAD}{app}    http: [{{ url: https://a.example, methods: [get] }}]\n"),
+            65,
+            "(hint: methods are uppercase: `GET`)",
+        ),
+        (
+            "http entry shape",
+            format!("{HEAD}{app}    http: [{{ uri: https://a.example }}]\n"),
+            65,
+            "an `http` entry must be a URL or `{ url: URL, methods: [...] }`",
+        ),
+        (
+            "bad access",
+            format!(
+                "{HEAD}{app}    files: [{{ host: static, guest: /s, access: read-only-ish }}]\n"
+            ),
+            65,
+            "unknown variant `read-only-ish`",
+        ),
+        (
+            "relative guest path",
+            format!("{HEAD}{app}    files: [{{ host: static, guest: s }}]\n"),
+            65,
+            "guest path `s` must be absolute (hint: write `/s`)",
+        ),
+        (
+            "missing host directory",
+            format!("{HEAD}{app}    files: [{{ host: nowhere, guest: /s }}]\n"),
+            66,
+            "app.files[0]: host directory",
+        ),
+        (
+            "missing artifact",
+            format!("{HEAD}components:\n  app:\n    component: gone.wasm\n"),
+            66,
+            "p.yaml:6:16: component `app`: artifact",
+        ),
+        (
+            "call to a missing component",
+            format!("{HEAD}{app}    calls: [{{ component: nobody, interface: a:b/c }}]\n"),
+            65,
+            "app.calls[0]: no component `nobody` in this policy",
+        ),
+        (
+            "bad interface",
+            format!(
+                "{HEAD}{app}    calls: [{{ component: other, interface: c }}]\n  other:\n    component: app.wasm\n"
+            ),
+            65,
+            "is not an interface name",
+        ),
+        (
+            "call to itself",
+            format!("{HEAD}{app}    calls: [{{ component: app, interface: a:b/c }}]\n"),
+            65,
+            "a component cannot call itself through a link",
+        ),
+        (
+            "env twice",
+            format!("{HEAD}{app}    env: {{ TZ: UTC }}\n    env_from_host: [TZ]\n"),
+            65,
+            "`TZ` is in both `env` and `env_from_host`",
+        ),
+        (
+            "bad digest pin",
+            format!("{HEAD}{app}    sha256: xyz\n"),
+            65,
+            "`xyz` is not a sha256 digest",
+        ),
+        (
+            "wrong format version",
+            "capgate: 2\nname: bad\nversion: 1\ncomponents: {}\n".into(),
+            65,
+            "p.yaml:1:10: unsupported policy format `capgate: 2`, expected `capgate: 1`",
+        ),
+        (
+            "bad name",
+            "capgate: 1\nname: Bad_Name\nversion: 1\ncomponents: {}\n".into(),
+            65,
+            "policy name `Bad_Name` is not valid",
+        ),
+        (
+            "no components",
+            format!("{HEAD}components: {{}}\n"),
+            65,
+            "`components` is empty",
+        ),
+        (
+            "expired",
+            "capgate: 1\nname: bad\nversion: 1\nexpires: 2000-01-01T00:00:00Z\ncomponents: {}\n"
+                .into(),
+            77,
+            "policy `bad` expired at 2000-01-01T00:00:00Z",
+        ),
+        (
+            "YAML merge key",
+            format!("{HEAD}base: &b {{ args: [x] }}\n{app}    <<: *b\n"),
+            65,
+            "p.yaml:",
+        ),
+    ];
+    for (name, policy, code, needle) in cases {
+        let sb = sandbox();
+        let r = check(&sb, &policy);
+        assert_eq!(
+            r.code, code,
+            "{name}: exit {} (want {code})\n{}",
+            r.code, r.stderr
+        );
+        assert!(
+            r.stderr.contains(needle),
+            "{name}: stderr lacks {needle:?}:\n{}",
+            r.stderr
+        );
+        assert!(!r.stderr.contains("panicked"), "{name}: {}", r.stderr);
+    }
+}
+
+#[test]
+fn rules_errors_point_into_the_rules_file() {
+    let app = "components:\n  app:\n    component: app.wasm\n";
+    let cases = [
+        (
+            "no @id",
+            "permit(principal, action, resource);\n",
+            "rules.cedar:1:1: this rule has no `@id`",
+        ),
+        (
+            "syntax",
+            "@id(\"x\")\npermit(principal, action resource);\n",
+            "rules.cedar:2:",
+        ),
+        (
+            "does not type-check",
+            "\n@id(\"bad-attr\")\nforbid(principal, action == Action::\"fs.read\", resource)\nwhen { resource.nope == \"x\" };\n",
+            "rules.cedar:",
+        ),
+        (
+            "duplicate id",
+            "@id(\"x\") forbid(principal, action, resource);\n@id(\"x\") forbid(principal, action, resource);\n",
+            "rule id `x` is already used",
+        ),
+        (
+            "id of a grant",
+            "@id(\"app.files[0]\") forbid(principal, action, resource);\n",
+            "rule id `app.files[0]` is already used by a grant of the policy",
+        ),
+    ];
+    for (name, rules, needle) in cases {
+        let sb = sandbox();
+        sb.write("rules.cedar", rules);
+        let r = check(
+            &sb,
+            &format!(
+                "{HEAD}rules: [rules.cedar]\n{app}    files: [{{ host: static, guest: /static }}]\n"
+            ),
+        );
+        assert_eq!(r.code, 65, "{name}: {}", r.stderr);
+        assert!(
+            r.stderr.contains(needle),
+            "{name}: stderr lacks {needle:?}:\n{}",
+            r.stderr
+        );
+    }
+    // A rule naming a component the policy lacks is legal, but linted.
+    let sb = sandbox();
+    sb.write(
+        "rules.cedar",
+        "@id(\"typo\")\nforbid(principal == Component::\"ap\", action, resource);\n",
+    );
+    check(&sb, &format!("{HEAD}rules: [rules.cedar]\n{app}"))
+        .expect(0)
+        .stdout_has("warning: ")
+        .stdout_has(
+            "rules.cedar:1:1: rule `typo` names component `ap`, which this policy does not define",
+        );
+}
