@@ -1,0 +1,144 @@
+//! The library API as a host application uses it: load a policy, decide requests, run guests
+//! on one `Host`, and keep serving after a guest hits a limit.
+
+mod common;
+
+use std::sync::Arc;
+
+use capgate::authz::Request;
+use capgate::policy::pattern::HttpScheme;
+use capgate::{Host, HostConfig, VerifiedPolicy};
+use common::{Sandbox, guests};
+
+fn load(sb: &Sandbox, policy: &str) -> VerifiedPolicy {
+    sb.write("p.yaml", policy);
+    capgate::danger::load_unsigned_policy(&sb.path("p.yaml")).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn http(method: &str, host: &str, port: u16, path: &str) -> Request {
+    Request::Http {
+        method: method.into(),
+        scheme: HttpScheme::Https,
+        host: host.into(),
+        port,
+        path: path.into(),
+    }
+}
+
+#[test]
+fn grants_allow_rules_refine_and_forbid_wins() {
+    let sb = Sandbox::new();
+    sb.write("app.wasm", b"\0asm\x0d\0\x01\0");
+    sb.write(
+        "rules.cedar",
+        "@id(\"no-admin\")\nforbid(principal, action == Action::\"http.request\", resource)\nwhen { context.path like \"/repos/admin*\" };\n\
+         @id(\"no-writes-to-github\")\nforbid(principal == Component::\"api\", action == Action::\"http.request\", resource)\nwhen { resource.host like \"*.github.com\" && context.method != \"GET\" };\n",
+    );
+    let p = load(
+        &sb,
+        "capgate: 1\nname: t\nversion: 1\nrules: [rules.cedar]\ncomponents:\n  api:\n    component: app.wasm\n    http:\n      - https://api.example.com\n      - https://*.github.com/repos/\n  other:\n    component: app.wasm\n",
+    );
+    let a = p.authority();
+
+    let d = a.decide("api", &http("GET", "api.example.com", 443, "/v1/x"));
+    assert!(d.allowed, "{d:?}");
+    assert_eq!(d.reasons, ["api.http[0]"]);
+
+    let d = a.decide("api", &http("GET", "api.github.com", 443, "/repos/x"));
+    assert!(d.allowed, "{d:?}");
+    assert_eq!(d.reasons, ["api.http[1]"]);
+
+    // A rule forbids what a grant allows: forbid wins, and the decision names the rule.
+    let d = a.decide("api", &http("POST", "api.github.com", 443, "/repos/x"));
+    assert!(!d.allowed);
+    assert_eq!(d.reasons, ["no-writes-to-github"]);
+    let d = a.decide(
+        "api",
+        &http("GET", "api.example.com", 443, "/repos/admin/1"),
+    );
+    assert!(!d.allowed);
+    assert_eq!(d.reasons, ["no-admin"]);
+
+    // Outside every grant: a default deny with no reason.
+    for req in [
+        http("GET", "api.example.com", 8443, "/"),
+        http("GET", "github.com", 443, "/repos/x"),
+        http("GET", "evil.com", 443, "/"),
+    ] {
+        let d = a.decide("api", &req);
+        assert!(!d.allowed && d.reasons.is_empty(), "{req:?}: {d:?}");
+        assert_eq!(d.explain(), "denied: no grant matches");
+    }
+    // Another component's grants are not this one's.
+    assert!(
+        !a.decide("other", &http("GET", "api.example.com", 443, "/"))
+            .allowed
+    );
+    assert!(
+        !a.decide("nobody", &http("GET", "api.example.com", 443, "/"))
+            .allowed
+    );
+    // The cache returns the same decision the evaluator makes.
+    let req = http("POST", "api.github.com", 443, "/repos/x");
+    assert_eq!(a.decide("api", &req), a.decide_uncached("api", &req));
+}
+
+#[test]
+fn an_evaluation_error_denies() {
+    let sb = Sandbox::new();
+    sb.write("app.wasm", b"\0asm\x0d\0\x01\0");
+    // This forbid type-checks and is false for ports up to 80, but overflows at evaluation for
+    // any port above 80. Cedar skips a
+    // policy that errors, which would leave the grant's permit standing; capgate denies.
+    sb.write(
+        "rules.cedar",
+        "@id(\"overflow\")\nforbid(principal, action == Action::\"net.connect\", resource)\nwhen { context.port + 9223372036854775727 < 0 };\n",
+    );
+    let p = load(
+        &sb,
+        "capgate: 1\nname: t\nversion: 1\nrules: [rules.cedar]\ncomponents:\n  api:\n    component: app.wasm\n    network: { connect: [tcp://127.0.0.1:0-100] }\n",
+    );
+    let at = |port: u16| Request::Socket {
+        action: capgate::authz::Action::NetConnect,
+        addr: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+    };
+    // Control: port 80 does not overflow, so the grant allows it.
+    let d = p.authority().decide("api", &at(80));
+    assert!(d.allowed, "{d:?}");
+    let d = p.authority().decide("api", &at(81));
+    assert!(!d.allowed, "{d:?}");
+    assert!(d.errors.iter().any(|e| e.contains("overflow")), "{d:?}");
+    assert!(d.explain().starts_with("denied: "), "{}", d.explain());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_host_survives_hostile_guests_and_keeps_serving() {
+    let sb = Sandbox::new();
+    std::fs::copy(guests::guest("probe"), sb.path("probe.wasm")).unwrap();
+    let policy = Arc::new(load(
+        &sb,
+        "capgate: 1\nname: t\nversion: 1\ncomponents:\n  probe:\n    component: probe.wasm\n    stdio: { stdout: closed, stderr: closed }\n    limits: { memory: 16MiB, timeout: 1s }\n",
+    ));
+    let host = Host::new(HostConfig::new()).unwrap();
+    for (op, limit) in [
+        ("alloc", capgate::grant::LimitHit::Memory),
+        ("spin", capgate::grant::LimitHit::Timeout),
+        ("recurse", capgate::grant::LimitHit::Stack),
+    ] {
+        match host.run(&policy, "probe", &[op.to_owned()]).await {
+            Err(capgate::RunError::Limit { limit: hit, .. }) => assert_eq!(hit, limit, "{op}"),
+            other => panic!("{op}: expected a limit, got {other:?}"),
+        }
+    }
+    // The same host, policy and component run normally afterwards.
+    assert_eq!(
+        host.run(&policy, "probe", &["exit".into(), "0".into()])
+            .await
+            .unwrap(),
+        0
+    );
+    assert!(matches!(
+        host.run(&policy, "nobody", &[]).await,
+        Err(capgate::RunError::NoSuchComponent { .. })
+    ));
+}
