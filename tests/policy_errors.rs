@@ -274,3 +274,18 @@ fn rules_errors_point_into_the_rules_file() {
             "rules.cedar:1:1: rule `typo` names component `ap`, which this policy does not define",
         );
 }
+
+#[test]
+fn example_policies_pass_policy_check() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let sb = Sandbox::new();
+    sb.capgate([
+        "policy",
+        "check",
+        root.join("policies/example/static-site.yaml")
+            .to_str()
+            .unwrap(),
+    ])
+    .expect(0)
+    .stdout_has("ok: policy `static-site` version 1");
+}

@@ -33,8 +33,12 @@ fn readme_quick_start_runs() {
         bin_dir.display(),
         std::env::var("PATH").unwrap_or_default()
     );
+    // The block runs from the repository root and `cd`s away; `$OLDPWD` is the root.
+    let script = format!("cd {}\n{script}", env!("CARGO_MANIFEST_DIR"));
+    let cache = concat!(env!("CARGO_MANIFEST_DIR"), "/target/test-cache");
     let out = Command::new("bash")
         .args(["-euo", "pipefail", "-c", &script])
+        .env("XDG_CACHE_HOME", cache)
         .env("PATH", path)
         .output()
         .unwrap();
@@ -47,6 +51,12 @@ fn readme_quick_start_runs() {
     assert!(stdout.contains("ok: app.wasm"), "{stdout}");
     assert!(stdout.contains("ok: policy `demo` version 1"), "{stdout}");
     assert!(stdout.contains("refused, exit 77"), "{stdout}");
+    assert!(
+        stdout.contains(
+            "hello from a capgate guest; argv = [\"app\", \"--greeting\", \"from-the-cli\"]"
+        ),
+        "{stdout}"
+    );
     assert!(
         stderr.contains("app.cedar: content does not match its signature"),
         "{stderr}"
