@@ -15,6 +15,11 @@ use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime::{Config, Engine, Store, Trap};
 use wasmtime_wasi::{I32Exit, WasiCtx, WasiCtxView, WasiView};
 
+use wasmtime_wasi::sockets::WasiSocketsCtxView;
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+
+use crate::grant::dns::{FilteredDns, FilteredDnsData, LookupGuard};
+use crate::grant::http::HttpGuard;
 use crate::grant::{self, DecisionObserver, LimitHit, Limiter};
 use crate::verified::VerifiedPolicy;
 
@@ -138,6 +143,9 @@ pub(crate) struct State {
     wasi: WasiCtx,
     table: ResourceTable,
     limiter: Limiter,
+    http: WasiHttpCtx,
+    hooks: HttpGuard,
+    lookup: LookupGuard,
 }
 
 impl WasiView for State {
@@ -146,6 +154,26 @@ impl WasiView for State {
             ctx: &mut self.wasi,
             table: &mut self.table,
         }
+    }
+}
+
+impl WasiHttpView for State {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.hooks,
+        }
+    }
+}
+
+fn filtered_dns(s: &mut State) -> FilteredDns<'_> {
+    FilteredDns {
+        inner: WasiSocketsCtxView {
+            ctx: s.wasi.sockets(),
+            table: &mut s.table,
+        },
+        guard: &s.lookup,
     }
 }
 
@@ -167,8 +195,14 @@ impl Host {
         }
         let engine = Engine::new(&c).map_err(|e| RunError::Engine(e.to_string()))?;
         let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
-            .map_err(|e| RunError::Engine(e.to_string()))?;
+        let setup = |e: wasmtime::Error| RunError::Engine(e.to_string());
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(setup)?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).map_err(setup)?;
+        // Replace wasmtime-wasi's name lookup with the filtered one (see `grant::dns`).
+        linker.allow_shadowing(true);
+        wasmtime_wasi::p2::bindings::sockets::ip_name_lookup::add_to_linker::<State, FilteredDnsData>(&mut linker, filtered_dns)
+            .map_err(setup)?;
+        linker.allow_shadowing(false);
         let stop = Arc::new(AtomicBool::new(false));
         let (e, s) = (engine.weak(), stop.clone());
         std::thread::Builder::new()
@@ -234,6 +268,17 @@ impl Host {
                 wasi,
                 table: ResourceTable::new(),
                 limiter: Limiter::new(limits.memory.bytes()),
+                http: WasiHttpCtx::new(),
+                hooks: HttpGuard {
+                    policy: policy.clone(),
+                    observer: self.observer.clone(),
+                    component: component.to_owned(),
+                },
+                lookup: LookupGuard {
+                    policy: policy.clone(),
+                    observer: self.observer.clone(),
+                    component: component.to_owned(),
+                },
             },
         );
         store.limiter(|s| &mut s.limiter);

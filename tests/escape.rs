@@ -6,25 +6,15 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Run, Sandbox, guests, pong_server};
+use common::{Run, Sandbox, pong_server, run_probe, signed_probe_policy};
 
 struct Fixture {
     sb: Sandbox,
     port: u16,
 }
 
-const TRUST: &str = "capgate-trust: 1
-keys: { release: keys/release.pub, alice: keys/alice.pub }
-roles:
-  artifact: { keys: [release], threshold: 1 }
-  policy: { keys: [alice], threshold: 1 }
-";
-
 fn fixture() -> Fixture {
     let sb = Sandbox::new();
-    sb.keys(&["release", "alice"]);
-    sb.write("trust.yaml", TRUST);
-    std::fs::copy(guests::guest("probe"), sb.path("probe.wasm")).unwrap();
     sb.write("outside.txt", "outside secret\n");
     sb.write("data/a.txt", "hello\n");
     sb.write("data/sub/b.txt", "b\n");
@@ -52,17 +42,7 @@ components:
     limits: {{ fuel: 50000000 }}
 "
     );
-    sb.write("policy.yaml", policy);
-    sb.capgate([
-        "sign",
-        "artifact",
-        "probe.wasm",
-        "--key",
-        "keys/release.key",
-    ])
-    .expect(0);
-    sb.capgate(["sign", "policy", "policy.yaml", "--key", "keys/alice.key"])
-        .expect(0);
+    signed_probe_policy(&sb, &policy);
     Fixture { sb, port }
 }
 
@@ -72,18 +52,7 @@ impl Fixture {
     }
 
     fn run(&self, component: &str, args: &[&str]) -> Run {
-        let mut argv = vec![
-            "run",
-            "--policy",
-            "policy.yaml",
-            "--trust",
-            "trust.yaml",
-            "--component",
-            component,
-            "--",
-        ];
-        argv.extend_from_slice(args);
-        self.sb.capgate(argv)
+        run_probe(&self.sb, component, args)
     }
 }
 

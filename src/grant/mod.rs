@@ -6,6 +6,8 @@
 //! decision function for every address. This module never widens a grant: when in doubt, it
 //! denies.
 
+pub(crate) mod dns;
+pub(crate) mod http;
 mod limits;
 
 use std::net::SocketAddr;
@@ -37,38 +39,77 @@ pub struct DecisionEvent {
 /// Receives every decision made on behalf of running guests.
 pub type DecisionObserver = Arc<dyn Fn(&DecisionEvent) + Send + Sync>;
 
-/// Decides `request` for `component` from a guest's host call, and tells `observer`.
+/// Decides `request` for `component` from a guest's host call.
 ///
 /// Host calls run on wasmtime's fiber stacks, where Cedar's stack guard cannot measure the
 /// stack and would refuse to evaluate; a decision not in the cache is therefore evaluated on
 /// a blocking-pool thread with a real stack.
-pub(crate) async fn decide(
+pub(crate) async fn decide_decision(
     policy: Arc<VerifiedPolicy>,
-    observer: DecisionObserver,
     component: String,
     request: Request,
-) -> bool {
-    let decision = match policy.authority().cached(&component, &request) {
-        Some(d) => d,
-        None => {
-            let (p, c, r) = (policy.clone(), component.clone(), request.clone());
-            match tokio::task::spawn_blocking(move || p.authority().decide(&c, &r)).await {
-                Ok(d) => d,
-                Err(e) => Decision {
-                    allowed: false,
-                    reasons: Vec::new(),
-                    errors: vec![format!("the decision could not be made: {e}")],
-                },
-            }
+) -> Decision {
+    if let Some(d) = policy.authority().cached(&component, &request) {
+        return d;
+    }
+    match tokio::task::spawn_blocking(move || policy.authority().decide(&component, &request)).await
+    {
+        Ok(d) => d,
+        Err(e) => failed(e.to_string()),
+    }
+}
+
+/// Like [`decide_decision`], for synchronous host calls: a cache miss is evaluated on a
+/// short-lived thread with a real stack, and the caller waits for it.
+pub(crate) fn decide_now(policy: &VerifiedPolicy, component: &str, request: &Request) -> Decision {
+    if let Some(d) = policy.authority().cached(component, request) {
+        return d;
+    }
+    std::thread::scope(|s| {
+        match std::thread::Builder::new()
+            .spawn_scoped(s, || policy.authority().decide(component, request))
+        {
+            Ok(h) => h
+                .join()
+                .unwrap_or_else(|_| failed("the decision thread panicked".into())),
+            Err(e) => failed(e.to_string()),
         }
-    };
-    let allowed = decision.allowed;
+    })
+}
+
+fn failed(why: String) -> Decision {
+    Decision {
+        allowed: false,
+        reasons: Vec::new(),
+        errors: vec![format!("the decision could not be made: {why}")],
+    }
+}
+
+/// Tells `observer` about a decision.
+pub(crate) fn decide_event(
+    observer: &DecisionObserver,
+    component: &str,
+    request: &Request,
+    decision: Decision,
+) {
     observer(&DecisionEvent {
         component: component.to_owned(),
         action: request.action(),
         resource: request.resource(),
         decision,
     });
+}
+
+/// Decides `request`, tells `observer`, and returns whether it is allowed.
+pub(crate) async fn decide(
+    policy: Arc<VerifiedPolicy>,
+    observer: DecisionObserver,
+    component: String,
+    request: Request,
+) -> bool {
+    let decision = decide_decision(policy, component.clone(), request.clone()).await;
+    let allowed = decision.allowed;
+    decide_event(&observer, &component, &request, decision);
     allowed
 }
 
@@ -130,7 +171,9 @@ pub(crate) fn wasi_ctx(
     let net = &component.network;
     b.allow_tcp(!net.connect.is_empty() || !net.bind.is_empty());
     b.allow_udp(!net.udp.is_empty());
-    b.allow_ip_name_lookup(false);
+    // Lookups are enabled for components with `lookup` grants; each name is then decided by
+    // the filter in `dns`.
+    b.allow_ip_name_lookup(!net.lookup.is_empty());
     let (p, o, name) = (policy.clone(), observer.clone(), component.name.clone());
     let has_connect = !net.connect.is_empty();
     let has_udp = !net.udp.is_empty();

@@ -143,3 +143,78 @@ pub fn pong_server(addr: &str) -> Option<std::net::SocketAddr> {
     });
     Some(local)
 }
+
+/// A minimal HTTP/1.1 server on `addr` that answers every request with `200` and the body
+/// `METHOD PATH`. Returns the bound address.
+pub fn http_server(addr: &str) -> Option<std::net::SocketAddr> {
+    use std::io::{BufRead as _, BufReader, Write as _};
+    let listener = std::net::TcpListener::bind(addr).ok()?;
+    let local = listener.local_addr().ok()?;
+    std::thread::spawn(move || {
+        for c in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(&c);
+                let mut first = String::new();
+                if reader.read_line(&mut first).is_err() {
+                    return;
+                }
+                let mut line = String::new();
+                while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                    line.clear();
+                }
+                let mut parts = first.split_whitespace();
+                let body = format!(
+                    "{} {}",
+                    parts.next().unwrap_or(""),
+                    parts.next().unwrap_or("")
+                );
+                let _ = (&c).write_all(
+                    format!(
+                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    )
+                    .as_bytes(),
+                );
+            });
+        }
+    });
+    Some(local)
+}
+
+/// Keys `release` (artifact role) and `alice` (policy role), a trust root, the probe guest as
+/// `probe.wasm`, and `policy.yaml` with `policy`, all signed.
+pub fn signed_probe_policy(sb: &Sandbox, policy: &str) {
+    sb.keys(&["release", "alice"]);
+    sb.write(
+        "trust.yaml",
+        "capgate-trust: 1\nkeys: { release: keys/release.pub, alice: keys/alice.pub }\nroles:\n  artifact: { keys: [release], threshold: 1 }\n  policy: { keys: [alice], threshold: 1 }\n",
+    );
+    std::fs::copy(guests::guest("probe"), sb.path("probe.wasm")).unwrap();
+    sb.write("policy.yaml", policy);
+    sb.capgate([
+        "sign",
+        "artifact",
+        "probe.wasm",
+        "--key",
+        "keys/release.key",
+    ])
+    .expect(0);
+    sb.capgate(["sign", "policy", "policy.yaml", "--key", "keys/alice.key"])
+        .expect(0);
+}
+
+/// `capgate run` of the signed policy's `component` with `args`.
+pub fn run_probe(sb: &Sandbox, component: &str, args: &[&str]) -> Run {
+    let mut argv = vec![
+        "run",
+        "--policy",
+        "policy.yaml",
+        "--trust",
+        "trust.yaml",
+        "--component",
+        component,
+        "--",
+    ];
+    argv.extend_from_slice(args);
+    sb.capgate(argv)
+}

@@ -72,6 +72,10 @@ fn main() {
             }
             println!("{}", deep(0));
         }
+        "http" => match http(&a(2), &a(3)) {
+            Ok(v) => println!("ok: {v}"),
+            Err(e) => println!("err: {e}"),
+        },
         "exit" => std::process::exit(a(2).parse().unwrap_or(1)),
         "trap" => panic!("the probe was asked to trap"),
         _ => {
@@ -79,4 +83,51 @@ fn main() {
             std::process::exit(2);
         }
     }
+}
+
+/// Sends `METHOD URL` through wasi:http/outgoing-handler; returns "STATUS BODY".
+fn http(method: &str, url: &str) -> Result<String, String> {
+    use wasi::http::types::{Fields, Method, OutgoingBody, OutgoingRequest, Scheme};
+    let (scheme, rest) = url.split_once("://").ok_or("bad url")?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let req = OutgoingRequest::new(Fields::new());
+    let m = match method {
+        "GET" => Method::Get,
+        "POST" => Method::Post,
+        "PUT" => Method::Put,
+        "DELETE" => Method::Delete,
+        other => Method::Other(other.to_string()),
+    };
+    req.set_method(&m).map_err(|_| "method")?;
+    let s = match scheme {
+        "http" => Scheme::Http,
+        "https" => Scheme::Https,
+        other => Scheme::Other(other.to_string()),
+    };
+    req.set_scheme(Some(&s)).map_err(|_| "scheme")?;
+    req.set_authority(Some(authority)).map_err(|_| "authority")?;
+    req.set_path_with_query(Some(path)).map_err(|_| "path")?;
+    let body = req.body().map_err(|_| "body")?;
+    let fut = wasi::http::outgoing_handler::handle(req, None).map_err(|e| format!("{e:?}"))?;
+    OutgoingBody::finish(body, None).map_err(|e| format!("{e:?}"))?;
+    fut.subscribe().block();
+    let resp = match fut.get() {
+        Some(Ok(Ok(r))) => r,
+        Some(Ok(Err(e))) => return Err(format!("{e:?}")),
+        _ => return Err("no response".into()),
+    };
+    let status = resp.status();
+    let incoming = resp.consume().map_err(|_| "consume")?;
+    let stream = incoming.stream().map_err(|_| "stream")?;
+    let mut out = Vec::new();
+    loop {
+        match stream.blocking_read(4096) {
+            Ok(chunk) => out.extend_from_slice(&chunk),
+            Err(_) => break,
+        }
+    }
+    Ok(format!("{status} {}", String::from_utf8_lossy(&out)))
 }

@@ -1,0 +1,104 @@
+//! DNS: `wasi:sockets/ip-name-lookup` interposed so that only the names in a component's
+//! `network.lookup` grants are resolved. Every other name fails with
+//! `permanent-resolver-failure` before any query leaves the host. The addresses a granted name
+//! resolves to are still checked, one by one, when the guest connects.
+//!
+//! wasmtime-wasi has no lookup hook, so this module shadows the interface in the linker with a
+//! wrapper that decides first and then delegates to wasmtime-wasi's own implementation.
+
+use std::sync::Arc;
+
+use wasmtime::component::{HasData, Resource};
+use wasmtime_wasi::p2::bindings::sockets::ip_name_lookup as dns;
+use wasmtime_wasi::p2::bindings::sockets::network;
+use wasmtime_wasi::p2::{DynPollable, SocketError};
+use wasmtime_wasi::sockets::WasiSocketsCtxView;
+
+use super::DecisionObserver;
+use crate::authz::Request;
+use crate::verified::VerifiedPolicy;
+
+/// Who is asking, for the lookup decision.
+pub(crate) struct LookupGuard {
+    pub policy: Arc<VerifiedPolicy>,
+    pub observer: DecisionObserver,
+    pub component: String,
+}
+
+/// wasmtime-wasi's sockets view, with the lookup decision in front of it.
+pub(crate) struct FilteredDns<'a> {
+    pub inner: WasiSocketsCtxView<'a>,
+    pub guard: &'a LookupGuard,
+}
+
+/// Marker for the linker's `HasData`.
+pub(crate) struct FilteredDnsData;
+
+impl HasData for FilteredDnsData {
+    type Data<'a> = FilteredDns<'a>;
+}
+
+impl dns::Host for FilteredDns<'_> {
+    fn resolve_addresses(
+        &mut self,
+        net: Resource<network::Network>,
+        name: String,
+    ) -> Result<Resource<dns::ResolveAddressStream>, SocketError> {
+        // An address literal needs no DNS query; its use is checked at connect.
+        if name
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_err()
+        {
+            let g = self.guard;
+            let request = Request::Lookup { name: name.clone() };
+            let decision = super::decide_now(&g.policy, &g.component, &request);
+            let allowed = decision.allowed;
+            super::decide_event(&g.observer, &g.component, &request, decision);
+            if !allowed {
+                return Err(network::ErrorCode::PermanentResolverFailure.into());
+            }
+        }
+        dns::Host::resolve_addresses(&mut self.inner, net, name)
+    }
+}
+
+impl dns::HostResolveAddressStream for FilteredDns<'_> {
+    fn resolve_next_address(
+        &mut self,
+        r: Resource<dns::ResolveAddressStream>,
+    ) -> Result<Option<network::IpAddress>, SocketError> {
+        dns::HostResolveAddressStream::resolve_next_address(&mut self.inner, r)
+    }
+
+    fn subscribe(
+        &mut self,
+        r: Resource<dns::ResolveAddressStream>,
+    ) -> wasmtime::Result<Resource<DynPollable>> {
+        dns::HostResolveAddressStream::subscribe(&mut self.inner, r)
+    }
+
+    fn drop(&mut self, r: Resource<dns::ResolveAddressStream>) -> wasmtime::Result<()> {
+        dns::HostResolveAddressStream::drop(&mut self.inner, r)
+    }
+}
+
+impl network::Host for FilteredDns<'_> {
+    fn convert_error_code(&mut self, e: SocketError) -> wasmtime::Result<network::ErrorCode> {
+        network::Host::convert_error_code(&mut self.inner, e)
+    }
+
+    fn network_error_code(
+        &mut self,
+        e: Resource<wasmtime::Error>,
+    ) -> wasmtime::Result<Option<network::ErrorCode>> {
+        network::Host::network_error_code(&mut self.inner, e)
+    }
+}
+
+impl network::HostNetwork for FilteredDns<'_> {
+    fn drop(&mut self, r: Resource<network::Network>) -> wasmtime::Result<()> {
+        network::HostNetwork::drop(&mut self.inner, r)
+    }
+}

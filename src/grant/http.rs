@@ -1,0 +1,203 @@
+//! Outbound HTTP: every request a guest sends through `wasi:http/outgoing-handler` is checked
+//! against the component's `http` grants, then sent by capgate to an address the SSRF guard
+//! vetted.
+//!
+//! The guard resolves the name itself and connects to the address it checked, keeping the
+//! `Host` header and TLS server name of the URL, so a name that resolves to an internal address
+//! (loopback, private, link-local, unique-local, metadata) is refused even if its DNS answer
+//! changes between two lookups. A grant reaches internal addresses only when it names one
+//! itself: an IP literal or CIDR range containing it, or `localhost` for loopback.
+
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http_body_util::BodyExt as _;
+use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpHooks};
+
+use super::{DecisionObserver, decide_event};
+use crate::authz::{Decision, Request};
+use crate::policy::pattern::{HostPattern, HttpScheme, canonical_ip, is_internal};
+use crate::verified::VerifiedPolicy;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The `wasi:http` hooks of one component's store.
+pub(crate) struct HttpGuard {
+    pub policy: Arc<VerifiedPolicy>,
+    pub observer: DecisionObserver,
+    pub component: String,
+}
+
+type SendResult = Result<
+    (
+        http::Response<WasiBody>,
+        Box<dyn Future<Output = Result<(), Error>> + Send>,
+    ),
+    Error,
+>;
+
+impl WasiHttpHooks for HttpGuard {
+    fn send_request(
+        &mut self,
+        request: http::Request<WasiBody>,
+        options: Option<RequestOptions>,
+        _response_errors: Box<dyn Future<Output = Result<(), Error>> + Send>,
+    ) -> Box<dyn Future<Output = SendResult> + Send> {
+        let (policy, observer, component) = (
+            self.policy.clone(),
+            self.observer.clone(),
+            self.component.clone(),
+        );
+        Box::new(async move { guarded_send(policy, observer, component, request, options).await })
+    }
+}
+
+async fn guarded_send(
+    policy: Arc<VerifiedPolicy>,
+    observer: DecisionObserver,
+    component: String,
+    mut request: http::Request<WasiBody>,
+    options: Option<RequestOptions>,
+) -> SendResult {
+    let uri = request.uri().clone();
+    let scheme = match uri.scheme_str() {
+        Some("https") => HttpScheme::Https,
+        Some("http") => HttpScheme::Http,
+        _ => return Err(Error::HttpProtocolError),
+    };
+    let host = uri.host().ok_or(Error::HttpRequestUriInvalid)?.to_owned();
+    let bare_host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
+    let port = uri.port_u16().unwrap_or(scheme.default_port());
+    let req = Request::Http {
+        method: request.method().as_str().to_owned(),
+        scheme,
+        host: bare_host.clone(),
+        port,
+        path: uri.path().to_owned(),
+    };
+    let decision = super::decide_decision(policy.clone(), component.clone(), req.clone()).await;
+    if !decision.allowed {
+        decide_event(&observer, &component, &req, decision);
+        return Err(Error::HttpRequestDenied);
+    }
+
+    // The SSRF guard: resolve, then keep only addresses the allowing grants may reach.
+    let spec = &policy.policy().components[&component];
+    let grants: Vec<&HostPattern> = spec
+        .http
+        .iter()
+        .filter(|g| decision.reasons.iter().any(|r| r == g.id.as_str()))
+        .map(|g| g.url.host())
+        .collect();
+    let candidates: Vec<SocketAddr> = match bare_host.parse::<IpAddr>() {
+        Ok(ip) => vec![SocketAddr::new(ip, port)],
+        Err(_) => match tokio::net::lookup_host((bare_host.as_str(), port)).await {
+            Ok(addrs) => addrs.collect(),
+            Err(_) => {
+                decide_event(&observer, &component, &req, decision);
+                return Err(Error::DestinationNotFound);
+            }
+        },
+    };
+    let vetted: Vec<SocketAddr> = candidates
+        .iter()
+        .copied()
+        .filter(|a| {
+            !is_internal(a.ip()) || grants.iter().any(|g| names_internal(g, &bare_host, a.ip()))
+        })
+        .collect();
+    let Some(&addr) = vetted.first() else {
+        let denied = Decision {
+            allowed: false,
+            reasons: decision.reasons.clone(),
+            errors: vec![format!(
+                "SSRF guard: `{bare_host}` resolves only to internal addresses ({}) and no grant names them",
+                candidates
+                    .iter()
+                    .map(|a| a.ip().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )],
+        };
+        decide_event(&observer, &component, &req, denied);
+        return Err(Error::DestinationIpProhibited);
+    };
+    decide_event(&observer, &component, &req, decision);
+
+    let connect_timeout = options
+        .and_then(|o| o.connect_timeout)
+        .unwrap_or(CONNECT_TIMEOUT);
+    let stream =
+        match tokio::time::timeout(connect_timeout, tokio::net::TcpStream::connect(addr)).await {
+            Ok(s) => s.map_err(|e| match e.kind() {
+                std::io::ErrorKind::ConnectionRefused => Error::ConnectionRefused,
+                _ => Error::Connect(e),
+            })?,
+            Err(_) => return Err(Error::ConnectionTimeout),
+        };
+    // Origin-form request target; the `Host` header already names the URL's authority.
+    *request.uri_mut() = http::Uri::builder()
+        .path_and_query(uri.path_and_query().map_or("/", |p| p.as_str()))
+        .build()
+        .map_err(|_| Error::HttpRequestUriInvalid)?;
+    match scheme {
+        HttpScheme::Http => exchange(stream, request).await,
+        HttpScheme::Https => {
+            let roots = rustls::RootCertStore {
+                roots: webpki_roots::TLS_SERVER_ROOTS.into(),
+            };
+            let config = rustls::ClientConfig::builder()
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+            let name = match bare_host.parse::<IpAddr>() {
+                Ok(ip) => rustls::pki_types::ServerName::from(ip),
+                Err(_) => rustls::pki_types::ServerName::try_from(bare_host.clone())
+                    .map_err(Error::InvalidDnsNameError)?,
+            };
+            let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+                .connect(name, stream)
+                .await
+                .map_err(Error::Tls)?;
+            exchange(tls, request).await
+        }
+    }
+}
+
+/// May a grant with host pattern `g` reach internal address `ip` for a request to `host`?
+fn names_internal(g: &HostPattern, host: &str, ip: IpAddr) -> bool {
+    let ip = canonical_ip(ip);
+    match g {
+        HostPattern::Ip(_) | HostPattern::Cidr(_) => g.matches_ip(ip),
+        HostPattern::Name(n) => {
+            n == "localhost" && host.eq_ignore_ascii_case("localhost") && ip.is_loopback()
+        }
+        HostPattern::Any | HostPattern::Subdomain(_) => false,
+    }
+}
+
+async fn exchange<S>(stream: S, request: http::Request<WasiBody>) -> SendResult
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(wasmtime_wasi_http::io::TokioIo::new(stream))
+            .await
+            .map_err(Error::from)?;
+    let driver = tokio::spawn(conn);
+    let response = sender.send_request(request).await.map_err(Error::from)?;
+    let worker = async move {
+        match driver.await {
+            Ok(r) => r.map_err(Error::from),
+            Err(e) => Err(Error::InternalError(Some(e.to_string()))),
+        }
+    };
+    Ok((
+        response.map(|b| b.map_err(Error::from).boxed_unsync()),
+        Box::new(worker) as Box<dyn Future<Output = Result<(), Error>> + Send>,
+    ))
+}
