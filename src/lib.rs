@@ -13,6 +13,8 @@ pub mod authz;
 pub mod grant;
 #[cfg(feature = "runtime")]
 mod host;
+#[cfg(feature = "runtime")]
+pub mod inspect;
 pub mod policy;
 mod verified;
 

@@ -40,6 +40,11 @@ components:
   probe-fuel:
     component: probe.wasm
     limits: {{ fuel: 50000000 }}
+  probe-net:
+    component: probe.wasm
+    network:
+      bind: [tcp://127.0.0.1:*]
+      udp: [udp://127.0.0.1:*]
 "
     );
     signed_probe_policy(&sb, &policy);
@@ -112,6 +117,29 @@ fn files_escape_table() {
     );
     denied(&f.probe(&["read", "/etc/passwd"]), "NotFound");
     denied(&f.probe(&["read-nul", "/data/a"]), "InvalidInput");
+
+    // A symlink the guest creates cannot lead out either: an absolute target is refused when
+    // it is created, and a relative one that climbs out cannot be followed.
+    let r = f.probe(&["symlink", "/out", "/etc/passwd", "abs"]);
+    assert!(
+        r.stdout.starts_with("err: "),
+        "absolute symlink target: {}",
+        r.stdout
+    );
+    ok(
+        &f.probe(&["symlink", "/out", "../outside.txt", "climb"]),
+        "()",
+    );
+    denied(&f.probe(&["read", "/out/climb"]), "PermissionDenied");
+    // Control: a symlink inside the mount works.
+    ok(&f.probe(&["symlink", "/out", "keep.txt", "inside"]), "()");
+    ok(&f.probe(&["read", "/out/inside"]), "\"keep\\n\"");
+    let r = f.probe(&["symlink", "/data", "a.txt", "ro-link"]);
+    assert!(
+        r.stdout.starts_with("err: "),
+        "symlink in the read-only mount: {}",
+        r.stdout
+    );
 
     // Every mutation of the read-only mount is refused...
     for (op, args) in [
@@ -262,11 +290,28 @@ fn sockets_escape_table() {
         eprintln!("SKIPPED: IPv6 loopback row, no ::1 on this machine");
     }
 
-    // No bind grant: listening is refused. No udp grant: UDP is refused.
+    // No bind grant: listening is refused; the same bind works with a grant (control).
     let r = f.probe(&["bind", "127.0.0.1:0"]);
     assert!(r.stdout.starts_with("err: "), "{}", r.stdout);
-    let r = f.probe(&["udp", "127.0.0.1:0", &format!("127.0.0.1:{}", f.port)]);
+    ok(&f.run("probe-net", &["bind", "127.0.0.1:0"]), "()");
+
+    // No udp grant: UDP is refused while a real UDP socket listens; with a grant the
+    // datagram arrives (control).
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    udp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let target = udp.local_addr().unwrap().to_string();
+    let r = f.probe(&["udp", "127.0.0.1:0", &target]);
     assert!(r.stdout.starts_with("err: "), "{}", r.stdout);
+    ok(&f.run("probe-net", &["udp", "127.0.0.1:0", &target]), "1");
+    let mut buf = [0u8; 8];
+    let (n, _) = udp
+        .recv_from(&mut buf)
+        .expect("the granted datagram arrives");
+    assert_eq!(&buf[..n], b"x");
+    // A component with a udp grant for loopback still cannot reach another address.
+    let r = f.run("probe-net", &["udp", "127.0.0.1:0", "10.255.255.1:53"]);
+    assert!(r.stdout.starts_with("err: "), "{}", r.stdout);
+    r.stderr_has("denied `probe-net` net.udp udp://10.255.255.1:53");
     // No lookup grant: name resolution is refused.
     let r = f.probe(&["lookup", "localhost"]);
     assert!(r.stdout.starts_with("err: "), "{}", r.stdout);

@@ -73,6 +73,17 @@ enum Command {
         #[command(subcommand)]
         command: PolicyCommand,
     },
+    /// Show what a component imports and exports and, with a policy, which imports it grants.
+    Inspect {
+        /// The component (.wasm).
+        component: PathBuf,
+        /// A policy to compare the imports with.
+        #[arg(long, value_name = "POLICY.yaml", requires = "name")]
+        policy: Option<PathBuf>,
+        /// The component's name in the policy.
+        #[arg(long = "component", value_name = "NAME", id = "name")]
+        name: Option<String>,
+    },
     /// Run a `wasi:cli/run` component under a signed policy.
     Run {
         /// The policy (YAML).
@@ -245,6 +256,11 @@ fn run(cli: Cli) -> Result<Report, CliError> {
             state_dir: state_dir.as_deref(),
             allow_unsigned: trust.is_none(),
         }),
+        Command::Inspect {
+            component,
+            policy,
+            name,
+        } => run::inspect(&component, policy.as_deref(), name.as_deref()),
         // INVARIANT: `main` handles `run` before calling this function.
         Command::Run { .. } => unreachable!("run is dispatched in main"),
     }

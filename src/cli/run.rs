@@ -186,3 +186,68 @@ pub(super) fn check(src: &Source<'_>) -> Result<Report, CliError> {
         json!({"ok": true, "name": p.name, "version": p.version, "components": p.components.keys().collect::<Vec<_>>(), "warnings": lints}),
     ))
 }
+
+pub(super) fn inspect(
+    component: &Path,
+    policy: Option<&Path>,
+    name: Option<&str>,
+) -> Result<Report, CliError> {
+    use capgate::inspect::Coverage;
+    let bytes = std::fs::read(component).map_err(|source| {
+        CliError::from(capgate::signing::Error::Io {
+            path: component.to_owned(),
+            source,
+        })
+    })?;
+    // The policy is read for its grants only; nothing runs, so no signature is needed.
+    let loaded = match policy {
+        Some(p) => Some(capgate::danger::load_unsigned_policy(p)?),
+        None => None,
+    };
+    let spec = match (&loaded, name) {
+        (Some(l), Some(n)) => Some(l.policy().components.get(n).ok_or_else(|| {
+            CliError::new(
+                Exit::Usage,
+                format!(
+                    "no component `{n}` in `{}`",
+                    policy.map(|p| p.display().to_string()).unwrap_or_default()
+                ),
+            )
+        })?),
+        _ => None,
+    };
+    let found = capgate::inspect::inspect(&bytes, spec)
+        .map_err(|e| CliError::new(Exit::DataErr, format!("{}: {e}", component.display())))?;
+    let mut text = format!("{}\nimports:", component.display());
+    let mut missing = 0;
+    for i in &found.imports {
+        let note = match &i.coverage {
+            None => String::new(),
+            Some(Coverage::Always) => "  always provided".into(),
+            Some(Coverage::Granted(what)) => format!("  granted: {what}"),
+            Some(Coverage::Denied(why)) => format!("  linked, every use denied: {why}"),
+            Some(Coverage::Missing(why)) => {
+                missing += 1;
+                format!("  NOT PROVIDED: {why}")
+            }
+            Some(_) => String::new(),
+        };
+        text.push_str(&format!("\n  {}{note}", i.name));
+    }
+    text.push_str("\nexports:");
+    for e in &found.exports {
+        text.push_str(&format!("\n  {e}"));
+    }
+    if missing > 0 {
+        text.push_str(&format!("\nwarning: {missing} import{} not provided: the component will not instantiate under this policy", if missing == 1 { " is" } else { "s are" }));
+    }
+    let imports: Vec<serde_json::Value> = found
+        .imports
+        .iter()
+        .map(|i| json!({"name": i.name, "coverage": i.coverage.as_ref().map(|c| format!("{c:?}"))}))
+        .collect();
+    Ok(Report::new(
+        text,
+        json!({"imports": imports, "exports": found.exports}),
+    ))
+}

@@ -100,19 +100,6 @@ pub(crate) fn decide_event(
     });
 }
 
-/// Decides `request`, tells `observer`, and returns whether it is allowed.
-pub(crate) async fn decide(
-    policy: Arc<VerifiedPolicy>,
-    observer: DecisionObserver,
-    component: String,
-    request: Request,
-) -> bool {
-    let decision = decide_decision(policy, component.clone(), request.clone()).await;
-    let allowed = decision.allowed;
-    decide_event(&observer, &component, &request, decision);
-    allowed
-}
-
 /// Where the guest's standard streams go when the policy does not close them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum StdioMode {
@@ -177,16 +164,12 @@ pub(crate) fn wasi_ctx(
     let (p, o, name) = (policy.clone(), observer.clone(), component.name.clone());
     let has_connect = !net.connect.is_empty();
     let has_udp = !net.udp.is_empty();
+    // The check is decided before the future is returned, so it is ready on first poll:
+    // wasmtime-wasi's UDP `send` reports success for a check still pending and fails a later
+    // call instead, which would tell the guest a refused datagram was sent.
     b.socket_addr_check(move |addr, use_| {
-        Box::pin(socket_allowed(
-            p.clone(),
-            o.clone(),
-            name.clone(),
-            has_connect,
-            has_udp,
-            addr,
-            use_,
-        ))
+        let ok = socket_allowed(&p, &o, &name, has_connect, has_udp, addr, use_);
+        Box::pin(std::future::ready(ok))
     });
     Ok(b.build())
 }
@@ -213,10 +196,10 @@ fn is_ephemeral(addr: SocketAddr) -> bool {
 }
 
 /// Maps wasi:sockets' address checks onto policy requests.
-async fn socket_allowed(
-    policy: Arc<VerifiedPolicy>,
-    observer: DecisionObserver,
-    component: String,
+fn socket_allowed(
+    policy: &VerifiedPolicy,
+    observer: &DecisionObserver,
+    component: &str,
     has_connect: bool,
     has_udp: bool,
     addr: SocketAddr,
@@ -235,11 +218,9 @@ async fn socket_allowed(
             Action::NetUdp
         }
     };
-    decide(
-        policy,
-        observer,
-        component,
-        Request::Socket { action, addr },
-    )
-    .await
+    let request = Request::Socket { action, addr };
+    let decision = decide_now(policy, component, &request);
+    let allowed = decision.allowed;
+    decide_event(observer, component, &request, decision);
+    allowed
 }

@@ -76,6 +76,10 @@ fn main() {
             Ok(v) => println!("ok: {v}"),
             Err(e) => println!("err: {e}"),
         },
+        "symlink" => match symlink(&a(2), &a(3), &a(4)) {
+            Ok(()) => println!("ok: ()"),
+            Err(e) => println!("err: {e}"),
+        },
         "exit" => std::process::exit(a(2).parse().unwrap_or(1)),
         "trap" => panic!("the probe was asked to trap"),
         _ => {
@@ -130,4 +134,12 @@ fn http(method: &str, url: &str) -> Result<String, String> {
         }
     }
     Ok(format!("{status} {}", String::from_utf8_lossy(&out)))
+}
+
+/// Creates, in the preopened directory `mount`, a symlink `link` whose target is `target`
+/// (std has no stable symlink call on WASI, so this uses the filesystem bindings directly).
+fn symlink(mount: &str, target: &str, link: &str) -> Result<(), String> {
+    let dirs = wasi::filesystem::preopens::get_directories();
+    let (dir, _) = dirs.iter().find(|(_, p)| p == mount).ok_or(format!("no preopen {mount}"))?;
+    dir.symlink_at(target, link).map_err(|e| format!("{e:?}"))
 }

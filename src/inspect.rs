@@ -1,0 +1,153 @@
+//! `inspect`: what a component imports and exports, and which imports a policy grants.
+//!
+//! This reads a component's type only; it never instantiates or runs it.
+
+use wasmtime::Engine;
+use wasmtime::component::Component;
+
+use crate::policy::{ComponentPolicy, Input, Output};
+
+/// Whether a policy provides an import.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Coverage {
+    /// Provided to every component (clocks, random, I/O plumbing).
+    Always,
+    /// Provided, and what the policy grants through it.
+    Granted(String),
+    /// Linked, but every use is denied: the policy grants nothing through it.
+    Denied(String),
+    /// Not provided: instantiation will fail.
+    Missing(String),
+}
+
+/// One import of a component.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Import {
+    /// The import's name, e.g. `wasi:filesystem/preopens@0.2.3`.
+    pub name: String,
+    /// What the policy does with it, when a policy was given.
+    pub coverage: Option<Coverage>,
+}
+
+/// A component's imports and exports.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Inspection {
+    /// Imports, in the component's order.
+    pub imports: Vec<Import>,
+    /// Export names.
+    pub exports: Vec<String>,
+}
+
+/// Why a component could not be inspected.
+#[derive(Debug, thiserror::Error)]
+#[error("not a valid WebAssembly component: {0}")]
+pub struct InspectError(String);
+
+/// Reads `bytes` as a component and, with `policy`, says how each import is covered.
+pub fn inspect(bytes: &[u8], policy: Option<&ComponentPolicy>) -> Result<Inspection, InspectError> {
+    let engine = Engine::default();
+    let component = Component::new(&engine, bytes).map_err(|e| InspectError(format!("{e:#}")))?;
+    let ty = component.component_type();
+    let imports = ty
+        .imports(&engine)
+        .map(|(name, _)| Import {
+            name: name.to_owned(),
+            coverage: policy.map(|p| coverage(p, name)),
+        })
+        .collect();
+    let exports = ty
+        .exports(&engine)
+        .map(|(name, _)| name.to_owned())
+        .collect();
+    Ok(Inspection { imports, exports })
+}
+
+fn count(n: usize, what: &str) -> String {
+    format!("{n} {what}{}", if n == 1 { "" } else { "s" })
+}
+
+fn granted_or_denied(n: usize, what: &str, key: &str) -> Coverage {
+    if n == 0 {
+        Coverage::Denied(format!("no `{key}` grant"))
+    } else {
+        Coverage::Granted(count(n, what))
+    }
+}
+
+fn coverage(p: &ComponentPolicy, import: &str) -> Coverage {
+    let base = import.split('@').next().unwrap_or(import);
+    let net = &p.network;
+    match base {
+        "wasi:io/error"
+        | "wasi:io/poll"
+        | "wasi:io/streams"
+        | "wasi:clocks/monotonic-clock"
+        | "wasi:clocks/wall-clock"
+        | "wasi:random/random"
+        | "wasi:random/insecure"
+        | "wasi:random/insecure-seed"
+        | "wasi:cli/exit"
+        | "wasi:cli/terminal-input"
+        | "wasi:cli/terminal-output"
+        | "wasi:cli/terminal-stdin"
+        | "wasi:cli/terminal-stdout"
+        | "wasi:cli/terminal-stderr"
+        | "wasi:http/types"
+        | "wasi:sockets/network"
+        | "wasi:sockets/instance-network" => Coverage::Always,
+        "wasi:cli/environment" => Coverage::Granted(format!(
+            "argv[0] and {}, {}",
+            count(p.args.len(), "argument"),
+            count(p.env.len() + p.env_from_host.len(), "environment variable")
+        )),
+        "wasi:cli/stdin" => match p.stdio.stdin {
+            Input::Closed => Coverage::Denied("stdin is closed".into()),
+            Input::Inherit => Coverage::Granted("stdin inherited".into()),
+        },
+        "wasi:cli/stdout" | "wasi:cli/stderr" => {
+            let which = if base.ends_with("stdout") {
+                p.stdio.stdout
+            } else {
+                p.stdio.stderr
+            };
+            match which {
+                Output::Inherit => Coverage::Granted("inherited".into()),
+                Output::Closed => Coverage::Denied("closed".into()),
+            }
+        }
+        "wasi:filesystem/types" | "wasi:filesystem/preopens" => {
+            granted_or_denied(p.files.len(), "preopened directory", "files")
+        }
+        "wasi:sockets/tcp" | "wasi:sockets/tcp-create-socket" => granted_or_denied(
+            net.connect.len() + net.bind.len(),
+            "TCP grant",
+            "network.connect` or `network.bind",
+        ),
+        "wasi:sockets/udp" | "wasi:sockets/udp-create-socket" => {
+            granted_or_denied(net.udp.len(), "UDP grant", "network.udp")
+        }
+        "wasi:sockets/ip-name-lookup" => {
+            granted_or_denied(net.lookup.len(), "lookup grant", "network.lookup")
+        }
+        "wasi:http/outgoing-handler" => granted_or_denied(p.http.len(), "HTTP grant", "http"),
+        other if other.starts_with("wasi:") => {
+            Coverage::Missing("capgate does not provide this WASI interface".into())
+        }
+        _ => {
+            let calls: Vec<&str> = p
+                .calls
+                .iter()
+                .filter(|c| c.interface == import || c.interface == base)
+                .map(|c| c.component.as_str())
+                .collect();
+            if calls.is_empty() {
+                Coverage::Missing("no `calls` entry names this interface".into())
+            } else {
+                Coverage::Granted(format!("linked to {}", calls.join(", ")))
+            }
+        }
+    }
+}
