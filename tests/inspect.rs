@@ -1,0 +1,75 @@
+//! `capgate inspect`: a component's imports and exports, compared with a policy's grants.
+
+mod common;
+
+use common::{Sandbox, guests};
+
+#[test]
+fn inspect_lists_imports_and_what_the_policy_grants() {
+    let sb = Sandbox::new();
+    std::fs::copy(guests::guest("probe"), sb.path("probe.wasm")).unwrap();
+    std::fs::create_dir_all(sb.path("data")).unwrap();
+    sb.write(
+        "p.yaml",
+        "capgate: 1\nname: i\nversion: 1\ncomponents:\n  probe:\n    component: probe.wasm\n    files: [{ host: data, guest: /data }]\n    http: [https://api.example.com]\n",
+    );
+    // Without a policy: the component's interface only.
+    let plain = sb.capgate(["inspect", "probe.wasm"]);
+    plain
+        .expect(0)
+        .stdout_has("imports:")
+        .stdout_has("exports:\n  wasi:cli/run@");
+    assert!(!plain.stdout.contains("granted"), "{}", plain.stdout);
+
+    let r = sb.capgate([
+        "inspect",
+        "probe.wasm",
+        "--policy",
+        "p.yaml",
+        "--component",
+        "probe",
+    ]);
+    r.expect(0);
+    for (import, note) in [
+        (
+            "wasi:filesystem/preopens@",
+            "granted: 1 preopened directory",
+        ),
+        ("wasi:http/outgoing-handler@", "granted: 1 HTTP grant"),
+        (
+            "wasi:sockets/tcp@",
+            "linked, every use denied: no `network.connect` or `network.bind` grant",
+        ),
+        (
+            "wasi:sockets/ip-name-lookup@",
+            "linked, every use denied: no `network.lookup` grant",
+        ),
+        (
+            "wasi:cli/stdin@",
+            "linked, every use denied: stdin is closed",
+        ),
+        ("wasi:clocks/wall-clock@", "always provided"),
+    ] {
+        let line = r
+            .stdout
+            .lines()
+            .find(|l| l.trim_start().starts_with(import))
+            .unwrap_or_else(|| panic!("no {import} in\n{}", r.stdout));
+        assert!(line.ends_with(note), "{import}: {line}");
+    }
+
+    sb.write("junk.wasm", b"\0asm\x01\0\0\0 not a component");
+    sb.capgate(["inspect", "junk.wasm"])
+        .expect(65)
+        .stderr_has("junk.wasm: not a valid WebAssembly component");
+    sb.capgate(["inspect", "missing.wasm"]).expect(66);
+    sb.capgate([
+        "inspect",
+        "probe.wasm",
+        "--policy",
+        "p.yaml",
+        "--component",
+        "nope",
+    ])
+    .expect(64);
+}
