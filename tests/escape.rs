@@ -6,7 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Run, Sandbox, pong_server, run_probe, signed_probe_policy};
+use common::{Run, Sandbox, pong_server, run_probe, run_probe_env, signed_probe_policy};
 
 struct Fixture {
     sb: Sandbox,
@@ -225,29 +225,11 @@ fn files_escape_table() {
 #[test]
 fn environment_is_only_what_the_policy_grants() {
     let f = fixture();
-    let run = |args: &[&str]| {
-        let mut argv = vec![
-            "run",
-            "--policy",
-            "policy.yaml",
-            "--trust",
-            "trust.yaml",
-            "--component",
-            "probe",
-            "--",
-        ];
-        argv.extend_from_slice(args);
-        common::Run::from_output(
-            std::process::Command::new(env!("CARGO_BIN_EXE_capgate"))
-                .args(&argv)
-                .current_dir(f.sb.dir.path())
-                .env("CAPGATE_STATE_DIR", f.sb.path("state"))
-                .env("CAPGATE_SECRET", "topsecret")
-                .env("CAPGATE_VISIBLE", "shown")
-                .output()
-                .unwrap(),
-        )
-    };
+    let env = [
+        ("CAPGATE_SECRET", "topsecret"),
+        ("CAPGATE_VISIBLE", "shown"),
+    ];
+    let run = |args: &[&str]| run_probe_env(&f.sb, "probe", args, &env);
     ok(&run(&["env", "GREETING"]), "hi");
     ok(&run(&["env", "CAPGATE_VISIBLE"]), "shown");
     let r = run(&["env", "CAPGATE_SECRET"]);

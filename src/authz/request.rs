@@ -207,11 +207,7 @@ impl Request {
                 .http
                 .iter()
                 .filter(|g| g.url.matches(*scheme, host, *port, path))
-                .filter(|g| {
-                    g.methods
-                        .as_ref()
-                        .is_none_or(|ms| ms.iter().any(|m| m == method))
-                })
+                .filter(|g| listed(&g.methods, method))
                 .map(|g| g.id.to_string())
                 .collect(),
             Self::Call {
@@ -222,11 +218,7 @@ impl Request {
                 .calls
                 .iter()
                 .filter(|g| g.component == *component && interface_matches(&g.interface, interface))
-                .filter(|g| {
-                    g.functions
-                        .as_ref()
-                        .is_none_or(|fs| fs.iter().any(|f| f == function))
-                })
+                .filter(|g| listed(&g.functions, function))
                 .map(|g| g.id.to_string())
                 .collect(),
         }
@@ -340,6 +332,11 @@ impl Request {
         .map_err(|e| e.to_string())?;
         Ok(Built { request, resource })
     }
+}
+
+/// An optional allow-list: `None` allows everything, otherwise `item` must be listed.
+fn listed(list: &Option<Vec<String>>, item: &str) -> bool {
+    list.as_ref().is_none_or(|l| l.iter().any(|x| x == item))
 }
 
 /// Lexically normalises an absolute guest path: `.` dropped, `..` pops (never above `/`).

@@ -14,11 +14,6 @@ pub struct Run {
 }
 
 impl Run {
-    /// Wraps a finished process.
-    pub fn from_output(out: Output) -> Self {
-        Self::from(out)
-    }
-
     fn from(out: Output) -> Self {
         Self {
             code: out.status.code().unwrap_or(-1),
@@ -96,19 +91,25 @@ impl Sandbox {
         I: IntoIterator<Item = S>,
         S: AsRef<std::ffi::OsStr>,
     {
-        Run::from(
-            Command::new(env!("CARGO_BIN_EXE_capgate"))
-                .args(args)
-                .current_dir(self.dir.path())
-                .env("CAPGATE_STATE_DIR", self.path("state"))
-                // Share compiled guests across test runs.
-                .env(
-                    "XDG_CACHE_HOME",
-                    concat!(env!("CARGO_MANIFEST_DIR"), "/target/test-cache"),
-                )
-                .output()
-                .expect("run capgate"),
-        )
+        Run::from(self.command(args).output().expect("run capgate"))
+    }
+
+    /// The `capgate ARGS` command [`Sandbox::capgate`] runs, to adjust before running.
+    pub fn command<I, S>(&self, args: I) -> Command
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_capgate"));
+        cmd.args(args)
+            .current_dir(self.dir.path())
+            .env("CAPGATE_STATE_DIR", self.path("state"))
+            // Share compiled guests across test runs.
+            .env(
+                "XDG_CACHE_HOME",
+                concat!(env!("CARGO_MANIFEST_DIR"), "/target/test-cache"),
+            );
+        cmd
     }
 
     /// `capgate keygen --out keys/NAME` for each name.
@@ -205,6 +206,11 @@ pub fn signed_probe_policy(sb: &Sandbox, policy: &str) {
 
 /// `capgate run` of the signed policy's `component` with `args`.
 pub fn run_probe(sb: &Sandbox, component: &str, args: &[&str]) -> Run {
+    run_probe_env(sb, component, args, &[])
+}
+
+/// [`run_probe`] with extra environment variables set on the `capgate` process.
+pub fn run_probe_env(sb: &Sandbox, component: &str, args: &[&str], env: &[(&str, &str)]) -> Run {
     let mut argv = vec![
         "run",
         "--policy",
@@ -216,5 +222,7 @@ pub fn run_probe(sb: &Sandbox, component: &str, args: &[&str]) -> Run {
         "--",
     ];
     argv.extend_from_slice(args);
-    sb.capgate(argv)
+    let mut cmd = sb.command(argv);
+    cmd.envs(env.iter().copied());
+    Run::from(cmd.output().expect("run capgate"))
 }
