@@ -99,6 +99,24 @@ pub enum RunError {
         /// Why.
         message: String,
     },
+    /// An import cannot be linked to another component.
+    #[error("component `{component}`: import `{import}` cannot be linked: {message}")]
+    Link {
+        /// The importing component.
+        component: String,
+        /// The import.
+        import: String,
+        /// Why.
+        message: String,
+    },
+    /// The function or its arguments do not fit the component's export.
+    #[error("component `{component}`: {message}")]
+    Call {
+        /// The component.
+        component: String,
+        /// Why.
+        message: String,
+    },
     /// The guest trapped.
     #[error("component `{component}` trapped: {message}")]
     Trap {
@@ -125,6 +143,22 @@ pub struct Host {
     linker: Linker<State>,
     observer: DecisionObserver,
     ticker: Arc<AtomicBool>,
+    /// Linked apps by (policy identity, root component): callees keep their instances across
+    /// runs of the same verified policy on this host.
+    apps: std::sync::Mutex<std::collections::HashMap<(u64, String), Arc<App>>>,
+    /// Callees by policy identity, shared by every app and direct call of that policy.
+    callees: std::sync::Mutex<
+        std::collections::HashMap<
+            u64,
+            std::collections::BTreeMap<String, Arc<crate::broker::Callee>>,
+        >,
+    >,
+}
+
+/// A root component with its links resolved and its callees created.
+struct App {
+    component: Component,
+    linker: Linker<State>,
 }
 
 impl std::fmt::Debug for Host {
@@ -146,6 +180,13 @@ pub(crate) struct State {
     http: WasiHttpCtx,
     hooks: HttpGuard,
     lookup: LookupGuard,
+}
+
+impl State {
+    /// Whether the limiter refused a memory growth.
+    pub(crate) fn limiter_refused(&self) -> bool {
+        self.limiter.memory_refused
+    }
 }
 
 impl WasiView for State {
@@ -222,7 +263,128 @@ impl Host {
             linker,
             observer: config.observer.unwrap_or_else(|| Arc::new(|_| {})),
             ticker: stop,
+            apps: Default::default(),
+            callees: Default::default(),
         })
+    }
+
+    fn wiring<'a>(
+        &'a self,
+        policy: &'a Arc<VerifiedPolicy>,
+        graph: &'a crate::broker::Graph,
+    ) -> crate::broker::Wiring<'a> {
+        crate::broker::Wiring {
+            base: &self.linker,
+            engine: &self.engine,
+            policy,
+            observer: &self.observer,
+            graph,
+        }
+    }
+
+    /// The linked app for `component` of `policy`, built on first use.
+    fn app(&self, policy: &Arc<VerifiedPolicy>, component: &str) -> Result<Arc<App>, RunError> {
+        let key = (policy.id(), component.to_owned());
+        if let Some(app) = self
+            .apps
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+        {
+            return Ok(app.clone());
+        }
+        let graph = crate::broker::resolve(&self.engine, policy, component, &mut |n| {
+            self.compile(policy, n)
+        })?;
+        let linker = {
+            let mut registry = self.callees.lock().unwrap_or_else(|e| e.into_inner());
+            self.wiring(policy, &graph)
+                .linker_for(component, registry.entry(policy.id()).or_default())?
+        };
+        let app = Arc::new(App {
+            component: graph.compiled[component].clone(),
+            linker,
+        });
+        self.apps
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key, app.clone());
+        Ok(app)
+    }
+
+    /// Calls an exported function of `component` from the host, with arguments and results
+    /// in WAVE text (`"hello"`, `42`, `{x: 1}`). `function` is `interface#name` (the
+    /// interface's version may be left out) or a top-level export's name. The component runs
+    /// in its own store with its own grants; its instance is kept for later calls and replaced
+    /// after a fault.
+    pub async fn call(
+        &self,
+        policy: &Arc<VerifiedPolicy>,
+        component: &str,
+        function: &str,
+        args: &[String],
+    ) -> Result<Vec<String>, RunError> {
+        policy
+            .policy()
+            .components
+            .get(component)
+            .ok_or_else(|| no_such(policy, component))?;
+        let graph = crate::broker::resolve(&self.engine, policy, component, &mut |n| {
+            self.compile(policy, n)
+        })?;
+        let callee = {
+            let mut registry = self.callees.lock().unwrap_or_else(|e| e.into_inner());
+            self.wiring(policy, &graph)
+                .callee_for(component, registry.entry(policy.id()).or_default())?
+        };
+        let (export, name) = match function.rsplit_once('#') {
+            Some((e, f)) => (Some(e), f),
+            None => (None, function),
+        };
+        let parse = |ty: &wasmtime::component::types::ComponentFunc| {
+            let params: Vec<_> = ty.params().collect();
+            if params.len() != args.len() {
+                let names: Vec<&str> = params.iter().map(|(n, _)| *n).collect();
+                return Err(format!(
+                    "`{function}` takes {} argument{} ({}), {} given",
+                    params.len(),
+                    if params.len() == 1 { "" } else { "s" },
+                    names.join(", "),
+                    args.len()
+                ));
+            }
+            params
+                .iter()
+                .zip(args)
+                .map(|((n, t), a)| {
+                    wasm_wave::from_str::<wasmtime::component::Val>(t, a).map_err(|e| {
+                        format!("argument `{n}`: `{a}` is not a valid WAVE value of its type: {e}")
+                    })
+                })
+                .collect()
+        };
+        let results = callee
+            .invoke(export, name, parse, usize::MAX)
+            .await
+            .map_err(|e| match e {
+                crate::broker::InvokeError::Args(message) => RunError::Call {
+                    component: component.to_owned(),
+                    message,
+                },
+                crate::broker::InvokeError::Fault(message) => RunError::Trap {
+                    component: component.to_owned(),
+                    message,
+                },
+            })?;
+        results
+            .iter()
+            .map(|v| {
+                wasm_wave::to_string(v).map_err(|e| RunError::Trap {
+                    component: component.to_owned(),
+                    message: format!("cannot print a result: {e}"),
+                })
+            })
+            .collect()
     }
 
     /// The wasmtime engine (for embedders that compile or inspect components themselves).
@@ -242,7 +404,8 @@ impl Host {
     }
 
     /// Runs `component` (a `wasi:cli/run` command) with `args` appended to its policy's
-    /// arguments. Returns the guest's exit code.
+    /// arguments, its imports of other components linked as its policy's `calls` say.
+    /// Returns the guest's exit status.
     pub async fn run(
         &self,
         policy: &Arc<VerifiedPolicy>,
@@ -254,54 +417,24 @@ impl Host {
             .components
             .get(component)
             .ok_or_else(|| no_such(policy, component))?;
-        let compiled = self.compile(policy, component)?;
-        let wasi = grant::wasi_ctx(policy, &self.observer, spec, args).map_err(|e| {
-            RunError::Instantiate {
-                component: component.to_owned(),
-                message: e.to_string(),
-            }
-        })?;
+        let app = self.app(policy, component)?;
+        let (compiled, linker) = (app.component.clone(), &app.linker);
         let limits = spec.limits;
-        let mut store = Store::new(
-            &self.engine,
-            State {
-                wasi,
-                table: ResourceTable::new(),
-                limiter: Limiter::new(limits.memory.bytes()),
-                http: WasiHttpCtx::new(),
-                hooks: HttpGuard {
-                    policy: policy.clone(),
-                    observer: self.observer.clone(),
+        let mut store =
+            new_store(&self.engine, policy, &self.observer, spec, args).map_err(|e| {
+                RunError::Instantiate {
                     component: component.to_owned(),
-                },
-                lookup: LookupGuard {
-                    policy: policy.clone(),
-                    observer: self.observer.clone(),
-                    component: component.to_owned(),
-                },
-            },
-        );
-        store.limiter(|s| &mut s.limiter);
-        let ticks = limits.timeout.map_or(u64::MAX / 2, |t| {
-            t.duration().as_millis().div_ceil(TICK.as_millis()) as u64
-        });
-        store.set_epoch_deadline(ticks.max(1));
-        store.epoch_deadline_trap();
-        // INVARIANT: fuel consumption is enabled in `Host::new`, so setting fuel cannot fail.
-        store
-            .set_fuel(limits.fuel.unwrap_or(u64::MAX))
-            .expect("fuel is enabled");
+                    message: e.to_string(),
+                }
+            })?;
 
         let fail = |e: wasmtime::Error, store: &Store<State>| {
             classify(component, &limits, e, store.data().limiter.memory_refused)
         };
-        let cmd = wasmtime_wasi::p2::bindings::Command::instantiate_async(
-            &mut store,
-            &compiled,
-            &self.linker,
-        )
-        .await
-        .map_err(|e| instantiate_error(component, &compiled, &self.engine, e))?;
+        let cmd =
+            wasmtime_wasi::p2::bindings::Command::instantiate_async(&mut store, &compiled, linker)
+                .await
+                .map_err(|e| instantiate_error(component, &compiled, &self.engine, e))?;
         let call = cmd.wasi_cli_run().call_run(&mut store);
         let result = match limits.timeout {
             // Epochs cannot interrupt a guest blocked in a host call; this backstop can.
@@ -369,6 +502,69 @@ fn instantiate_error(
     }
 }
 
+/// A callee's failure, as one phrase naming the limit or trap.
+pub(crate) fn describe_failure(
+    component: &str,
+    limits: &crate::policy::Limits,
+    e: wasmtime::Error,
+    memory_refused: bool,
+) -> String {
+    match classify(component, limits, e, memory_refused) {
+        RunError::Limit { message, .. } | RunError::Trap { message, .. } => message,
+        other => other.to_string(),
+    }
+}
+
+/// A store for `spec`'s component: its own WASI context, HTTP and DNS guards, and limiter.
+pub(crate) fn new_store(
+    engine: &Engine,
+    policy: &Arc<VerifiedPolicy>,
+    observer: &DecisionObserver,
+    spec: &crate::policy::ComponentPolicy,
+    args: &[String],
+) -> Result<Store<State>, wasmtime::Error> {
+    let wasi = grant::wasi_ctx(policy, observer, spec, args)?;
+    let guard = |p: &Arc<VerifiedPolicy>| (p.clone(), observer.clone(), spec.name.clone());
+    let (hp, ho, hc) = guard(policy);
+    let (lp, lo, lc) = guard(policy);
+    let mut store = Store::new(
+        engine,
+        State {
+            wasi,
+            table: ResourceTable::new(),
+            limiter: Limiter::new(spec.limits.memory.bytes()),
+            http: WasiHttpCtx::new(),
+            hooks: HttpGuard {
+                policy: hp,
+                observer: ho,
+                component: hc,
+            },
+            lookup: LookupGuard {
+                policy: lp,
+                observer: lo,
+                component: lc,
+            },
+        },
+    );
+    store.limiter(|s| &mut s.limiter);
+    // Instantiation runs guest code (start functions), so the limits apply from the start.
+    arm_limits(&mut store, &spec.limits);
+    Ok(store)
+}
+
+/// Arms the time and fuel limits for one run or one call.
+pub(crate) fn arm_limits(store: &mut Store<State>, limits: &crate::policy::Limits) {
+    let ticks = limits.timeout.map_or(u64::MAX / 2, |t| {
+        t.duration().as_millis().div_ceil(TICK.as_millis()) as u64
+    });
+    store.set_epoch_deadline(ticks.max(1));
+    store.epoch_deadline_trap();
+    // INVARIANT: fuel consumption is enabled in `Host::new`, so setting fuel cannot fail.
+    store
+        .set_fuel(limits.fuel.unwrap_or(u64::MAX))
+        .expect("fuel is enabled");
+}
+
 fn classify(
     component: &str,
     limits: &crate::policy::Limits,
@@ -416,9 +612,11 @@ fn classify(
                 other => other.to_string(),
             },
         },
+        // A host error (e.g. a refused call to another component): its root cause is the
+        // message; the outer layers are wasmtime's backtrace.
         None => RunError::Trap {
             component: component.to_owned(),
-            message: e.to_string(),
+            message: e.root_cause().to_string(),
         },
     }
 }

@@ -38,6 +38,8 @@
 
 pub mod authz;
 #[cfg(feature = "runtime")]
+mod broker;
+#[cfg(feature = "runtime")]
 pub mod grant;
 #[cfg(feature = "runtime")]
 mod host;

@@ -23,6 +23,8 @@ pub const MAX_ARTIFACT_BYTES: u64 = 512 * 1024 * 1024;
 /// ready to run.
 #[derive(Debug, Clone)]
 pub struct VerifiedPolicy {
+    /// Distinguishes verified policies within this process (clones share it).
+    id: u64,
     policy: Policy,
     authority: Authority,
     artifacts: BTreeMap<String, VerifiedArtifact>,
@@ -98,7 +100,9 @@ impl VerifiedPolicy {
         })?;
         #[cfg(feature = "runtime")]
         let dirs = open_dirs(&policy)?;
+        static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         Ok(Self {
+            id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             policy,
             authority,
             artifacts,
@@ -106,6 +110,11 @@ impl VerifiedPolicy {
             #[cfg(feature = "runtime")]
             dirs,
         })
+    }
+
+    /// An identifier of this verification, unique within the process.
+    pub(crate) fn id(&self) -> u64 {
+        self.id
     }
 
     /// The parsed policy.

@@ -108,8 +108,8 @@ impl From<capgate::RunError> for CliError {
         use capgate::RunError as R;
         let exit = match &e {
             R::Trap { .. } | R::Limit { .. } => Exit::GuestFault,
-            R::Invalid { .. } | R::Instantiate { .. } => Exit::DataErr,
-            R::NoSuchComponent { .. } => Exit::Usage,
+            R::Invalid { .. } | R::Instantiate { .. } | R::Link { .. } => Exit::DataErr,
+            R::NoSuchComponent { .. } | R::Call { .. } => Exit::Usage,
             _ => Exit::Software,
         };
         Self::new(exit, e.to_string())

@@ -84,6 +84,29 @@ enum Command {
         #[arg(long = "component", value_name = "NAME", id = "name")]
         name: Option<String>,
     },
+    /// Call an exported function of a component; arguments and results are WAVE text.
+    Call {
+        /// The policy (YAML).
+        #[arg(long, value_name = "POLICY.yaml")]
+        policy: PathBuf,
+        /// The trust root; required unless `--allow-unsigned`.
+        #[arg(long, value_name = "TRUST.yaml")]
+        trust: Option<PathBuf>,
+        /// DANGER: run without checking any signature. For local development only.
+        #[arg(long)]
+        allow_unsigned: bool,
+        /// Where accepted policy versions are remembered.
+        #[arg(long, value_name = "DIR", env = "CAPGATE_STATE_DIR")]
+        state_dir: Option<PathBuf>,
+        /// The component.
+        component: String,
+        /// `interface#function` (e.g. `example:image/image-processor#get-dimensions`) or a
+        /// top-level export.
+        function: String,
+        /// Arguments, each a WAVE value (e.g. `"text"`, `42`, `[1, 2]`, `{x: 1}`).
+        #[arg(value_name = "ARGS", allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Run a `wasi:cli/run` component under a signed policy.
     Run {
         /// The policy (YAML).
@@ -261,6 +284,25 @@ fn run(cli: Cli) -> Result<Report, CliError> {
             policy,
             name,
         } => run::inspect(&component, policy.as_deref(), name.as_deref()),
+        Command::Call {
+            policy,
+            trust,
+            allow_unsigned,
+            state_dir,
+            component,
+            function,
+            args,
+        } => run::call(
+            &run::Source {
+                policy: &policy,
+                trust: trust.as_deref(),
+                state_dir: state_dir.as_deref(),
+                allow_unsigned,
+            },
+            &component,
+            &function,
+            &args,
+        ),
         // INVARIANT: `main` handles `run` before calling this function.
         Command::Run { .. } => unreachable!("run is dispatched in main"),
     }

@@ -69,9 +69,7 @@ pub(super) struct RunArgs<'a> {
     pub format: LogFormat,
 }
 
-pub(super) fn run(src: &Source<'_>, a: &RunArgs<'_>) -> Result<i32, CliError> {
-    let policy = Arc::new(load(src, true)?);
-    let format = a.format;
+fn host(format: LogFormat, no_cache: bool) -> Result<Host, CliError> {
     let mut config = HostConfig::new().observe(move |ev| {
         if ev.decision.allowed {
             return;
@@ -84,14 +82,14 @@ pub(super) fn run(src: &Source<'_>, a: &RunArgs<'_>) -> Result<i32, CliError> {
             ),
         }
     });
-    if !a.no_cache
-        && let Some(dir) = default_cache_dir()
-    {
+    if !no_cache && let Some(dir) = default_cache_dir() {
         config = config.cache_dir(dir);
     }
-    let host = Host::new(config)?;
-    let name = pick_component(&host, &policy, a.component)?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
+    Ok(Host::new(config)?)
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
+    tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(|e| {
@@ -99,8 +97,29 @@ pub(super) fn run(src: &Source<'_>, a: &RunArgs<'_>) -> Result<i32, CliError> {
                 Exit::Software,
                 format!("cannot start the async runtime: {e}"),
             )
-        })?;
-    Ok(rt.block_on(host.run(&policy, &name, a.args))?)
+        })
+}
+
+pub(super) fn run(src: &Source<'_>, a: &RunArgs<'_>) -> Result<i32, CliError> {
+    let policy = Arc::new(load(src, true)?);
+    let host = host(a.format, a.no_cache)?;
+    let name = pick_component(&host, &policy, a.component)?;
+    Ok(runtime()?.block_on(host.run(&policy, &name, a.args))?)
+}
+
+pub(super) fn call(
+    src: &Source<'_>,
+    component: &str,
+    function: &str,
+    args: &[String],
+) -> Result<Report, CliError> {
+    let policy = Arc::new(load(src, true)?);
+    let host = host(LogFormat::Text, false)?;
+    let results = runtime()?.block_on(host.call(&policy, component, function, args))?;
+    Ok(Report::new(
+        results.join("\n"),
+        json!({ "results": results }),
+    ))
 }
 
 /// The component named, or the only one that is a command.

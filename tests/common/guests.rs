@@ -50,10 +50,18 @@ fn build_all() -> &'static Result<(), String> {
 
 /// The path of guest component `name` (a member of `tests/guests/`).
 pub fn guest(name: &str) -> PathBuf {
-    let file = format!("{}.wasm", name.replace('-', "_"));
+    // Binaries keep their name; libraries (cdylib) replace `-` with `_`.
+    let file = |dir: PathBuf| {
+        let plain = dir.join(format!("{name}.wasm"));
+        if plain.exists() {
+            plain
+        } else {
+            dir.join(format!("{}.wasm", name.replace('-', "_")))
+        }
+    };
     match build_all() {
         Ok(()) => {
-            let p = built_dir().join(&file);
+            let p = file(built_dir());
             assert!(
                 p.exists(),
                 "guest `{name}` built but {} is missing",
@@ -62,7 +70,7 @@ pub fn guest(name: &str) -> PathBuf {
             p
         }
         Err(why) => {
-            let p = prebuilt_dir().join(&file);
+            let p = file(prebuilt_dir());
             if p.exists() {
                 eprintln!(
                     "note: could not build guest `{name}` from source ({}); using the committed {}",

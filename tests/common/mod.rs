@@ -185,21 +185,23 @@ pub fn http_server(addr: &str) -> Option<std::net::SocketAddr> {
 /// Keys `release` (artifact role) and `alice` (policy role), a trust root, the probe guest as
 /// `probe.wasm`, and `policy.yaml` with `policy`, all signed.
 pub fn signed_probe_policy(sb: &Sandbox, policy: &str) {
+    signed_policy(sb, &["probe"], policy);
+}
+
+/// Like [`signed_probe_policy`], with each guest of `guests` copied to `NAME.wasm`.
+pub fn signed_policy(sb: &Sandbox, guests: &[&str], policy: &str) {
     sb.keys(&["release", "alice"]);
     sb.write(
         "trust.yaml",
         "capgate-trust: 1\nkeys: { release: keys/release.pub, alice: keys/alice.pub }\nroles:\n  artifact: { keys: [release], threshold: 1 }\n  policy: { keys: [alice], threshold: 1 }\n",
     );
-    std::fs::copy(guests::guest("probe"), sb.path("probe.wasm")).unwrap();
+    for g in guests {
+        let file = format!("{g}.wasm");
+        std::fs::copy(guests::guest(g), sb.path(&file)).unwrap();
+        sb.capgate(["sign", "artifact", &file, "--key", "keys/release.key"])
+            .expect(0);
+    }
     sb.write("policy.yaml", policy);
-    sb.capgate([
-        "sign",
-        "artifact",
-        "probe.wasm",
-        "--key",
-        "keys/release.key",
-    ])
-    .expect(0);
     sb.capgate(["sign", "policy", "policy.yaml", "--key", "keys/alice.key"])
         .expect(0);
 }

@@ -1,0 +1,445 @@
+//! Calls between components: each non-WASI import of a component is bound to the component
+//! its policy's `calls` names, through an adapter that authorises every call, forwards the
+//! values into the callee's own store, and isolates faults.
+//!
+//! Each callee runs in its own `Store` with its own WASI context, limits and identity; no
+//! store is ever shared between components. Calls into one callee are serialised. A trap or
+//! limit hit in the callee fails the caller's call with a message naming the callee, and the
+//! callee is instantiated afresh for the next call. Links are resolved before anything runs:
+//! an import nobody provides, an import two callees could provide, a cycle, or an interface
+//! that passes resources are errors naming the import.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use wasmtime::component::types::{ComponentItem, Type};
+use wasmtime::component::{Component, Instance, Linker, Val};
+use wasmtime::{Engine, Store};
+
+use crate::authz::Request;
+use crate::grant::{self, DecisionObserver};
+use crate::host::{RunError, State};
+use crate::verified::VerifiedPolicy;
+
+/// One resolved import: `caller` imports `import`, provided by `callee`'s export `export`.
+#[derive(Debug, Clone)]
+pub(crate) struct Link {
+    pub import: String,
+    pub callee: String,
+    pub export: String,
+    pub functions: Vec<String>,
+}
+
+fn base_name(name: &str) -> &str {
+    name.split('@').next().unwrap_or(name)
+}
+
+/// Does any part of `ty` carry a resource (or an async handle), which cannot cross stores?
+fn has_resource(ty: &Type) -> bool {
+    match ty {
+        Type::Own(_) | Type::Borrow(_) | Type::Future(_) | Type::Stream(_) | Type::ErrorContext => {
+            true
+        }
+        Type::List(l) => has_resource(&l.ty()),
+        Type::Record(r) => r.fields().any(|f| has_resource(&f.ty)),
+        Type::Tuple(t) => t.types().any(|t| has_resource(&t)),
+        Type::Variant(v) => v.cases().any(|c| c.ty.as_ref().is_some_and(has_resource)),
+        Type::Option(o) => has_resource(&o.ty()),
+        Type::Result(r) => {
+            r.ok().as_ref().is_some_and(has_resource) || r.err().as_ref().is_some_and(has_resource)
+        }
+        // Maps and fixed-length lists are newer than WASI 0.2; refuse rather than guess.
+        Type::Map(_) | Type::FixedLengthList(_) => true,
+        _ => false,
+    }
+}
+
+/// The components reachable from a root, compiled, and the links between them.
+pub(crate) struct Graph {
+    pub compiled: BTreeMap<String, Component>,
+    pub links: BTreeMap<String, Vec<Link>>,
+}
+
+/// Resolves the links of `root` and of every component it reaches.
+pub(crate) fn resolve(
+    engine: &Engine,
+    policy: &VerifiedPolicy,
+    root: &str,
+    compile: &mut dyn FnMut(&str) -> Result<Component, RunError>,
+) -> Result<Graph, RunError> {
+    let mut compiled = BTreeMap::new();
+    let mut links: BTreeMap<String, Vec<Link>> = BTreeMap::new();
+    let mut todo = vec![root.to_owned()];
+    while let Some(name) = todo.pop() {
+        if compiled.contains_key(&name) {
+            continue;
+        }
+        let component = compile(&name)?;
+        let spec = &policy.policy().components[&name];
+        let mut mine = Vec::new();
+        for (import, item) in component.component_type().imports(engine) {
+            if import.starts_with("wasi:") {
+                continue;
+            }
+            let err = |message: String| RunError::Link {
+                component: name.clone(),
+                import: import.to_owned(),
+                message,
+            };
+            let callees: BTreeSet<&str> = spec
+                .calls
+                .iter()
+                .filter(|c| c.interface == import || c.interface == base_name(import))
+                .map(|c| c.component.as_str())
+                .collect();
+            let callee = match callees.len() {
+                0 => {
+                    return Err(err(
+                        "no `calls` entry of the policy names this interface".into()
+                    ));
+                }
+                1 => callees.into_iter().next().unwrap_or_default().to_owned(),
+                _ => {
+                    let names: Vec<String> = callees.iter().map(|c| format!("`{c}`")).collect();
+                    return Err(err(format!(
+                        "ambiguous: `calls` names {} for it; keep one",
+                        names.join(" and ")
+                    )));
+                }
+            };
+            let ComponentItem::ComponentInstance(ity) = item.ty else {
+                return Err(err("only interface (instance) imports can be linked".into()));
+            };
+            let callee_component = compile(&callee)?;
+            let export = callee_component
+                .component_type()
+                .exports(engine)
+                .map(|(e, _)| e.to_owned())
+                .find(|e| e == import || base_name(e) == base_name(import))
+                .ok_or_else(|| err(format!("component `{callee}` does not export it")))?;
+            let mut functions = Vec::new();
+            for (fname, fitem) in ity.exports(engine) {
+                let ComponentItem::ComponentFunc(fty) = fitem.ty else {
+                    return Err(err(format!(
+                        "it passes `{fname}`, which is not a function: resources and types cannot cross a link yet"
+                    )));
+                };
+                if fty.params().any(|(_, t)| has_resource(&t))
+                    || fty.results().any(|t| has_resource(&t))
+                {
+                    return Err(err(format!(
+                        "function `{fname}` passes a resource, which cannot cross a link between components yet"
+                    )));
+                }
+                functions.push(fname.to_owned());
+            }
+            mine.push(Link {
+                import: import.to_owned(),
+                callee: callee.clone(),
+                export,
+                functions,
+            });
+            todo.push(callee);
+        }
+        links.insert(name.clone(), mine);
+        compiled.insert(name, component);
+    }
+    find_cycle(root, &links)?;
+    Ok(Graph { compiled, links })
+}
+
+fn find_cycle(root: &str, links: &BTreeMap<String, Vec<Link>>) -> Result<(), RunError> {
+    fn visit(
+        n: &str,
+        links: &BTreeMap<String, Vec<Link>>,
+        path: &mut Vec<String>,
+        done: &mut BTreeSet<String>,
+    ) -> Result<(), RunError> {
+        if let Some(i) = path.iter().position(|p| p == n) {
+            let mut cycle = path[i..].to_vec();
+            cycle.push(n.to_owned());
+            let first = links[&path[path.len() - 1]].iter().find(|l| l.callee == n);
+            return Err(RunError::Link {
+                component: path[path.len() - 1].clone(),
+                import: first.map(|l| l.import.clone()).unwrap_or_default(),
+                message: format!("the links form a cycle: {}", cycle.join(" → ")),
+            });
+        }
+        if done.contains(n) {
+            return Ok(());
+        }
+        path.push(n.to_owned());
+        for l in links.get(n).map(Vec::as_slice).unwrap_or_default() {
+            visit(&l.callee, links, path, done)?;
+        }
+        path.pop();
+        done.insert(n.to_owned());
+        Ok(())
+    }
+    visit(root, links, &mut Vec::new(), &mut BTreeSet::new())
+}
+
+/// A live instance of a callee, in its own store.
+struct Live {
+    store: Store<State>,
+    instance: Instance,
+}
+
+/// A component other components call, and its (lazily started) instance.
+pub(crate) struct Callee {
+    name: String,
+    component: Component,
+    linker: Linker<State>,
+    engine: Engine,
+    policy: Arc<VerifiedPolicy>,
+    observer: DecisionObserver,
+    live: tokio::sync::Mutex<Option<Live>>,
+}
+
+impl Callee {
+    /// A call from component `caller`: authorised (`call` action), then invoked.
+    async fn call(
+        &self,
+        caller: &str,
+        export: &str,
+        function: &str,
+        params: &[Val],
+        results: &mut [Val],
+    ) -> wasmtime::Result<()> {
+        let request = Request::Call {
+            component: self.name.clone(),
+            interface: export.to_owned(),
+            function: function.to_owned(),
+        };
+        let decision =
+            grant::decide_decision(self.policy.clone(), caller.to_owned(), request.clone()).await;
+        let (allowed, explain) = (decision.allowed, decision.explain());
+        grant::decide_event(&self.observer, caller, &request, decision);
+        if !allowed {
+            wasmtime::bail!(
+                "capgate: call from `{caller}` to `{}` {export}#{function} {explain}",
+                self.name
+            );
+        }
+        self.invoke(
+            Some(export),
+            function,
+            |_| Ok(params.to_vec()),
+            results.len(),
+        )
+        .await
+        .map(|out| results.clone_from_slice(&out))
+        .map_err(|e| {
+            let why = match e {
+                InvokeError::Args(m) | InvokeError::Fault(m) => m,
+            };
+            wasmtime::format_err!(
+                "capgate: call from `{caller}` to `{}` {export}#{function} failed: {why}",
+                self.name
+            )
+        })
+    }
+
+    /// Calls `export#function` (or the top-level `function` when `export` is `None`) in this
+    /// component's own store, starting an instance if there is none. `params` builds the
+    /// arguments from the function's type. A fault drops the instance, so the next call gets a
+    /// fresh one. `want` is the number of results, or `usize::MAX` to take the function's.
+    pub(crate) async fn invoke(
+        &self,
+        export: Option<&str>,
+        function: &str,
+        params: impl FnOnce(&wasmtime::component::types::ComponentFunc) -> Result<Vec<Val>, String>,
+        want: usize,
+    ) -> Result<Vec<Val>, InvokeError> {
+        use InvokeError::Fault;
+        let spec = &self.policy.policy().components[&self.name];
+        let mut slot = self.live.lock().await;
+        let live = match slot.as_mut() {
+            Some(live) => live,
+            None => {
+                let mut store = crate::host::new_store(
+                    &self.engine,
+                    &self.policy,
+                    &self.observer,
+                    spec,
+                    &[],
+                )
+                .map_err(|e| Fault(format!("cannot start component `{}`: {e}", self.name)))?;
+                let instance = self
+                    .linker
+                    .instantiate_async(&mut store, &self.component)
+                    .await
+                    .map_err(|e| {
+                        Fault(format!(
+                            "cannot instantiate component `{}`: {}",
+                            self.name,
+                            e.root_cause()
+                        ))
+                    })?;
+                slot.insert(Live { store, instance })
+            }
+        };
+        crate::host::arm_limits(&mut live.store, &spec.limits);
+        let parent = match export {
+            None => None,
+            Some(e) => {
+                let full = self
+                    .component
+                    .component_type()
+                    .exports(&self.engine)
+                    .map(|(n, _)| n.to_owned())
+                    .find(|n| n == e || base_name(n) == base_name(e))
+                    .ok_or_else(|| {
+                        InvokeError::Args(format!(
+                            "component `{}` does not export `{e}`",
+                            self.name
+                        ))
+                    })?;
+                Some(
+                    live.instance
+                        .get_export_index(&mut live.store, None, &full)
+                        .ok_or_else(|| {
+                            InvokeError::Args(format!(
+                                "component `{}` does not export `{e}`",
+                                self.name
+                            ))
+                        })?,
+                )
+            }
+        };
+        let func = live
+            .instance
+            .get_export_index(&mut live.store, parent.as_ref(), function)
+            .and_then(|i| live.instance.get_func(&mut live.store, i))
+            .ok_or_else(|| {
+                InvokeError::Args(format!(
+                    "component `{}` has no exported function `{function}`",
+                    self.name
+                ))
+            })?;
+        let ty = func.ty(&live.store);
+        let args = params(&ty).map_err(InvokeError::Args)?;
+        let n = if want == usize::MAX {
+            ty.results().len()
+        } else {
+            want
+        };
+        let mut results = vec![Val::Bool(false); n];
+        let limits = spec.limits;
+        let call = func.call_async(&mut live.store, &args, &mut results);
+        let outcome = match limits.timeout {
+            Some(t) => tokio::time::timeout(t.duration() + std::time::Duration::from_secs(1), call)
+                .await
+                .unwrap_or_else(|_| Err(wasmtime::Trap::Interrupt.into())),
+            None => call.await,
+        };
+        match outcome {
+            Ok(()) => Ok(results),
+            Err(e) => {
+                let why = crate::host::describe_failure(
+                    &self.name,
+                    &limits,
+                    e,
+                    live.store.data().limiter_refused(),
+                );
+                // The instance may be in any state after a fault: drop it, start afresh next time.
+                *slot = None;
+                Err(Fault(format!(
+                    "{why}; `{}` will be restarted for the next call",
+                    self.name
+                )))
+            }
+        }
+    }
+}
+
+/// Why an invocation failed.
+pub(crate) enum InvokeError {
+    /// The function or its arguments do not fit: nothing ran.
+    Args(String),
+    /// The component failed; its instance was dropped.
+    Fault(String),
+}
+
+/// What building linkers and callees needs: the host's WASI linker, the engine, the policy,
+/// the decision observer and the resolved graph.
+pub(crate) struct Wiring<'a> {
+    pub base: &'a Linker<State>,
+    pub engine: &'a Engine,
+    pub policy: &'a Arc<VerifiedPolicy>,
+    pub observer: &'a DecisionObserver,
+    pub graph: &'a Graph,
+}
+
+impl Wiring<'_> {
+    /// The callee for `name`, created (with its own links) if `callees` lacks it.
+    pub(crate) fn callee_for(
+        &self,
+        name: &str,
+        callees: &mut BTreeMap<String, Arc<Callee>>,
+    ) -> Result<Arc<Callee>, RunError> {
+        if let Some(c) = callees.get(name) {
+            return Ok(c.clone());
+        }
+        let linker = self.linker_for(name, callees)?;
+        let c = Arc::new(Callee {
+            name: name.to_owned(),
+            component: self.graph.compiled[name].clone(),
+            linker,
+            engine: self.engine.clone(),
+            policy: self.policy.clone(),
+            observer: self.observer.clone(),
+            live: tokio::sync::Mutex::new(None),
+        });
+        callees.insert(name.to_owned(), c.clone());
+        Ok(c)
+    }
+
+    /// The linker of `name`: the host's WASI linker plus an adapter for each of its links,
+    /// creating (and sharing through `callees`) the callees it needs.
+    pub(crate) fn linker_for(
+        &self,
+        name: &str,
+        callees: &mut BTreeMap<String, Arc<Callee>>,
+    ) -> Result<Linker<State>, RunError> {
+        let mut linker = self.base.clone();
+        for link in self
+            .graph
+            .links
+            .get(name)
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+        {
+            let callee = self.callee_for(&link.callee, callees)?;
+            let link_err = |e: wasmtime::Error| RunError::Link {
+                component: name.to_owned(),
+                import: link.import.clone(),
+                message: e.to_string(),
+            };
+            let mut inst = linker.instance(&link.import).map_err(link_err)?;
+            for f in &link.functions {
+                let (callee, caller, export, function) = (
+                    callee.clone(),
+                    name.to_owned(),
+                    link.export.clone(),
+                    f.clone(),
+                );
+                inst.func_new_async(f, move |_store, _ty, params, results| {
+                    let (callee, caller, export, function) = (
+                        callee.clone(),
+                        caller.clone(),
+                        export.clone(),
+                        function.clone(),
+                    );
+                    Box::new(async move {
+                        callee
+                            .call(&caller, &export, &function, params, results)
+                            .await
+                    })
+                })
+                .map_err(link_err)?;
+            }
+        }
+        Ok(linker)
+    }
+}

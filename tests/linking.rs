@@ -1,0 +1,270 @@
+//! Linked components: calls between components go through capgate's broker, which authorises
+//! each call, keeps each component's grants in its own store, and isolates faults.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::{Run, Sandbox, run_probe, run_probe_env, signed_policy};
+
+const POLICY: &str = "capgate: 1
+name: linking
+version: 1
+components:
+  client:
+    component: vault-client.wasm
+    calls:
+      - { component: vault, interface: test:secrets/vault, functions: [get-public, crash, count, add] }
+  trusted:
+    component: vault-client.wasm
+    calls:
+      - { component: vault, interface: test:secrets/vault }
+  chained:
+    component: vault-client.wasm
+    calls:
+      - { component: relay, interface: test:secrets/vault@0.1.0, functions: [get-public] }
+  relay:
+    component: relay.wasm
+    calls:
+      - { component: vault, interface: test:secrets/vault, functions: [get-public, get-secret] }
+  vault:
+    component: vault.wasm
+    files: [{ host: secret, guest: /secret }]
+    env: { SECRET_TOKEN: env-token-456 }
+    stdio: { stderr: closed }
+";
+
+fn fixture() -> Sandbox {
+    let sb = Sandbox::new();
+    sb.write("secret/token.txt", "token-123\n");
+    signed_policy(&sb, &["vault", "vault-client", "relay"], POLICY);
+    sb
+}
+
+#[track_caller]
+fn lines(r: &Run, want: &[&str]) {
+    r.expect(0);
+    assert_eq!(
+        r.stdout.lines().collect::<Vec<_>>(),
+        want,
+        "stderr: {}",
+        r.stderr
+    );
+}
+
+#[test]
+fn allowed_calls_return_values_and_a_denied_call_traps_the_caller() {
+    let sb = fixture();
+    lines(
+        &run_probe(&sb, "client", &["public", "add"]),
+        &["public: public-value", "add: 42"],
+    );
+    let r = run_probe(&sb, "client", &["public", "secret", "public"]);
+    r.expect(69).stderr_has(
+        "component `client` trapped: capgate: call from `client` to `vault` test:secrets/vault@0.1.0#get-secret denied: no grant matches",
+    );
+    // The call before the denial completed; the secret never reached the caller.
+    assert_eq!(
+        r.stdout.lines().collect::<Vec<_>>(),
+        ["public: public-value"]
+    );
+    assert!(!r.stdout.contains("the-secret-value") && !r.stderr.contains("the-secret-value"));
+    // Control: a caller granted the whole interface gets it.
+    lines(
+        &run_probe(&sb, "trusted", &["secret"]),
+        &["secret: the-secret-value"],
+    );
+}
+
+#[test]
+fn the_callees_grants_stay_in_the_callee() {
+    let sb = fixture();
+    let env = [("SECRET_TOKEN", "host-value")];
+    // The caller's own WASI has none of the callee's file or environment grants.
+    lines(
+        &run_probe_env(&sb, "client", &["own-file", "own-env"], &env),
+        &["own-file: Err(NotFound)", "own-env: None"],
+    );
+    lines(
+        &run_probe_env(&sb, "trusted", &["own-file", "own-env"], &env),
+        &["own-file: Err(NotFound)", "own-env: None"],
+    );
+    // Nor can it reach them through a call it is not granted.
+    run_probe(&sb, "client", &["vault-file"])
+        .expect(69)
+        .stderr_has("test:secrets/vault@0.1.0#read-file denied: no grant matches");
+    run_probe(&sb, "client", &["vault-env"])
+        .expect(69)
+        .stderr_has("test:secrets/vault@0.1.0#env denied: no grant matches");
+    // Control: the callee's grants work in the callee, for a caller allowed to ask it.
+    lines(
+        &run_probe_env(&sb, "trusted", &["vault-file", "vault-env"], &env),
+        &[
+            "vault-file: Ok(\"token-123\\n\")",
+            "vault-env: Some(\"env-token-456\")",
+        ],
+    );
+}
+
+#[test]
+fn each_link_in_a_chain_is_authorised_on_its_own() {
+    let sb = fixture();
+    lines(
+        &run_probe(&sb, "chained", &["public"]),
+        &["public: via relay: public-value"],
+    );
+    // `relay` may call `get-secret` on the vault, but `chained` may not ask `relay` for it.
+    run_probe(&sb, "chained", &["secret"])
+        .expect(69)
+        .stderr_has("call from `chained` to `relay` test:secrets/vault@0.1.0#get-secret denied: no grant matches");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_crashing_callee_is_restarted_and_the_host_keeps_serving() {
+    let sb = fixture();
+    let trust = capgate::signing::TrustRoot::load(&sb.path("trust.yaml")).unwrap();
+    let policy = Arc::new(
+        capgate::VerifiedPolicy::load(
+            &sb.path("policy.yaml"),
+            &trust,
+            &capgate::signing::StateStore::at(sb.path("state")),
+        )
+        .unwrap(),
+    );
+    let host = capgate::Host::new(capgate::HostConfig::new()).unwrap();
+    let count = || host.call(&policy, "vault", "test:secrets/vault#count", &[]);
+    // One instance serves successive calls (its counter grows)...
+    assert_eq!(count().await.unwrap(), ["1"]);
+    assert_eq!(count().await.unwrap(), ["2"]);
+    // ...until it crashes: the call fails cleanly, naming the restart...
+    match host
+        .call(&policy, "vault", "test:secrets/vault#crash", &[])
+        .await
+    {
+        Err(capgate::RunError::Trap { component, message }) => {
+            assert_eq!(component, "vault");
+            assert!(
+                message.contains("`vault` will be restarted for the next call"),
+                "{message}"
+            );
+        }
+        other => panic!("expected a trap, got {other:?}"),
+    }
+    // ...and the next call gets a fresh instance.
+    assert_eq!(count().await.unwrap(), ["1"]);
+
+    // The same through a caller: its call fails, the host and the callee go on.
+    match host.run(&policy, "client", &["crash".into()]).await {
+        Err(capgate::RunError::Trap { message, .. }) => {
+            assert!(
+                message.contains(
+                    "call from `client` to `vault` test:secrets/vault@0.1.0#crash failed"
+                ),
+                "{message}"
+            );
+        }
+        other => panic!("expected a trap, got {other:?}"),
+    }
+    assert_eq!(
+        host.run(&policy, "client", &["public".into()])
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        count().await.unwrap(),
+        ["2"],
+        "client's `public` ran on the fresh vault instance"
+    );
+    assert_eq!(
+        host.call(
+            &policy,
+            "vault",
+            "test:secrets/vault#add",
+            &["2".into(), "40".into()]
+        )
+        .await
+        .unwrap(),
+        ["42"]
+    );
+}
+
+#[test]
+fn capgate_call_speaks_wave() {
+    let sb = fixture();
+    let call = |args: &[&str]| {
+        let mut argv = vec!["call", "--policy", "policy.yaml", "--trust", "trust.yaml"];
+        argv.extend_from_slice(args);
+        sb.capgate(argv)
+    };
+    lines(
+        &call(&["vault", "test:secrets/vault#add", "2", "40"]),
+        &["42"],
+    );
+    lines(
+        &call(&[
+            "vault",
+            "test:secrets/vault@0.1.0#read-file",
+            "\"/secret/token.txt\"",
+        ]),
+        &["ok(\"token-123\\n\")"],
+    );
+    lines(
+        &call(&["vault", "test:secrets/vault#read-file", "\"/etc/passwd\""]),
+        &["err(\"NotFound: No such file or directory (os error 44)\")"],
+    );
+    call(&["vault", "test:secrets/vault#add", "2"])
+        .expect(64)
+        .stderr_has("takes 2 arguments (a, b), 1 given");
+    call(&["vault", "test:secrets/vault#add", "2", "\"x\""])
+        .expect(64)
+        .stderr_has("argument `b`: `\"x\"` is not a valid WAVE value");
+    call(&["vault", "test:secrets/vault#nope"])
+        .expect(64)
+        .stderr_has("has no exported function `nope`");
+    call(&["vault", "test:secrets/vault#crash"])
+        .expect(69)
+        .stderr_has("the guest panicked or aborted");
+}
+
+#[test]
+fn bad_links_are_refused_before_anything_runs() {
+    let cases = [
+        (
+            "nobody provides the import",
+            "  client:\n    component: vault-client.wasm\n  vault:\n    component: vault.wasm\n",
+            "component `client`: import `test:secrets/vault@0.1.0` cannot be linked: no `calls` entry of the policy names this interface",
+        ),
+        (
+            "the callee does not export it",
+            "  client:\n    component: vault-client.wasm\n    calls: [{ component: other, interface: test:secrets/vault }]\n  other:\n    component: vault-client.wasm\n",
+            "cannot be linked: component `other` does not export it",
+        ),
+        (
+            "two callees could provide it",
+            "  client:\n    component: vault-client.wasm\n    calls: [{ component: vault, interface: test:secrets/vault }, { component: relay, interface: test:secrets/vault }]\n  relay:\n    component: relay.wasm\n    calls: [{ component: vault, interface: test:secrets/vault }]\n  vault:\n    component: vault.wasm\n",
+            "ambiguous: `calls` names `relay` and `vault` for it; keep one",
+        ),
+        (
+            "a cycle",
+            "  client:\n    component: vault-client.wasm\n    calls: [{ component: a, interface: test:secrets/vault }]\n  a:\n    component: relay.wasm\n    calls: [{ component: b, interface: test:secrets/vault }]\n  b:\n    component: relay.wasm\n    calls: [{ component: a, interface: test:secrets/vault }]\n",
+            "the links form a cycle: a → b → a",
+        ),
+    ];
+    for (name, components, message) in cases {
+        let sb = Sandbox::new();
+        signed_policy(
+            &sb,
+            &["vault", "vault-client", "relay"],
+            &format!("capgate: 1\nname: bad\nversion: 1\ncomponents:\n{components}"),
+        );
+        let r = run_probe(&sb, "client", &["public"]);
+        assert_eq!(r.code, 65, "{name}: {}", r.stderr);
+        assert!(
+            r.stderr.contains(message),
+            "{name}: stderr lacks {message:?}:\n{}",
+            r.stderr
+        );
+        assert!(r.stdout.is_empty(), "{name}: the client ran: {}", r.stdout);
+    }
+}
