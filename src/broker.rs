@@ -119,10 +119,20 @@ pub(crate) fn resolve(
                 .ok_or_else(|| err(format!("component `{callee}` does not export it")))?;
             let mut functions = Vec::new();
             for (fname, fitem) in ity.exports(engine) {
-                let ComponentItem::ComponentFunc(fty) = fitem.ty else {
-                    return Err(err(format!(
-                        "it passes `{fname}`, which is not a function: resources and types cannot cross a link yet"
-                    )));
+                let fty = match fitem.ty {
+                    ComponentItem::ComponentFunc(fty) => fty,
+                    // Plain type definitions (records, variants...) travel as values.
+                    ComponentItem::Type(_) => continue,
+                    ComponentItem::Resource(_) => {
+                        return Err(err(format!(
+                            "it defines resource `{fname}`: resources cannot cross a link between components yet"
+                        )));
+                    }
+                    _ => {
+                        return Err(err(format!(
+                            "it exports `{fname}`, which is neither a function nor a type"
+                        )));
+                    }
                 };
                 if fty.params().any(|(_, t)| has_resource(&t))
                     || fty.results().any(|t| has_resource(&t))

@@ -387,6 +387,21 @@ impl Host {
             .collect()
     }
 
+    /// The decision observer of this host.
+    pub(crate) fn observer(&self) -> &DecisionObserver {
+        &self.observer
+    }
+
+    /// `component` of `policy` compiled, and the linker with its links to other components.
+    pub(crate) fn linked(
+        &self,
+        policy: &Arc<VerifiedPolicy>,
+        component: &str,
+    ) -> Result<(Component, Linker<State>), RunError> {
+        let app = self.app(policy, component)?;
+        Ok((app.component.clone(), app.linker.clone()))
+    }
+
     /// The wasmtime engine (for embedders that compile or inspect components themselves).
     pub fn engine(&self) -> &Engine {
         &self.engine

@@ -46,6 +46,8 @@ mod host;
 #[cfg(feature = "runtime")]
 pub mod inspect;
 pub mod policy;
+#[cfg(feature = "runtime")]
+pub mod serve;
 mod verified;
 
 #[cfg(feature = "runtime")]

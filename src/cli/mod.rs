@@ -84,6 +84,30 @@ enum Command {
         #[arg(long = "component", value_name = "NAME", id = "name")]
         name: Option<String>,
     },
+    /// Serve a `wasi:http/incoming-handler` component over HTTP, until Ctrl-C.
+    Serve {
+        /// The policy (YAML).
+        #[arg(long, value_name = "POLICY.yaml")]
+        policy: PathBuf,
+        /// The trust root; required unless `--allow-unsigned`.
+        #[arg(long, value_name = "TRUST.yaml")]
+        trust: Option<PathBuf>,
+        /// The component to serve.
+        #[arg(long, value_name = "NAME")]
+        component: String,
+        /// The address to listen on, e.g. `127.0.0.1:8080` (port 0 picks a free one).
+        #[arg(long, value_name = "ADDR")]
+        listen: std::net::SocketAddr,
+        /// DANGER: serve without checking any signature. For local development only.
+        #[arg(long)]
+        allow_unsigned: bool,
+        /// Where accepted policy versions are remembered.
+        #[arg(long, value_name = "DIR", env = "CAPGATE_STATE_DIR")]
+        state_dir: Option<PathBuf>,
+        /// Do not use the compilation cache ($XDG_CACHE_HOME/capgate).
+        #[arg(long)]
+        no_cache: bool,
+    },
     /// Call an exported function of a component; arguments and results are WAVE text.
     Call {
         /// The policy (YAML).
@@ -262,6 +286,7 @@ pub fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<Report, CliError> {
+    let format = cli.log_format;
     match cli.command {
         Command::Keygen { out, force } => keys::keygen(&out, force),
         Command::Sign { kind, file, key } => keys::sign(kind, &file, &key),
@@ -302,6 +327,26 @@ fn run(cli: Cli) -> Result<Report, CliError> {
             &component,
             &function,
             &args,
+        ),
+        Command::Serve {
+            policy,
+            trust,
+            component,
+            listen,
+            allow_unsigned,
+            state_dir,
+            no_cache,
+        } => run::serve(
+            &run::Source {
+                policy: &policy,
+                trust: trust.as_deref(),
+                state_dir: state_dir.as_deref(),
+                allow_unsigned,
+            },
+            &component,
+            listen,
+            no_cache,
+            format,
         ),
         // INVARIANT: `main` handles `run` before calling this function.
         Command::Run { .. } => unreachable!("run is dispatched in main"),

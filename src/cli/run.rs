@@ -107,6 +107,38 @@ pub(super) fn run(src: &Source<'_>, a: &RunArgs<'_>) -> Result<i32, CliError> {
     Ok(runtime()?.block_on(host.run(&policy, &name, a.args))?)
 }
 
+pub(super) fn serve(
+    src: &Source<'_>,
+    component: &str,
+    listen: std::net::SocketAddr,
+    no_cache: bool,
+    format: LogFormat,
+) -> Result<Report, CliError> {
+    let policy = Arc::new(load(src, true)?);
+    let host = Arc::new(host(format, no_cache)?);
+    runtime()?.block_on(async {
+        let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| {
+            CliError::new(
+                Exit::CantCreate,
+                format!("cannot listen on `{listen}`: {e}"),
+            )
+        })?;
+        let addr = listener
+            .local_addr()
+            .map_or_else(|_| listen.to_string(), |a| a.to_string());
+        eprintln!(
+            "capgate: serving `{component}` of policy `{}` on http://{addr} (Ctrl-C stops)",
+            policy.policy().name
+        );
+        let shutdown = async {
+            let _ = tokio::signal::ctrl_c().await;
+            eprintln!("capgate: shutting down; letting requests in flight finish");
+        };
+        capgate::serve::serve(host, policy.clone(), component, listener, shutdown).await?;
+        Ok(Report::new("capgate: stopped", json!({ "stopped": true })))
+    })
+}
+
 pub(super) fn call(
     src: &Source<'_>,
     component: &str,

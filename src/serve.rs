@@ -1,0 +1,199 @@
+//! `serve`: a component that exports `wasi:http/incoming-handler`, behind an HTTP listener.
+//!
+//! Each request gets a fresh instance in a fresh store, with the component's own grants and
+//! limits and its links to other components (served by the shared callees). At most
+//! `limits.instances` requests run at once; more wait. A request whose handler traps or hits
+//! a limit gets `500` with the reason, and the server goes on. On shutdown the listener stops
+//! accepting and requests in flight are given time to finish.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::BodyExt as _;
+use wasmtime_wasi_http::WasiHttpView as _;
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
+use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
+
+use crate::host::{Host, RunError, State};
+use crate::verified::VerifiedPolicy;
+
+/// How long requests in flight may run after shutdown begins.
+const GRACE: Duration = Duration::from_secs(10);
+
+struct Served {
+    host: Arc<Host>,
+    policy: Arc<VerifiedPolicy>,
+    component: String,
+    pre: ProxyPre<State>,
+    permits: tokio::sync::Semaphore,
+}
+
+fn text(status: u16, message: String) -> hyper::Response<HyperOutgoingBody> {
+    let body = http_body_util::Full::new(Bytes::from(message + "\n"))
+        .map_err(|never: Infallible| match never {})
+        .boxed_unsync();
+    let mut r = hyper::Response::new(body);
+    *r.status_mut() =
+        hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("text/plain"),
+    );
+    r
+}
+
+impl Served {
+    async fn handle(
+        &self,
+        req: hyper::Request<hyper::body::Incoming>,
+    ) -> hyper::Response<HyperOutgoingBody> {
+        let Ok(_permit) = self.permits.acquire().await else {
+            return text(503, "capgate: shutting down".into());
+        };
+        match self.handle_inner(req).await {
+            Ok(r) => r,
+            Err(message) => text(
+                500,
+                format!("capgate: component `{}` failed: {message}", self.component),
+            ),
+        }
+    }
+
+    async fn handle_inner(
+        &self,
+        req: hyper::Request<hyper::body::Incoming>,
+    ) -> Result<hyper::Response<HyperOutgoingBody>, String> {
+        let spec = &self.policy.policy().components[&self.component];
+        let mut store = crate::host::new_store(
+            self.host.engine(),
+            &self.policy,
+            self.host.observer(),
+            spec,
+            &[],
+        )
+        .map_err(|e| e.to_string())?;
+        let (sender, receiver) = tokio::sync::oneshot::channel();
+        let request = store
+            .data_mut()
+            .http()
+            .new_incoming_request(Scheme::Http, req)
+            .map_err(|e| e.to_string())?;
+        let out = store
+            .data_mut()
+            .http()
+            .new_response_outparam(sender)
+            .map_err(|e| e.to_string())?;
+        let proxy = self
+            .pre
+            .instantiate_async(&mut store)
+            .await
+            .map_err(|e| e.root_cause().to_string())?;
+        let limits = spec.limits;
+        let component = self.component.clone();
+        let task = tokio::spawn(async move {
+            let call = proxy
+                .wasi_http_incoming_handler()
+                .call_handle(&mut store, request, out);
+            let r = match limits.timeout {
+                Some(t) => tokio::time::timeout(t.duration() + Duration::from_secs(1), call)
+                    .await
+                    .unwrap_or_else(|_| Err(wasmtime::Trap::Interrupt.into())),
+                None => call.await,
+            };
+            r.map_err(|e| {
+                crate::host::describe_failure(
+                    &component,
+                    &limits,
+                    e,
+                    store.data().limiter_refused(),
+                )
+            })
+        });
+        match receiver.await {
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(code)) => Err(format!("the handler answered with an error: {code:?}")),
+            // The handler ended without a response: report why.
+            Err(_) => match task.await {
+                Ok(Err(why)) => Err(why),
+                Ok(Ok(())) => Err("the handler returned without setting a response".into()),
+                Err(e) => Err(e.to_string()),
+            },
+        }
+    }
+}
+
+/// Serves `component` of `policy` on `listener` until `shutdown` completes, then lets requests
+/// in flight finish (for up to 10 seconds).
+pub async fn serve(
+    host: Arc<Host>,
+    policy: Arc<VerifiedPolicy>,
+    component: &str,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), RunError> {
+    let spec =
+        policy
+            .policy()
+            .components
+            .get(component)
+            .ok_or_else(|| RunError::NoSuchComponent {
+                name: component.to_owned(),
+                policy: policy.policy().name.clone(),
+                known: policy
+                    .policy()
+                    .components
+                    .keys()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })?;
+    let (compiled, linker) = host.linked(&policy, component)?;
+    let not_a_handler = |e: wasmtime::Error| RunError::Instantiate {
+        component: component.to_owned(),
+        message: format!(
+            "it cannot serve HTTP (it must export `wasi:http/incoming-handler`): {}",
+            e.root_cause()
+        ),
+    };
+    let pre = ProxyPre::new(linker.instantiate_pre(&compiled).map_err(not_a_handler)?)
+        .map_err(not_a_handler)?;
+    let served = Arc::new(Served {
+        host: host.clone(),
+        policy: policy.clone(),
+        component: component.to_owned(),
+        pre,
+        permits: tokio::sync::Semaphore::new(spec.limits.instances as usize),
+    });
+    let mut connections = tokio::task::JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else { continue };
+                let served = served.clone();
+                connections.spawn(async move {
+                    let service = hyper::service::service_fn(move |req| {
+                        let served = served.clone();
+                        async move { Ok::<_, Infallible>(served.handle(req).await) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(wasmtime_wasi_http::io::TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        }
+    }
+    drop(listener);
+    // Let requests in flight finish, within the grace period.
+    let _ = tokio::time::timeout(GRACE, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    served.permits.close();
+    Ok(())
+}
