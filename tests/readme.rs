@@ -51,6 +51,11 @@ fn readme_quick_start_runs() {
     assert!(stdout.contains("ok: app.wasm"), "{stdout}");
     assert!(stdout.contains("ok: policy `demo` version 1"), "{stdout}");
     assert!(stdout.contains("refused, exit 77"), "{stdout}");
+    assert!(stdout.contains("200 image/png"), "{stdout}");
+    assert!(
+        stdout.contains("call from `http-handler` to `image-processor` example:image/image-processor@0.1.0#admin-stats denied: no grant matches"),
+        "{stdout}"
+    );
     assert!(
         stdout.contains(
             "hello from a capgate guest; argv = [\"app\", \"--greeting\", \"from-the-cli\"]"
