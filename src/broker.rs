@@ -115,8 +115,26 @@ pub(crate) fn resolve(
                 .component_type()
                 .exports(engine)
                 .map(|(e, _)| e.to_owned())
-                .find(|e| e == import || base_name(e) == base_name(import))
-                .ok_or_else(|| err(format!("component `{callee}` does not export it")))?;
+                .collect::<Vec<_>>();
+            // The exact name (version included) first; another version only if it is the sole one.
+            let export = match export.iter().find(|e| *e == import) {
+                Some(e) => e.clone(),
+                None => {
+                    let same: Vec<&String> = export
+                        .iter()
+                        .filter(|e| base_name(e) == base_name(import))
+                        .collect();
+                    match same.as_slice() {
+                        [one] => (*one).clone(),
+                        [] => return Err(err(format!("component `{callee}` does not export it"))),
+                        _ => {
+                            return Err(err(format!(
+                                "component `{callee}` exports several versions of it and none is `{import}`"
+                            )));
+                        }
+                    }
+                }
+            };
             let mut functions = Vec::new();
             for (fname, fitem) in ity.exports(engine) {
                 let fty = match fitem.ty {
@@ -298,7 +316,8 @@ impl Callee {
                     .component_type()
                     .exports(&self.engine)
                     .map(|(n, _)| n.to_owned())
-                    .find(|n| n == e || base_name(n) == base_name(e))
+                    .filter(|n| n == e || base_name(n) == base_name(e))
+                    .min_by_key(|n| n != e)
                     .ok_or_else(|| {
                         InvokeError::Args(format!(
                             "component `{}` does not export `{e}`",
@@ -336,6 +355,11 @@ impl Callee {
         };
         let mut results = vec![Val::Bool(false); n];
         let limits = spec.limits;
+        // The instance leaves its slot for the call and returns only if the call completes: a
+        // fault, or a caller that gives up (dropping this future), leaves the slot empty, so
+        // no one ever gets an instance stopped halfway.
+        // INVARIANT: `live` was borrowed from `slot` above, so the slot holds an instance.
+        let mut live = slot.take().expect("the instance is in its slot");
         let call = func.call_async(&mut live.store, &args, &mut results);
         let outcome = match limits.timeout {
             Some(t) => tokio::time::timeout(t.duration() + std::time::Duration::from_secs(1), call)
@@ -344,7 +368,10 @@ impl Callee {
             None => call.await,
         };
         match outcome {
-            Ok(()) => Ok(results),
+            Ok(()) => {
+                *slot = Some(live);
+                Ok(results)
+            }
             Err(e) => {
                 let why = crate::host::describe_failure(
                     &self.name,
@@ -352,8 +379,8 @@ impl Callee {
                     e,
                     live.store.data().limiter_refused(),
                 );
-                // The instance may be in any state after a fault: drop it, start afresh next time.
-                *slot = None;
+                // The instance may be in any state after a fault: it is not put back, so the
+                // next call starts afresh.
                 Err(Fault(format!(
                     "{why}; `{}` will be restarted for the next call",
                     self.name

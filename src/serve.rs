@@ -29,7 +29,7 @@ struct Served {
     policy: Arc<VerifiedPolicy>,
     component: String,
     pre: ProxyPre<State>,
-    permits: tokio::sync::Semaphore,
+    permits: Arc<tokio::sync::Semaphore>,
 }
 
 fn text(status: u16, message: String) -> hyper::Response<HyperOutgoingBody> {
@@ -51,10 +51,12 @@ impl Served {
         &self,
         req: hyper::Request<hyper::body::Incoming>,
     ) -> hyper::Response<HyperOutgoingBody> {
-        let Ok(_permit) = self.permits.acquire().await else {
+        // The permit travels with the guest's task, which may outlive the response head while
+        // it streams the body: `limits.instances` bounds running guests, not open responses.
+        let Ok(permit) = self.permits.clone().acquire_owned().await else {
             return text(503, "capgate: shutting down".into());
         };
-        match self.handle_inner(req).await {
+        match self.handle_inner(req, permit).await {
             Ok(r) => r,
             Err(message) => text(
                 500,
@@ -66,6 +68,7 @@ impl Served {
     async fn handle_inner(
         &self,
         req: hyper::Request<hyper::body::Incoming>,
+        permit: tokio::sync::OwnedSemaphorePermit,
     ) -> Result<hyper::Response<HyperOutgoingBody>, String> {
         let spec = &self.policy.policy().components[&self.component];
         let mut store = crate::host::new_store(
@@ -95,6 +98,7 @@ impl Served {
         let limits = spec.limits;
         let component = self.component.clone();
         let task = tokio::spawn(async move {
+            let _permit = permit;
             let call = proxy
                 .wasi_http_incoming_handler()
                 .call_handle(&mut store, request, out);
@@ -166,7 +170,7 @@ pub async fn serve(
         policy: policy.clone(),
         component: component.to_owned(),
         pre,
-        permits: tokio::sync::Semaphore::new(spec.limits.instances as usize),
+        permits: Arc::new(tokio::sync::Semaphore::new(spec.limits.instances as usize)),
     });
     let mut connections = tokio::task::JoinSet::new();
     tokio::pin!(shutdown);

@@ -34,11 +34,15 @@ pub struct VerifiedPolicy {
 }
 
 impl VerifiedPolicy {
-    /// Verifies the policy at `path` and every component artifact it names, against `trust`,
-    /// recording the accepted version in `state`.
+    /// Verifies the policy at `path` and every component artifact it names, against `trust`.
+    /// Only once all of it has loaded is the version recorded in `state` as accepted, so a
+    /// signed but broken new version cannot lock out the working one.
     pub fn load(path: &Path, trust: &TrustRoot, state: &StateStore) -> Result<Self, PolicyError> {
-        let bundle = PolicyVerifier::new(trust, state).verify(path)?;
-        Self::from_bundle(bundle, Some(trust))
+        let loaded = Self::check(path, trust, state)?;
+        let header = (loaded.policy.name.clone(), loaded.policy.version);
+        // `accept` checks again under the state lock, so a concurrent newer accept still wins.
+        state.accept(path, &header.0, header.1)?;
+        Ok(loaded)
     }
 
     /// Like [`VerifiedPolicy::load`], but does not record the version as accepted.

@@ -154,3 +154,41 @@ fn dns_lookups_only_for_listed_names() {
     assert!(r.stdout.starts_with("err: "), "{}", r.stdout);
     r.stderr_has("denied `wildcard` net.lookup localhost");
 }
+
+#[test]
+fn requests_that_could_differ_on_the_server_are_refused() {
+    let (sb, port, _) = fixture();
+    let p = |url: String| run_probe(&sb, "probe", &["http", "GET", &url]);
+    let not_normal = "the path is not in normal form";
+    // Each would leave the granted `/api/` prefix once the server normalises it.
+    for path in [
+        "/api/../secret",
+        "/api/%2e%2e/secret",
+        "/api/..%2fsecret",
+        "/api/./x",
+        "/api/%2E%2E/secret",
+    ] {
+        refused(
+            &p(format!("http://127.0.0.1:{port}{path}")),
+            "HttpRequestUriInvalid",
+            not_normal,
+        );
+    }
+    // Hosts only resolvers read as numbers, and userinfo.
+    refused(
+        &p(format!("http://2130706433:{port}/api/v1")),
+        "HttpRequestUriInvalid",
+        "the host is not a DNS name or an IP address in standard form",
+    );
+    refused(
+        &p(format!("http://user@127.0.0.1:{port}/api/v1")),
+        "HttpRequestUriInvalid",
+        "the URL has userinfo",
+    );
+    // Control: the same grant still works for a normal path, and `localhost.` is `localhost`.
+    reached(&p(format!("http://127.0.0.1:{port}/api/v1")), "GET /api/v1");
+    reached(
+        &p(format!("http://localhost.:{port}/named/x")),
+        "GET /named/x",
+    );
+}

@@ -41,8 +41,14 @@ fn start(sb: &Sandbox) -> Server {
         .spawn()
         .unwrap();
     let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    // The first line naming the address (warnings may come before it).
     let mut line = String::new();
-    stderr.read_line(&mut line).unwrap();
+    while !line.contains("http://") {
+        line.clear();
+        if stderr.read_line(&mut line).unwrap() == 0 {
+            panic!("capgate serve exited before listening");
+        }
+    }
     let addr = line
         .split("http://")
         .nth(1)

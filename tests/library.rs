@@ -142,3 +142,23 @@ async fn one_host_survives_hostile_guests_and_keeps_serving() {
         Err(capgate::RunError::NoSuchComponent { .. })
     ));
 }
+
+#[test]
+fn the_decision_cache_never_confuses_two_requests() {
+    let sb = Sandbox::new();
+    sb.write("app.wasm", b"\0asm\x0d\0\x01\0");
+    let p = load(
+        &sb,
+        "capgate: 1\nname: t\nversion: 1\ncomponents:\n  api:\n    component: app.wasm\n    http: [{ url: https://api.example.com/files/, methods: [GET] }]\n",
+    );
+    let a = p.authority();
+    // Fields that would collide if joined into one string with `|`.
+    let get = http("GET", "api.example.com", 443, "/files/|PUT");
+    let odd = http("PUT|GET", "api.example.com", 443, "/files/");
+    assert!(a.decide("api", &get).allowed);
+    assert!(
+        !a.decide("api", &odd).allowed,
+        "a cached allow leaked to a different request"
+    );
+    assert!(!a.decide_uncached("api", &odd).allowed);
+}

@@ -22,7 +22,7 @@ fn check(sb: &Sandbox, policy: &str) -> common::Run {
 #[test]
 fn a_good_policy_passes_as_the_control() {
     let sb = sandbox();
-    sb.write("rules.cedar", "@id(\"no-private\")\nforbid(principal, action == Action::\"fs.read\", resource)\nwhen { resource.path like \"/static/private/*\" };\n");
+    sb.write("rules.cedar", "@id(\"no-admin\")\nforbid(principal, action == Action::\"http.request\", resource)\nwhen { context.path like \"/admin*\" };\n");
     let r = check(
         &sb,
         &format!(
@@ -231,7 +231,7 @@ fn rules_errors_point_into_the_rules_file() {
         ),
         (
             "does not type-check",
-            "\n@id(\"bad-attr\")\nforbid(principal, action == Action::\"fs.read\", resource)\nwhen { resource.nope == \"x\" };\n",
+            "\n@id(\"bad-attr\")\nforbid(principal, action == Action::\"net.connect\", resource)\nwhen { resource.nope == \"x\" };\n",
             "rules.cedar:",
         ),
         (
@@ -243,6 +243,16 @@ fn rules_errors_point_into_the_rules_file() {
             "id of a grant",
             "@id(\"app.files[0]\") forbid(principal, action, resource);\n",
             "rule id `app.files[0]` is already used by a grant of the policy",
+        ),
+        (
+            "a file rule, which would not be enforced",
+            "@id(\"no-private\")\nforbid(principal, action == Action::\"fs.read\", resource)\nwhen { resource.path like \"/static/private/*\" };\n",
+            "rules.cedar:1:1: rule `no-private` is about files",
+        ),
+        (
+            "a rule on Path resources",
+            "@id(\"p\") forbid(principal, action, resource is Path);\n",
+            "rule `p` is about files",
         ),
     ];
     for (name, rules, needle) in cases {
@@ -288,4 +298,27 @@ fn example_policies_pass_policy_check() {
     ])
     .expect(0)
     .stdout_has("ok: policy `static-site` version 1");
+}
+
+#[test]
+fn a_broken_new_version_does_not_lock_out_the_working_one() {
+    let sb = Sandbox::new();
+    let good =
+        "capgate: 1\nname: roll\nversion: 1\ncomponents:\n  probe:\n    component: probe.wasm\n";
+    common::signed_probe_policy(&sb, good);
+    common::run_probe(&sb, "probe", &["exit", "0"]).expect(0);
+    // Version 2 is signed but does not load (an unknown key): it is refused...
+    sb.write("policy.yaml", "capgate: 1\nname: roll\nversion: 2\ncomponents:\n  probe:\n    component: probe.wasm\n    netwrk: {}\n");
+    let _ = std::fs::remove_file(sb.path("policy.yaml.sig"));
+    sb.capgate(["sign", "policy", "policy.yaml", "--key", "keys/alice.key"])
+        .expect(0);
+    common::run_probe(&sb, "probe", &["exit", "0"])
+        .expect(65)
+        .stderr_has("unknown field `netwrk`");
+    // ...and not recorded, so version 1 still runs.
+    sb.write("policy.yaml", good);
+    let _ = std::fs::remove_file(sb.path("policy.yaml.sig"));
+    sb.capgate(["sign", "policy", "policy.yaml", "--key", "keys/alice.key"])
+        .expect(0);
+    common::run_probe(&sb, "probe", &["exit", "0"]).expect(0);
 }

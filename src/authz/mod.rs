@@ -6,7 +6,8 @@
 //! `forbid` wins. Each component gets its own slice of the policy set (its grants plus the
 //! rules that can apply to it), so a decision's cost does not grow with the number of
 //! components. Decisions are cached: the context of a request is derived entirely from its
-//! resource, so an identical request always gets the identical decision.
+//! resource, so an identical request always gets the identical decision. The cache is keyed by the
+//! whole request, field by field.
 //!
 //! This module never returns an error from a decision: anything that goes wrong while deciding
 //! (a request Cedar rejects, a policy that fails to evaluate) is a deny with the reason.
@@ -64,7 +65,7 @@ struct Slice {
     component: ComponentPolicy,
     policies: PolicySet,
     principal: Entity,
-    cache: Mutex<HashMap<String, Decision>>,
+    cache: Mutex<HashMap<Request, Decision>>,
 }
 
 /// Cache entries kept per component before the cache is cleared and refilled.
@@ -127,13 +128,12 @@ impl Authority {
         let Some(slice) = self.slices.get(component) else {
             return deny_error(format!("no component `{component}` in this policy"));
         };
-        let key = request.cache_key();
         // A poisoned lock only means another thread panicked mid-insert; the map is intact.
         if let Some(d) = slice
             .cache
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .get(&key)
+            .get(request)
         {
             return d.clone();
         }
@@ -142,7 +142,7 @@ impl Authority {
         if cache.len() >= CACHE_LIMIT {
             cache.clear();
         }
-        cache.insert(key, decision.clone());
+        cache.insert(request.clone(), decision.clone());
         decision
     }
 
@@ -151,12 +151,11 @@ impl Authority {
     /// cannot measure the stack and refuses to evaluate).
     pub fn cached(&self, component: &str, request: &Request) -> Option<Decision> {
         let slice = self.slices.get(component)?;
-        let key = request.cache_key();
         slice
             .cache
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .get(&key)
+            .get(request)
             .cloned()
     }
 

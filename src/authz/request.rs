@@ -56,7 +56,7 @@ impl std::fmt::Display for Action {
 }
 
 /// One request to authorise.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Request {
     /// A path-taking filesystem call. `path` is the guest's absolute path.
@@ -157,14 +157,6 @@ impl Request {
                 function,
             } => format!("{component}/{interface}#{function}"),
         }
-    }
-
-    pub(super) fn cache_key(&self) -> String {
-        let extra = match self {
-            Self::Http { method, .. } => method.as_str(),
-            _ => "",
-        };
-        format!("{}|{}|{extra}", self.action(), self.resource())
     }
 
     /// Ids of the component's grants whose patterns match this request.

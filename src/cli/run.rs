@@ -49,17 +49,73 @@ fn load(src: &Source<'_>, record: bool) -> Result<VerifiedPolicy, CliError> {
     })
 }
 
-/// The default compilation cache: `$XDG_CACHE_HOME/capgate`, else `~/.cache/capgate`.
+/// The default compilation cache: `$XDG_CACHE_HOME/capgate`, else `~/.cache/capgate`,
+/// provided it is private to this user (see [`private_dir`]).
 fn default_cache_dir() -> Option<PathBuf> {
     let from = |v: &str| {
         std::env::var_os(v)
             .filter(|s| !s.is_empty())
             .map(PathBuf::from)
     };
-    from("XDG_CACHE_HOME")
+    let dir = from("XDG_CACHE_HOME")
         .map(|d| d.join("capgate"))
         .or_else(|| from("HOME").map(|h| h.join(".cache/capgate")))
-        .filter(|p| p.is_absolute())
+        .filter(|p| p.is_absolute())?;
+    match private_dir(&dir) {
+        Ok(()) => Some(dir),
+        Err(why) => {
+            eprintln!(
+                "warning: not using the compilation cache `{}`: {why}",
+                dir.display()
+            );
+            None
+        }
+    }
+}
+
+/// Compiled code from the cache runs as native code without further checks, so the cache must
+/// be writable by this user alone: created with mode 0700, and refused if another user owns it
+/// or group or others can reach it.
+fn private_dir(dir: &Path) -> Result<(), String> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _, PermissionsExt as _};
+        if !dir.exists() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|e| e.to_string())?;
+        }
+        let meta = std::fs::symlink_metadata(dir).map_err(|e| e.to_string())?;
+        if !meta.is_dir() {
+            return Err("it is not a directory".into());
+        }
+        // The owner of a file we create is this process's effective user.
+        let probe = dir.join(".owner");
+        let me = std::fs::File::create(&probe)
+            .and_then(|f| f.metadata())
+            .map_err(|e| e.to_string())?
+            .uid();
+        if meta.uid() != me {
+            return Err(format!(
+                "it belongs to user {}, not to this user ({me})",
+                meta.uid()
+            ));
+        }
+        if meta.permissions().mode() & 0o077 != 0 {
+            return Err(format!(
+                "its mode is {:o}; it must be 700 (run `chmod 700` on it)",
+                meta.permissions().mode() & 0o777
+            ));
+        }
+        Ok(())
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = dir;
+        Err("a private cache directory cannot be checked on this platform".into())
+    }
 }
 
 pub(super) struct RunArgs<'a> {

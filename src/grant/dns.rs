@@ -44,22 +44,26 @@ impl dns::Host for FilteredDns<'_> {
         net: Resource<network::Network>,
         name: String,
     ) -> Result<Resource<dns::ResolveAddressStream>, SocketError> {
-        // An address literal needs no DNS query; its use is checked at connect.
-        if name
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .parse::<std::net::IpAddr>()
-            .is_err()
-        {
-            let g = self.guard;
-            let request = Request::Lookup { name: name.clone() };
-            let decision = super::decide_now(&g.policy, &g.component, &request);
-            let allowed = decision.allowed;
-            super::decide_event(&g.observer, &g.component, &request, decision);
-            if !allowed {
-                return Err(network::ErrorCode::PermanentResolverFailure.into());
+        // Decide on the name exactly as the resolver will read it (IDNA, percent-decoding),
+        // and hand the resolver that same name. An address literal needs no DNS query; its
+        // use is checked at connect.
+        let name = match url::Host::parse(&name) {
+            Ok(url::Host::Domain(domain)) => {
+                let g = self.guard;
+                let request = Request::Lookup {
+                    name: domain.clone(),
+                };
+                let decision = super::decide_now(&g.policy, &g.component, &request);
+                let allowed = decision.allowed;
+                super::decide_event(&g.observer, &g.component, &request, decision);
+                if !allowed {
+                    return Err(network::ErrorCode::PermanentResolverFailure.into());
+                }
+                domain
             }
-        }
+            Ok(url::Host::Ipv4(_) | url::Host::Ipv6(_)) => name,
+            Err(_) => return Err(network::ErrorCode::InvalidArgument.into()),
+        };
         dns::Host::resolve_addresses(&mut self.inner, net, name)
     }
 }

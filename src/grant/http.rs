@@ -67,19 +67,40 @@ async fn guarded_send(
         Some("http") => HttpScheme::Http,
         _ => return Err(Error::HttpProtocolError),
     };
-    let host = uri.host().ok_or(Error::HttpRequestUriInvalid)?.to_owned();
-    let bare_host = host
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_owned();
+    let authority = uri.authority().ok_or(Error::HttpRequestUriInvalid)?;
     let port = uri.port_u16().unwrap_or(scheme.default_port());
+    let canonical = canonical_host(authority.host());
     let req = Request::Http {
         method: request.method().as_str().to_owned(),
         scheme,
-        host: bare_host.clone(),
+        host: canonical
+            .clone()
+            .unwrap_or_else(|| authority.host().to_ascii_lowercase()),
         port,
         path: uri.path().to_owned(),
     };
+    // Refuse what could make the decided request differ from the one a server sees: userinfo
+    // (`user@host`), hosts only resolvers read as numbers, and paths that are not in normal
+    // form (servers resolve dot segments and decode `%2f`, which could leave a granted prefix).
+    let malformed = if authority.as_str().contains('@') {
+        Some("the URL has userinfo (`user@host`)")
+    } else if canonical.is_none() {
+        Some("the host is not a DNS name or an IP address in standard form")
+    } else if !is_normal_path(uri.path()) {
+        Some("the path is not in normal form (`.`/`..` segments, or encoded `.`, `/` or `\\`)")
+    } else {
+        None
+    };
+    if let Some(why) = malformed {
+        let refused = Decision {
+            allowed: false,
+            reasons: Vec::new(),
+            errors: vec![why.to_owned()],
+        };
+        decide_event(&observer, &component, &req, refused);
+        return Err(Error::HttpRequestUriInvalid);
+    }
+    let bare_host = canonical.unwrap_or_default();
     let decision = super::decide_decision(policy.clone(), component.clone(), req.clone()).await;
     if !decision.allowed {
         decide_event(&observer, &component, &req, decision);
@@ -166,6 +187,38 @@ async fn guarded_send(
             exchange(tls, request).await
         }
     }
+}
+
+/// The host as decisions see it: lowercase, no trailing dot, an IP in its canonical form.
+/// Hosts that only resolvers read as numbers (`2130706433`, `0x7f.1`) are refused.
+fn canonical_host(host: &str) -> Option<String> {
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    if let Ok(ip) = bare.parse::<IpAddr>() {
+        return Some(canonical_ip(ip).to_string());
+    }
+    let name = bare.trim_end_matches('.').to_ascii_lowercase();
+    let numeric = |l: &str| l.bytes().all(|b| b.is_ascii_digit()) || l.starts_with("0x");
+    if name.is_empty()
+        || name.split('.').all(numeric)
+        || name.rsplit('.').next().is_some_and(numeric)
+    {
+        return None;
+    }
+    Some(name)
+}
+
+/// Is `path` already in normal form: no `.` or `..` segments (plain or percent-encoded), no
+/// encoded `/` or `\`, no backslash?
+fn is_normal_path(path: &str) -> bool {
+    let lower = path.to_ascii_lowercase();
+    if lower.contains("%2f")
+        || lower.contains("%5c")
+        || lower.contains('\\')
+        || lower.contains("%2e")
+    {
+        return false;
+    }
+    !path.split('/').any(|seg| seg == "." || seg == "..")
 }
 
 /// May a grant with host pattern `g` reach internal address `ip` for a request to `host`?

@@ -513,26 +513,50 @@ impl fmt::Display for UrlPattern {
     }
 }
 
-/// Is `ip` loopback, private, link-local (which holds the cloud metadata address
-/// 169.254.169.254), unique-local (which holds `fd00:ec2::254`), unspecified, or Alibaba's
-/// metadata address 100.100.100.200? These are never reached through an HTTP grant by name
-/// (the SSRF guard).
+/// The IPv4 address embedded in an IPv6 address by NAT64 (`64:ff9b::/96`, `64:ff9b:1::/48`),
+/// 6to4 (`2002::/16`) or the deprecated IPv4-compatible form (`::a.b.c.d`), if any.
+fn embedded_v4(v6: std::net::Ipv6Addr) -> Option<std::net::Ipv4Addr> {
+    let s = v6.segments();
+    let o = v6.octets();
+    let from = |a: u8, b: u8, c: u8, d: u8| Some(std::net::Ipv4Addr::new(a, b, c, d));
+    match s {
+        [0x64, 0xff9b, 0, 0, 0, 0, _, _] => from(o[12], o[13], o[14], o[15]),
+        [0x64, 0xff9b, 1, ..] => from(o[12], o[13], o[14], o[15]),
+        [0x2002, ..] => from(o[2], o[3], o[4], o[5]),
+        [0, 0, 0, 0, 0, 0, _, _] if s[6] != 0 || s[7] > 1 => from(o[12], o[13], o[14], o[15]),
+        _ => None,
+    }
+}
+
+/// Is `ip` anything but a global unicast address? Loopback, private, link-local (which holds
+/// the cloud metadata address 169.254.169.254), shared (CGNAT), benchmarking, reserved,
+/// unspecified, unique-local (which holds `fd00:ec2::254`), site-local, Alibaba's metadata
+/// address 100.100.100.200, and IPv6 addresses that embed such an IPv4 address (NAT64, 6to4,
+/// IPv4-compatible). These are never reached through an HTTP grant by name (the SSRF guard).
 pub fn is_internal(ip: IpAddr) -> bool {
     match canonical_ip(ip) {
         IpAddr::V4(v4) => {
+            let [a, b, c, _] = v4.octets();
             v4.is_loopback()
                 || v4.is_private()
                 || v4.is_link_local()
-                || v4.is_unspecified()
                 || v4.is_broadcast()
-                || v4.octets() == [100, 100, 100, 200]
+                || a == 0 // 0.0.0.0/8
+                || (a == 100 && (64..128).contains(&b)) // 100.64.0.0/10, holds 100.100.100.200
+                || (a == 192 && b == 0 && c == 0) // 192.0.0.0/24
+                || (a == 198 && (b == 18 || b == 19)) // 198.18.0.0/15
+                || a >= 240 // 240.0.0.0/4 and broadcast
+                || v4.is_multicast()
         }
         IpAddr::V6(v6) => {
             let seg0 = v6.segments()[0];
             v6.is_loopback()
                 || v6.is_unspecified()
+                || v6.is_multicast()
                 || (seg0 & 0xfe00) == 0xfc00 // fc00::/7
                 || (seg0 & 0xffc0) == 0xfe80 // fe80::/10
+                || (seg0 & 0xffc0) == 0xfec0 // fec0::/10 (site-local)
+                || embedded_v4(v6).is_some_and(|v4| is_internal(IpAddr::V4(v4)))
         }
     }
 }
@@ -663,10 +687,33 @@ mod tests {
             "fe80::1",
             "::ffff:127.0.0.1",
             "0.0.0.0",
+            "0.1.2.3",
+            "100.64.0.1",
+            "100.100.100.200",
+            "192.0.0.8",
+            "198.18.0.1",
+            "240.0.0.1",
+            "255.255.255.255",
+            "64:ff9b::a00:1",
+            "64:ff9b:1::7f00:1",
+            "2002:7f00:1::",
+            "::127.0.0.1",
+            "fec0::1",
+            "fd00:ec2::254",
+            "ff02::1",
+            "224.0.0.1",
         ] {
             assert!(is_internal(a.parse().unwrap()), "{a}");
         }
-        for a in ["8.8.8.8", "1.1.1.1", "2606:4700::1111", "172.32.0.1"] {
+        for a in [
+            "8.8.8.8",
+            "1.1.1.1",
+            "2606:4700::1111",
+            "172.32.0.1",
+            "64:ff9b::808:808",
+            "2002:808:808::",
+            "100.128.0.1",
+        ] {
             assert!(!is_internal(a.parse().unwrap()), "{a}");
         }
     }

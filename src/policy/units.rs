@@ -124,6 +124,11 @@ impl FromStr for Span {
         if d.is_zero() {
             return Err(err(Some("a limit of zero would stop every guest".into())));
         }
+        if d > Duration::from_secs(7 * 24 * 3600) {
+            return Err(err(Some(
+                "the longest limit is a week (`168h`); omit `timeout` for none".into(),
+            )));
+        }
         Ok(Self(d))
     }
 }
@@ -184,6 +189,8 @@ mod tests {
             Some("write `5s`")
         );
         assert!("0s".parse::<Span>().is_err());
+        assert!("169h".parse::<Span>().is_err());
+        assert!("99999999999999999999s".parse::<Span>().is_err());
         for s in ["250ms", "5s", "2m", "1h"] {
             assert_eq!(s.parse::<Span>().unwrap().to_string(), s);
         }

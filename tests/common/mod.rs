@@ -14,6 +14,11 @@ pub struct Run {
 }
 
 impl Run {
+    /// Wraps a finished process.
+    pub fn from_output(out: Output) -> Self {
+        Self::from(out)
+    }
+
     fn from(out: Output) -> Self {
         Self {
             code: out.status.code().unwrap_or(-1),
