@@ -86,42 +86,19 @@ enum Command {
     },
     /// Serve a `wasi:http/incoming-handler` component over HTTP, until Ctrl-C.
     Serve {
-        /// The policy (YAML).
-        #[arg(long, value_name = "POLICY.yaml")]
-        policy: PathBuf,
-        /// The trust root; required unless `--allow-unsigned`.
-        #[arg(long, value_name = "TRUST.yaml")]
-        trust: Option<PathBuf>,
+        #[command(flatten)]
+        source: PolicyArgs,
         /// The component to serve.
         #[arg(long, value_name = "NAME")]
         component: String,
         /// The address to listen on, e.g. `127.0.0.1:8080` (port 0 picks a free one).
         #[arg(long, value_name = "ADDR")]
         listen: std::net::SocketAddr,
-        /// DANGER: serve without checking any signature. For local development only.
-        #[arg(long)]
-        allow_unsigned: bool,
-        /// Where accepted policy versions are remembered.
-        #[arg(long, value_name = "DIR", env = "CAPGATE_STATE_DIR")]
-        state_dir: Option<PathBuf>,
-        /// Do not use the compilation cache ($XDG_CACHE_HOME/capgate).
-        #[arg(long)]
-        no_cache: bool,
     },
     /// Call an exported function of a component; arguments and results are WAVE text.
     Call {
-        /// The policy (YAML).
-        #[arg(long, value_name = "POLICY.yaml")]
-        policy: PathBuf,
-        /// The trust root; required unless `--allow-unsigned`.
-        #[arg(long, value_name = "TRUST.yaml")]
-        trust: Option<PathBuf>,
-        /// DANGER: run without checking any signature. For local development only.
-        #[arg(long)]
-        allow_unsigned: bool,
-        /// Where accepted policy versions are remembered.
-        #[arg(long, value_name = "DIR", env = "CAPGATE_STATE_DIR")]
-        state_dir: Option<PathBuf>,
+        #[command(flatten)]
+        source: PolicyArgs,
         /// The component.
         component: String,
         /// `interface#function` (e.g. `example:image/image-processor#get-dimensions`) or a
@@ -133,24 +110,11 @@ enum Command {
     },
     /// Run a `wasi:cli/run` component under a signed policy.
     Run {
-        /// The policy (YAML).
-        #[arg(long, value_name = "POLICY.yaml")]
-        policy: PathBuf,
-        /// The trust root; required unless `--allow-unsigned`.
-        #[arg(long, value_name = "TRUST.yaml")]
-        trust: Option<PathBuf>,
+        #[command(flatten)]
+        source: PolicyArgs,
         /// The component to run [default: the policy's only command].
         #[arg(long, value_name = "NAME")]
         component: Option<String>,
-        /// DANGER: run without checking any signature. For local development only.
-        #[arg(long)]
-        allow_unsigned: bool,
-        /// Where accepted policy versions are remembered.
-        #[arg(long, value_name = "DIR", env = "CAPGATE_STATE_DIR")]
-        state_dir: Option<PathBuf>,
-        /// Do not use the compilation cache ($XDG_CACHE_HOME/capgate).
-        #[arg(long)]
-        no_cache: bool,
         /// Arguments passed to the guest after the policy's `args`.
         #[arg(last = true, value_name = "ARGS")]
         args: Vec<String>,
@@ -208,6 +172,37 @@ impl TrustArgs {
     }
 }
 
+/// Where a policy comes from and how it is trusted: shared by `run`, `serve` and `call`.
+#[derive(Debug, Args)]
+struct PolicyArgs {
+    /// The policy (YAML).
+    #[arg(long, value_name = "POLICY.yaml")]
+    policy: PathBuf,
+    /// The trust root; required unless `--allow-unsigned`.
+    #[arg(long, value_name = "TRUST.yaml")]
+    trust: Option<PathBuf>,
+    /// DANGER: run without checking any signature. For local development only.
+    #[arg(long)]
+    allow_unsigned: bool,
+    /// Where accepted policy versions are remembered.
+    #[arg(long, value_name = "DIR", env = "CAPGATE_STATE_DIR")]
+    state_dir: Option<PathBuf>,
+    /// Do not use the compilation cache ($XDG_CACHE_HOME/capgate).
+    #[arg(long)]
+    no_cache: bool,
+}
+
+impl PolicyArgs {
+    fn source(&self) -> run::Source<'_> {
+        run::Source {
+            policy: &self.policy,
+            trust: self.trust.as_deref(),
+            state_dir: self.state_dir.as_deref(),
+            allow_unsigned: self.allow_unsigned,
+        }
+    }
+}
+
 /// A successful command's report: a line for people, fields for `--log-format json`.
 pub struct Report {
     text: String,
@@ -240,28 +235,18 @@ pub fn main() -> ExitCode {
     };
     let format = cli.log_format;
     if let Command::Run {
-        policy,
-        trust,
+        source,
         component,
-        allow_unsigned,
-        state_dir,
-        no_cache,
         args,
     } = &cli.command
     {
-        let src = run::Source {
-            policy,
-            trust: trust.as_deref(),
-            state_dir: state_dir.as_deref(),
-            allow_unsigned: *allow_unsigned,
-        };
         let a = run::RunArgs {
             component: component.as_deref(),
             args,
-            no_cache: *no_cache,
+            no_cache: source.no_cache,
             format,
         };
-        return match run::run(&src, &a) {
+        return match run::run(&source.source(), &a) {
             Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
             Err(e) => {
                 e.print(format);
@@ -310,42 +295,26 @@ fn run(cli: Cli) -> Result<Report, CliError> {
             name,
         } => run::inspect(&component, policy.as_deref(), name.as_deref()),
         Command::Call {
-            policy,
-            trust,
-            allow_unsigned,
-            state_dir,
+            source,
             component,
             function,
             args,
         } => run::call(
-            &run::Source {
-                policy: &policy,
-                trust: trust.as_deref(),
-                state_dir: state_dir.as_deref(),
-                allow_unsigned,
-            },
+            &source.source(),
             &component,
             &function,
             &args,
+            source.no_cache,
         ),
         Command::Serve {
-            policy,
-            trust,
+            source,
             component,
             listen,
-            allow_unsigned,
-            state_dir,
-            no_cache,
         } => run::serve(
-            &run::Source {
-                policy: &policy,
-                trust: trust.as_deref(),
-                state_dir: state_dir.as_deref(),
-                allow_unsigned,
-            },
+            &source.source(),
             &component,
             listen,
-            no_cache,
+            source.no_cache,
             format,
         ),
         // INVARIANT: `main` handles `run` before calling this function.

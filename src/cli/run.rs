@@ -200,9 +200,10 @@ pub(super) fn call(
     component: &str,
     function: &str,
     args: &[String],
+    no_cache: bool,
 ) -> Result<Report, CliError> {
     let policy = Arc::new(load(src, true)?);
-    let host = host(LogFormat::Text, false)?;
+    let host = host(LogFormat::Text, no_cache)?;
     let results = runtime()?.block_on(host.call(&policy, component, function, args))?;
     Ok(Report::new(
         results.join("\n"),
