@@ -361,12 +361,7 @@ impl Callee {
         // INVARIANT: `live` was borrowed from `slot` above, so the slot holds an instance.
         let mut live = slot.take().expect("the instance is in its slot");
         let call = func.call_async(&mut live.store, &args, &mut results);
-        let outcome = match limits.timeout {
-            Some(t) => tokio::time::timeout(t.duration() + std::time::Duration::from_secs(1), call)
-                .await
-                .unwrap_or_else(|_| Err(wasmtime::Trap::Interrupt.into())),
-            None => call.await,
-        };
+        let outcome = crate::host::backstop(&limits, call).await;
         match outcome {
             Ok(()) => {
                 *slot = Some(live);

@@ -450,23 +450,7 @@ impl Host {
             wasmtime_wasi::p2::bindings::Command::instantiate_async(&mut store, &compiled, linker)
                 .await
                 .map_err(|e| instantiate_error(component, &compiled, &self.engine, e))?;
-        let call = cmd.wasi_cli_run().call_run(&mut store);
-        let result = match limits.timeout {
-            // Epochs cannot interrupt a guest blocked in a host call; this backstop can.
-            Some(t) => {
-                match tokio::time::timeout(t.duration() + Duration::from_secs(1), call).await {
-                    Ok(r) => r,
-                    Err(_) => {
-                        return Err(RunError::Limit {
-                            component: component.to_owned(),
-                            limit: LimitHit::Timeout,
-                            message: format!("timeout of {t} exceeded (`limits.timeout`)"),
-                        });
-                    }
-                }
-            }
-            None => call.await,
-        };
+        let result = backstop(&limits, cmd.wasi_cli_run().call_run(&mut store)).await;
         match result {
             Ok(Ok(())) => Ok(0),
             Ok(Err(())) => Ok(1),
@@ -565,6 +549,21 @@ pub(crate) fn new_store(
     // Instantiation runs guest code (start functions), so the limits apply from the start.
     arm_limits(&mut store, &spec.limits);
     Ok(store)
+}
+
+/// Awaits a guest call under `limits.timeout` plus a second of grace. Epochs cannot interrupt
+/// a guest blocked in a host call; this backstop can, and its expiry reads as the epoch
+/// interrupt it stands in for, so every caller reports it as the timeout.
+pub(crate) async fn backstop<T>(
+    limits: &crate::policy::Limits,
+    call: impl std::future::Future<Output = wasmtime::Result<T>>,
+) -> wasmtime::Result<T> {
+    match limits.timeout {
+        Some(t) => tokio::time::timeout(t.duration() + Duration::from_secs(1), call)
+            .await
+            .unwrap_or_else(|_| Err(Trap::Interrupt.into())),
+        None => call.await,
+    }
 }
 
 /// Arms the time and fuel limits for one run or one call.

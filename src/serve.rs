@@ -102,12 +102,7 @@ impl Served {
             let call = proxy
                 .wasi_http_incoming_handler()
                 .call_handle(&mut store, request, out);
-            let r = match limits.timeout {
-                Some(t) => tokio::time::timeout(t.duration() + Duration::from_secs(1), call)
-                    .await
-                    .unwrap_or_else(|_| Err(wasmtime::Trap::Interrupt.into())),
-                None => call.await,
-            };
+            let r = crate::host::backstop(&limits, call).await;
             r.map_err(|e| {
                 crate::host::describe_failure(
                     &component,

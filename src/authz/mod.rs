@@ -38,6 +38,16 @@ pub struct Decision {
 }
 
 impl Decision {
+    /// A deny because deciding failed: no grant or rule decided, `message` says what went
+    /// wrong.
+    pub fn failure(message: impl Into<String>) -> Self {
+        Self {
+            allowed: false,
+            reasons: Vec::new(),
+            errors: vec![message.into()],
+        }
+    }
+
     /// A short human explanation: which grant or rule decided, or that none matched.
     pub fn explain(&self) -> String {
         match (
@@ -126,7 +136,7 @@ impl Authority {
     /// Decides whether `component` may do `request`.
     pub fn decide(&self, component: &str, request: &Request) -> Decision {
         let Some(slice) = self.slices.get(component) else {
-            return deny_error(format!("no component `{component}` in this policy"));
+            return Decision::failure(format!("no component `{component}` in this policy"));
         };
         // A poisoned lock only means another thread panicked mid-insert; the map is intact.
         if let Some(d) = slice
@@ -163,7 +173,7 @@ impl Authority {
     pub fn decide_uncached(&self, component: &str, request: &Request) -> Decision {
         match self.slices.get(component) {
             Some(slice) => self.evaluate(slice, request),
-            None => deny_error(format!("no component `{component}` in this policy")),
+            None => Decision::failure(format!("no component `{component}` in this policy")),
         }
     }
 
@@ -171,12 +181,12 @@ impl Authority {
         let grants = request.matching_grants(&slice.component);
         let built = match request.to_cedar(&slice.component, &grants) {
             Ok(b) => b,
-            Err(e) => return deny_error(format!("request cannot be evaluated: {e}")),
+            Err(e) => return Decision::failure(format!("request cannot be evaluated: {e}")),
         };
         let entities =
             match Entities::from_entities([slice.principal.clone(), built.resource], None) {
                 Ok(e) => e,
-                Err(e) => return deny_error(format!("request cannot be evaluated: {e}")),
+                Err(e) => return Decision::failure(format!("request cannot be evaluated: {e}")),
             };
         let response = Authorizer::new().is_authorized(&built.request, &slice.policies, &entities);
         let errors: Vec<String> = response
@@ -197,13 +207,5 @@ impl Authority {
             reasons,
             errors,
         }
-    }
-}
-
-fn deny_error(message: String) -> Decision {
-    Decision {
-        allowed: false,
-        reasons: Vec::new(),
-        errors: vec![message],
     }
 }

@@ -158,17 +158,7 @@ struct TrustArgs {
 
 impl TrustArgs {
     fn state(&self) -> Result<capgate_signing::StateStore, CliError> {
-        match &self.state_dir {
-            Some(d) => Ok(capgate_signing::StateStore::at(d)),
-            None => capgate_signing::StateStore::default_dir()
-                .map(capgate_signing::StateStore::at)
-                .ok_or_else(|| {
-                    CliError::new(
-                        Exit::Usage,
-                        "cannot find a state directory: neither `XDG_STATE_HOME` nor `HOME` is set (hint: pass `--state-dir DIR`)",
-                    )
-                }),
-        }
+        run::state(self.state_dir.as_deref())
     }
 }
 

@@ -17,7 +17,8 @@ pub(super) struct Source<'a> {
     pub allow_unsigned: bool,
 }
 
-fn state(dir: Option<&Path>) -> Result<StateStore, CliError> {
+/// The rollback state store: `--state-dir`, or the default location.
+pub(super) fn state(dir: Option<&Path>) -> Result<StateStore, CliError> {
     match dir {
         Some(d) => Ok(StateStore::at(d)),
         None => StateStore::default_dir().map(StateStore::at).ok_or_else(|| {

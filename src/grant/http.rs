@@ -92,12 +92,7 @@ async fn guarded_send(
         None
     };
     if let Some(why) = malformed {
-        let refused = Decision {
-            allowed: false,
-            reasons: Vec::new(),
-            errors: vec![why.to_owned()],
-        };
-        decide_event(&observer, &component, &req, refused);
+        decide_event(&observer, &component, &req, Decision::failure(why));
         return Err(Error::HttpRequestUriInvalid);
     }
     let bare_host = canonical.unwrap_or_default();

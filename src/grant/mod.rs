@@ -78,11 +78,7 @@ pub(crate) fn decide_now(policy: &VerifiedPolicy, component: &str, request: &Req
 }
 
 fn failed(why: String) -> Decision {
-    Decision {
-        allowed: false,
-        reasons: Vec::new(),
-        errors: vec![format!("the decision could not be made: {why}")],
-    }
+    Decision::failure(format!("the decision could not be made: {why}"))
 }
 
 /// Tells `observer` about a decision.
