@@ -17,7 +17,7 @@ use wasmtime::component::{Component, Instance, Linker, Val};
 use wasmtime::{Engine, Store};
 
 use crate::authz::Request;
-use crate::grant::{self, DecisionObserver};
+use crate::grant::{self, Recorder};
 use crate::host::{RunError, State};
 use crate::verified::VerifiedPolicy;
 
@@ -220,7 +220,7 @@ pub(crate) struct Callee {
     linker: Linker<State>,
     engine: Engine,
     policy: Arc<VerifiedPolicy>,
-    observer: DecisionObserver,
+    recorder: Recorder,
     live: tokio::sync::Mutex<Option<Live>>,
 }
 
@@ -241,8 +241,15 @@ impl Callee {
         };
         let decision =
             grant::decide_decision(self.policy.clone(), caller.to_owned(), request.clone()).await;
+        let args = format!("{params:?}");
+        let decision = self.recorder.record(
+            &self.policy,
+            caller,
+            &request,
+            decision,
+            &[("args", args.as_bytes())],
+        );
         let (allowed, explain) = (decision.allowed, decision.explain());
-        grant::decide_event(&self.observer, caller, &request, decision);
         if !allowed {
             wasmtime::bail!(
                 "capgate: call from `{caller}` to `{}` {export}#{function} {explain}",
@@ -288,7 +295,7 @@ impl Callee {
                 let mut store = crate::host::new_store(
                     &self.engine,
                     &self.policy,
-                    &self.observer,
+                    &self.recorder,
                     spec,
                     &[],
                 )
@@ -394,12 +401,12 @@ pub(crate) enum InvokeError {
 }
 
 /// What building linkers and callees needs: the host's WASI linker, the engine, the policy,
-/// the decision observer and the resolved graph.
+/// the decision recorder and the resolved graph.
 pub(crate) struct Wiring<'a> {
     pub base: &'a Linker<State>,
     pub engine: &'a Engine,
     pub policy: &'a Arc<VerifiedPolicy>,
-    pub observer: &'a DecisionObserver,
+    pub recorder: &'a Recorder,
     pub graph: &'a Graph,
 }
 
@@ -420,7 +427,7 @@ impl Wiring<'_> {
             linker,
             engine: self.engine.clone(),
             policy: self.policy.clone(),
-            observer: self.observer.clone(),
+            recorder: self.recorder.clone(),
             live: tokio::sync::Mutex::new(None),
         });
         callees.insert(name.to_owned(), c.clone());

@@ -20,7 +20,7 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::grant::dns::{FilteredDns, FilteredDnsData, LookupGuard};
 use crate::grant::http::HttpGuard;
-use crate::grant::{self, DecisionObserver, LimitHit, Limiter};
+use crate::grant::{self, DecisionObserver, LimitHit, Limiter, Recorder};
 use crate::verified::VerifiedPolicy;
 
 /// How often the epoch advances; timeouts are rounded up to this.
@@ -34,6 +34,7 @@ const MAX_WASM_STACK: usize = 1 << 20;
 pub struct HostConfig {
     cache_dir: Option<PathBuf>,
     observer: Option<DecisionObserver>,
+    audit: Option<Arc<crate::audit::Auditor>>,
 }
 
 impl std::fmt::Debug for HostConfig {
@@ -62,6 +63,13 @@ impl HostConfig {
         observer: impl Fn(&grant::DecisionEvent) + Send + Sync + 'static,
     ) -> Self {
         self.observer = Some(Arc::new(observer));
+        self
+    }
+
+    /// Records decisions with `auditor` before they are enforced: a fail-closed auditor that
+    /// cannot write a record turns the decision into a deny.
+    pub fn audit(mut self, auditor: Arc<crate::audit::Auditor>) -> Self {
+        self.audit = Some(auditor);
         self
     }
 }
@@ -141,7 +149,7 @@ pub enum RunError {
 pub struct Host {
     engine: Engine,
     linker: Linker<State>,
-    observer: DecisionObserver,
+    recorder: Recorder,
     ticker: Arc<AtomicBool>,
     /// Linked apps by (policy identity, root component): callees keep their instances across
     /// runs of the same verified policy on this host.
@@ -261,7 +269,10 @@ impl Host {
         Ok(Self {
             engine,
             linker,
-            observer: config.observer.unwrap_or_else(|| Arc::new(|_| {})),
+            recorder: Recorder {
+                audit: config.audit,
+                observer: config.observer,
+            },
             ticker: stop,
             apps: Default::default(),
             callees: Default::default(),
@@ -277,7 +288,7 @@ impl Host {
             base: &self.linker,
             engine: &self.engine,
             policy,
-            observer: &self.observer,
+            recorder: &self.recorder,
             graph,
         }
     }
@@ -387,9 +398,9 @@ impl Host {
             .collect()
     }
 
-    /// The decision observer of this host.
-    pub(crate) fn observer(&self) -> &DecisionObserver {
-        &self.observer
+    /// Where this host's decisions go.
+    pub(crate) fn recorder(&self) -> &Recorder {
+        &self.recorder
     }
 
     /// `component` of `policy` compiled, and the linker with its links to other components.
@@ -436,7 +447,7 @@ impl Host {
         let (compiled, linker) = (app.component.clone(), &app.linker);
         let limits = spec.limits;
         let mut store =
-            new_store(&self.engine, policy, &self.observer, spec, args).map_err(|e| {
+            new_store(&self.engine, policy, &self.recorder, spec, args).map_err(|e| {
                 RunError::Instantiate {
                     component: component.to_owned(),
                     message: e.to_string(),
@@ -518,12 +529,12 @@ pub(crate) fn describe_failure(
 pub(crate) fn new_store(
     engine: &Engine,
     policy: &Arc<VerifiedPolicy>,
-    observer: &DecisionObserver,
+    recorder: &Recorder,
     spec: &crate::policy::ComponentPolicy,
     args: &[String],
 ) -> Result<Store<State>, wasmtime::Error> {
-    let wasi = grant::wasi_ctx(policy, observer, spec, args)?;
-    let guard = |p: &Arc<VerifiedPolicy>| (p.clone(), observer.clone(), spec.name.clone());
+    let wasi = grant::wasi_ctx(policy, recorder, spec, args)?;
+    let guard = |p: &Arc<VerifiedPolicy>| (p.clone(), recorder.clone(), spec.name.clone());
     let (hp, ho, hc) = guard(policy);
     let (lp, lo, lc) = guard(policy);
     let mut store = Store::new(
@@ -535,12 +546,12 @@ pub(crate) fn new_store(
             http: WasiHttpCtx::new(),
             hooks: HttpGuard {
                 policy: hp,
-                observer: ho,
+                recorder: ho,
                 component: hc,
             },
             lookup: LookupGuard {
                 policy: lp,
-                observer: lo,
+                recorder: lo,
                 component: lc,
             },
         },

@@ -36,6 +36,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod audit;
 pub mod authz;
 #[cfg(feature = "runtime")]
 mod broker;

@@ -74,7 +74,7 @@ impl Served {
         let mut store = crate::host::new_store(
             self.host.engine(),
             &self.policy,
-            self.host.observer(),
+            self.host.recorder(),
             spec,
             &[],
         )

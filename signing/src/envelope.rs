@@ -78,6 +78,16 @@ pub struct SignatureEntry {
     pub sig: String,
 }
 
+impl SignatureEntry {
+    /// `key`'s signature over `message`.
+    pub fn sign(key: &SecretKey, message: &[u8]) -> Self {
+        Self {
+            keyid: key.public().id(),
+            sig: B64.encode(key.sign(message)),
+        }
+    }
+}
+
 /// A detached signature file, as stored in JSON.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -162,12 +172,8 @@ impl SignatureFile {
 
     /// Adds (or replaces) the signature of `key`.
     pub fn sign(&mut self, kind: PayloadKind, key: &SecretKey) {
-        let sig = key.sign(&self.signed_message(kind));
-        let keyid = key.public().id();
-        let entry = SignatureEntry {
-            keyid,
-            sig: B64.encode(sig),
-        };
+        let entry = SignatureEntry::sign(key, &self.signed_message(kind));
+        let keyid = entry.keyid;
         match self.signatures.iter_mut().find(|s| s.keyid == keyid) {
             Some(existing) => *existing = entry,
             None => self.signatures.push(entry),

@@ -311,9 +311,21 @@ impl TrustRoot {
         message: &[u8],
         sigs: &SignatureFile,
     ) -> Result<Vec<String>, Error> {
+        self.check_signatures(path, req, message, &sigs.signatures)
+    }
+
+    /// Like [`TrustRoot::check`], for signatures kept somewhere other than a signature file
+    /// (an audit checkpoint carries its own).
+    pub fn check_signatures(
+        &self,
+        path: &Path,
+        req: &Requirement,
+        message: &[u8],
+        signatures: &[crate::SignatureEntry],
+    ) -> Result<Vec<String>, Error> {
         let mut valid = BTreeSet::new();
         let mut problems = Vec::new();
-        for entry in &sigs.signatures {
+        for entry in signatures {
             let Some(name) = self.by_id.get(&entry.keyid) else {
                 problems.push(SignatureProblem::UnknownKey { keyid: entry.keyid });
                 continue;

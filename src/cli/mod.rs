@@ -4,6 +4,7 @@
 //! tested through the library too. This module owns the mapping from errors to the exit codes
 //! of the spec; it never makes a trust decision itself.
 
+mod audit;
 mod exit;
 mod keys;
 mod run;
@@ -108,6 +109,11 @@ enum Command {
         #[arg(value_name = "ARGS", allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Verify, query, summarise and replay audit logs.
+    Audit {
+        #[command(subcommand)]
+        command: audit::AuditCommand,
+    },
     /// Run a `wasi:cli/run` component under a signed policy.
     Run {
         #[command(flatten)]
@@ -180,6 +186,12 @@ struct PolicyArgs {
     /// Do not use the compilation cache ($XDG_CACHE_HOME/capgate).
     #[arg(long)]
     no_cache: bool,
+    /// Write the audit log here [default: the policy's `audit.log`, else no log].
+    #[arg(long, value_name = "FILE")]
+    audit: Option<PathBuf>,
+    /// Sign audit checkpoints with this key (it should hold the trust root's `audit` role).
+    #[arg(long, value_name = "KEY")]
+    audit_key: Option<PathBuf>,
 }
 
 impl PolicyArgs {
@@ -189,6 +201,8 @@ impl PolicyArgs {
             trust: self.trust.as_deref(),
             state_dir: self.state_dir.as_deref(),
             allow_unsigned: self.allow_unsigned,
+            audit: self.audit.as_deref(),
+            audit_key: self.audit_key.as_deref(),
         }
     }
 }
@@ -278,7 +292,10 @@ fn run(cli: Cli) -> Result<Report, CliError> {
             trust: trust.as_deref(),
             state_dir: state_dir.as_deref(),
             allow_unsigned: trust.is_none(),
+            audit: None,
+            audit_key: None,
         }),
+        Command::Audit { command } => audit::run(command),
         Command::Inspect {
             component,
             policy,

@@ -3,7 +3,8 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use capgate::signing::{StateStore, TrustRoot};
+use capgate::audit::{Auditor, Checkpointer, JsonlOptions, JsonlSink, OnFailure};
+use capgate::signing::{SecretKey, StateStore, TrustRoot};
 use capgate::{Host, HostConfig, VerifiedPolicy};
 use serde_json::json;
 
@@ -15,6 +16,10 @@ pub(super) struct Source<'a> {
     pub trust: Option<&'a Path>,
     pub state_dir: Option<&'a Path>,
     pub allow_unsigned: bool,
+    /// `--audit FILE`.
+    pub audit: Option<&'a Path>,
+    /// `--audit-key KEY`.
+    pub audit_key: Option<&'a Path>,
 }
 
 /// The rollback state store: `--state-dir`, or the default location.
@@ -27,7 +32,7 @@ pub(super) fn state(dir: Option<&Path>) -> Result<StateStore, CliError> {
     }
 }
 
-fn load(src: &Source<'_>, record: bool) -> Result<VerifiedPolicy, CliError> {
+pub(super) fn load(src: &Source<'_>, record: bool) -> Result<VerifiedPolicy, CliError> {
     if src.allow_unsigned {
         // `policy check` without `--trust` says so in its report instead.
         if record {
@@ -126,7 +131,118 @@ pub(super) struct RunArgs<'a> {
     pub format: LogFormat,
 }
 
-fn host(format: LogFormat, no_cache: bool) -> Result<Host, CliError> {
+/// The audit log of a run: `--audit`, else the policy's `audit.log`; `None` if neither.
+fn auditor(src: &Source<'_>, policy: &VerifiedPolicy) -> Result<Option<Arc<Auditor>>, CliError> {
+    let spec = &policy.policy().audit;
+    let Some(path) = src.audit.map(Path::to_owned).or_else(|| spec.log.clone()) else {
+        if src.audit_key.is_some() {
+            return Err(CliError::new(
+                Exit::Usage,
+                "`--audit-key` needs an audit log: pass `--audit FILE` or set `audit.log` in the policy",
+            ));
+        }
+        return Ok(None);
+    };
+    let checkpoints = match src.audit_key {
+        None => None,
+        Some(k) => {
+            let key = SecretKey::load(k)?;
+            warn_if_not_audit_key(src, &key);
+            Some(Checkpointer::new(key, spec.checkpoint_every))
+        }
+    };
+    let options = JsonlOptions {
+        durability: spec.durability,
+        rotate: spec.rotate.map(|r| r.bytes()),
+        checkpoints,
+    };
+    let sink = match spec.on_failure {
+        OnFailure::FailClosed => JsonlSink::open(&path, options).map_err(|e| {
+            CliError::new(
+                Exit::CantCreate,
+                format!("{e} (the policy's `audit.on_failure` is fail-closed, so nothing runs without its log)"),
+            )
+        })?,
+        OnFailure::Continue => JsonlSink::deferred(&path, options),
+    };
+    let mut auditor = Auditor::new(sink)
+        .level(spec.level)
+        .on_failure(spec.on_failure);
+    if let Some(salt) = audit_salt(src) {
+        auditor = auditor.salt(salt);
+    }
+    Ok(Some(Arc::new(auditor)))
+}
+
+/// Warns when checkpoints would be signed by a key the trust root's `audit` role does not
+/// hold, so `audit verify` would refuse them.
+fn warn_if_not_audit_key(src: &Source<'_>, key: &SecretKey) {
+    let Some(trust) = src.trust.and_then(|t| TrustRoot::load(t).ok()) else {
+        return;
+    };
+    let message = b"capgate audit key check";
+    let sig = capgate::signing::SignatureEntry::sign(key, message);
+    let req = trust.role(capgate::signing::Role::Audit);
+    if trust
+        .check_signatures(trust.path(), &req, message, &[sig])
+        .is_err()
+    {
+        eprintln!(
+            "warning: the audit key `{}` is not enough for the `audit` role of `{}`: `capgate audit verify` will refuse its checkpoints",
+            key.public().id(),
+            trust.path().display()
+        );
+    }
+}
+
+/// The secret salt of hashed sensitive values, kept in the state directory (created 0600 on
+/// first use) so that hashes stay comparable across runs on this host.
+fn audit_salt(src: &Source<'_>) -> Option<[u8; 32]> {
+    let dir = state(src.state_dir).ok()?.dir().to_owned();
+    let path = dir.join("audit-salt");
+    if let Ok(bytes) = std::fs::read(&path)
+        && let Ok(salt) = <[u8; 32]>::try_from(bytes.as_slice())
+    {
+        return Some(salt);
+    }
+    let mut salt = [0u8; 32];
+    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut salt);
+    let write = || -> std::io::Result<()> {
+        std::fs::create_dir_all(&dir)?;
+        let mut o = std::fs::OpenOptions::new();
+        o.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut o, 0o600);
+        std::io::Write::write_all(&mut o.open(&path)?, &salt)
+    };
+    match write() {
+        Ok(()) => Some(salt),
+        Err(e) => {
+            eprintln!(
+                "warning: cannot keep the audit salt in `{}` ({e}); hashes in this log use a salt of this run only",
+                path.display()
+            );
+            None
+        }
+    }
+}
+
+/// Closes the audit log (final checkpoint); a failure is reported, not fatal.
+fn close(audit: &Option<Arc<Auditor>>) {
+    if let Some(a) = audit {
+        if let Err(e) = a.close() {
+            eprintln!("warning: {e}");
+        }
+        if a.missed() > 0 {
+            eprintln!(
+                "warning: {} audit record(s) could not be written (failure mode `continue`)",
+                a.missed()
+            );
+        }
+    }
+}
+
+fn host(format: LogFormat, no_cache: bool, audit: Option<Arc<Auditor>>) -> Result<Host, CliError> {
     let mut config = HostConfig::new().observe(move |ev| {
         if ev.decision.allowed {
             return;
@@ -141,6 +257,9 @@ fn host(format: LogFormat, no_cache: bool) -> Result<Host, CliError> {
     });
     if !no_cache && let Some(dir) = default_cache_dir() {
         config = config.cache_dir(dir);
+    }
+    if let Some(a) = audit {
+        config = config.audit(a);
     }
     Ok(Host::new(config)?)
 }
@@ -159,9 +278,12 @@ fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
 
 pub(super) fn run(src: &Source<'_>, a: &RunArgs<'_>) -> Result<i32, CliError> {
     let policy = Arc::new(load(src, true)?);
-    let host = host(a.format, a.no_cache)?;
-    let name = pick_component(&host, &policy, a.component)?;
-    Ok(runtime()?.block_on(host.run(&policy, &name, a.args))?)
+    let audit = auditor(src, &policy)?;
+    let host = host(a.format, a.no_cache, audit.clone())?;
+    let result = pick_component(&host, &policy, a.component)
+        .and_then(|name| Ok(runtime()?.block_on(host.run(&policy, &name, a.args))?));
+    close(&audit);
+    result
 }
 
 pub(super) fn serve(
@@ -172,8 +294,9 @@ pub(super) fn serve(
     format: LogFormat,
 ) -> Result<Report, CliError> {
     let policy = Arc::new(load(src, true)?);
-    let host = Arc::new(host(format, no_cache)?);
-    runtime()?.block_on(async {
+    let audit = auditor(src, &policy)?;
+    let host = Arc::new(host(format, no_cache, audit.clone())?);
+    let result = runtime()?.block_on(async {
         let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| {
             CliError::new(
                 Exit::CantCreate,
@@ -193,7 +316,9 @@ pub(super) fn serve(
         };
         capgate::serve::serve(host, policy.clone(), component, listener, shutdown).await?;
         Ok(Report::new("capgate: stopped", json!({ "stopped": true })))
-    })
+    });
+    close(&audit);
+    result
 }
 
 pub(super) fn call(
@@ -204,8 +329,12 @@ pub(super) fn call(
     no_cache: bool,
 ) -> Result<Report, CliError> {
     let policy = Arc::new(load(src, true)?);
-    let host = host(LogFormat::Text, no_cache)?;
-    let results = runtime()?.block_on(host.call(&policy, component, function, args))?;
+    let audit = auditor(src, &policy)?;
+    let host = host(LogFormat::Text, no_cache, audit.clone())?;
+    let results =
+        runtime().and_then(|rt| Ok(rt.block_on(host.call(&policy, component, function, args))?));
+    close(&audit);
+    let results = results?;
     Ok(Report::new(
         results.join("\n"),
         json!({ "results": results }),

@@ -14,14 +14,14 @@ use wasmtime_wasi::p2::bindings::sockets::network;
 use wasmtime_wasi::p2::{DynPollable, SocketError};
 use wasmtime_wasi::sockets::WasiSocketsCtxView;
 
-use super::DecisionObserver;
+use super::Recorder;
 use crate::authz::Request;
 use crate::verified::VerifiedPolicy;
 
 /// Who is asking, for the lookup decision.
 pub(crate) struct LookupGuard {
     pub policy: Arc<VerifiedPolicy>,
-    pub observer: DecisionObserver,
+    pub recorder: Recorder,
     pub component: String,
 }
 
@@ -54,9 +54,10 @@ impl dns::Host for FilteredDns<'_> {
                     name: domain.clone(),
                 };
                 let decision = super::decide_now(&g.policy, &g.component, &request);
-                let allowed = decision.allowed;
-                super::decide_event(&g.observer, &g.component, &request, decision);
-                if !allowed {
+                let decision = g
+                    .recorder
+                    .record(&g.policy, &g.component, &request, decision, &[]);
+                if !decision.allowed {
                     return Err(network::ErrorCode::PermanentResolverFailure.into());
                 }
                 domain

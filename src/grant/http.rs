@@ -16,7 +16,7 @@ use std::time::Duration;
 use http_body_util::BodyExt as _;
 use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpHooks};
 
-use super::{DecisionObserver, decide_event};
+use super::Recorder;
 use crate::authz::{Decision, Request};
 use crate::policy::pattern::{HostPattern, HttpScheme, canonical_ip, is_internal};
 use crate::verified::VerifiedPolicy;
@@ -26,7 +26,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// The `wasi:http` hooks of one component's store.
 pub(crate) struct HttpGuard {
     pub policy: Arc<VerifiedPolicy>,
-    pub observer: DecisionObserver,
+    pub recorder: Recorder,
     pub component: String,
 }
 
@@ -47,7 +47,7 @@ impl WasiHttpHooks for HttpGuard {
     ) -> Box<dyn Future<Output = SendResult> + Send> {
         let (policy, observer, component) = (
             self.policy.clone(),
-            self.observer.clone(),
+            self.recorder.clone(),
             self.component.clone(),
         );
         Box::new(async move { guarded_send(policy, observer, component, request, options).await })
@@ -56,7 +56,7 @@ impl WasiHttpHooks for HttpGuard {
 
 async fn guarded_send(
     policy: Arc<VerifiedPolicy>,
-    observer: DecisionObserver,
+    recorder: Recorder,
     component: String,
     mut request: http::Request<WasiBody>,
     options: Option<RequestOptions>,
@@ -91,14 +91,20 @@ async fn guarded_send(
     } else {
         None
     };
+    let query = uri.query().map(str::as_bytes);
+    let sensitive: &[(&'static str, &[u8])] = match &query {
+        Some(q) => &[("query", q)],
+        None => &[],
+    };
+    let record = |d: Decision| recorder.record(&policy, &component, &req, d, sensitive);
     if let Some(why) = malformed {
-        decide_event(&observer, &component, &req, Decision::failure(why));
+        record(Decision::failure(why));
         return Err(Error::HttpRequestUriInvalid);
     }
     let bare_host = canonical.unwrap_or_default();
     let decision = super::decide_decision(policy.clone(), component.clone(), req.clone()).await;
     if !decision.allowed {
-        decide_event(&observer, &component, &req, decision);
+        record(decision);
         return Err(Error::HttpRequestDenied);
     }
 
@@ -115,7 +121,7 @@ async fn guarded_send(
         Err(_) => match tokio::net::lookup_host((bare_host.as_str(), port)).await {
             Ok(addrs) => addrs.collect(),
             Err(_) => {
-                decide_event(&observer, &component, &req, decision);
+                record(decision);
                 return Err(Error::DestinationNotFound);
             }
         },
@@ -140,10 +146,12 @@ async fn guarded_send(
                     .join(", ")
             )],
         };
-        decide_event(&observer, &component, &req, denied);
+        record(denied);
         return Err(Error::DestinationIpProhibited);
     };
-    decide_event(&observer, &component, &req, decision);
+    if !record(decision).allowed {
+        return Err(Error::HttpRequestDenied);
+    }
 
     let connect_timeout = options
         .and_then(|o| o.connect_timeout)

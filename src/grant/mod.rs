@@ -16,6 +16,7 @@ use std::sync::Arc;
 use wasmtime_wasi::sockets::SocketAddrUse;
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder};
 
+use crate::audit::Auditor;
 use crate::authz::{Action, Decision, Request};
 use crate::policy::{Access, ComponentPolicy, Input, Output};
 use crate::verified::VerifiedPolicy;
@@ -32,6 +33,8 @@ pub struct DecisionEvent {
     pub action: Action,
     /// The resource, as one line.
     pub resource: String,
+    /// The whole request.
+    pub request: Request,
     /// The decision.
     pub decision: Decision,
 }
@@ -81,19 +84,40 @@ fn failed(why: String) -> Decision {
     Decision::failure(format!("the decision could not be made: {why}"))
 }
 
-/// Tells `observer` about a decision.
-pub(crate) fn decide_event(
-    observer: &DecisionObserver,
-    component: &str,
-    request: &Request,
-    decision: Decision,
-) {
-    observer(&DecisionEvent {
-        component: component.to_owned(),
-        action: request.action(),
-        resource: request.resource(),
-        decision,
-    });
+/// Where every decision goes before it is enforced: the audit log (which, fail-closed, may
+/// turn it into a deny), then the host's observer.
+#[derive(Clone, Default)]
+pub(crate) struct Recorder {
+    pub audit: Option<Arc<Auditor>>,
+    pub observer: Option<DecisionObserver>,
+}
+
+impl Recorder {
+    /// Records `decision` and returns the decision to enforce. `sensitive` values (a query
+    /// string, call arguments) reach the log only as salted hashes.
+    pub(crate) fn record(
+        &self,
+        policy: &VerifiedPolicy,
+        component: &str,
+        request: &Request,
+        decision: Decision,
+        sensitive: &[(&'static str, &[u8])],
+    ) -> Decision {
+        let decision = match &self.audit {
+            Some(a) => a.admit(policy, component, request, decision, sensitive),
+            None => decision,
+        };
+        if let Some(observer) = &self.observer {
+            observer(&DecisionEvent {
+                component: component.to_owned(),
+                action: request.action(),
+                resource: request.resource(),
+                request: request.clone(),
+                decision: decision.clone(),
+            });
+        }
+        decision
+    }
 }
 
 /// Where the guest's standard streams go when the policy does not close them.
@@ -107,7 +131,7 @@ pub enum StdioMode {
 /// Builds the WASI context for `component`, exactly as its policy grants.
 pub(crate) fn wasi_ctx(
     policy: &Arc<VerifiedPolicy>,
-    observer: &DecisionObserver,
+    recorder: &Recorder,
     component: &ComponentPolicy,
     extra_args: &[String],
 ) -> Result<WasiCtx, wasmtime::Error> {
@@ -157,7 +181,7 @@ pub(crate) fn wasi_ctx(
     // Lookups are enabled for components with `lookup` grants; each name is then decided by
     // the filter in `dns`.
     b.allow_ip_name_lookup(!net.lookup.is_empty());
-    let (p, o, name) = (policy.clone(), observer.clone(), component.name.clone());
+    let (p, o, name) = (policy.clone(), recorder.clone(), component.name.clone());
     let has_connect = !net.connect.is_empty();
     let has_udp = !net.udp.is_empty();
     // The check is decided before the future is returned, so it is ready on first poll:
@@ -194,7 +218,7 @@ fn is_ephemeral(addr: SocketAddr) -> bool {
 /// Maps wasi:sockets' address checks onto policy requests.
 fn socket_allowed(
     policy: &VerifiedPolicy,
-    observer: &DecisionObserver,
+    recorder: &Recorder,
     component: &str,
     has_connect: bool,
     has_udp: bool,
@@ -216,7 +240,7 @@ fn socket_allowed(
     };
     let request = Request::Socket { action, addr };
     let decision = decide_now(policy, component, &request);
-    let allowed = decision.allowed;
-    decide_event(observer, component, &request, decision);
-    allowed
+    recorder
+        .record(policy, component, &request, decision, &[])
+        .allowed
 }

@@ -228,13 +228,39 @@ pub enum AuditLevel {
 }
 
 /// The policy's `audit` section.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct AuditSpec {
     /// What is recorded.
     pub level: AuditLevel,
     /// Where, resolved against the policy file's directory.
     pub log: Option<PathBuf>,
+    /// When records reach the disk.
+    pub durability: crate::audit::Durability,
+    /// What happens to a decision whose record cannot be written.
+    pub on_failure: crate::audit::OnFailure,
+    /// Records between signed checkpoints (when a checkpoint key is given).
+    pub checkpoint_every: u64,
+    /// Rotate the log file once it reaches this size.
+    pub rotate: Option<crate::policy::units::ByteSize>,
+}
+
+impl AuditSpec {
+    /// Records between checkpoints unless the policy says otherwise.
+    pub const DEFAULT_CHECKPOINT_EVERY: u64 = 1000;
+}
+
+impl Default for AuditSpec {
+    fn default() -> Self {
+        Self {
+            level: AuditLevel::Deny,
+            log: None,
+            durability: Default::default(),
+            on_failure: Default::default(),
+            checkpoint_every: Self::DEFAULT_CHECKPOINT_EVERY,
+            rotate: None,
+        }
+    }
 }
 
 /// A Cedar rules file the policy references, with its verified text.

@@ -39,6 +39,12 @@ struct RawAudit {
     #[serde(default)]
     level: AuditLevel,
     log: Option<String>,
+    #[serde(default)]
+    durability: crate::audit::Durability,
+    #[serde(default)]
+    on_failure: crate::audit::OnFailure,
+    checkpoint_every: Option<Spanned<u64>>,
+    rotate: Option<Spanned<Quantity>>,
 }
 
 #[derive(Deserialize)]
@@ -225,11 +231,51 @@ pub fn parse(bundle: &PolicyBundle) -> Result<Policy, PolicyError> {
         version: raw.version,
         sha256: bundle.sha256(),
         rules,
-        audit: AuditSpec {
-            level: raw.audit.level,
-            log: raw.audit.log.map(|l| dir.join(l)),
-        },
+        audit: audit(&cx, &dir, raw.audit)?,
         components,
+    })
+}
+
+fn audit(cx: &Ctx<'_>, dir: &Path, raw: RawAudit) -> Result<AuditSpec, PolicyError> {
+    let checkpoint_every = match raw.checkpoint_every {
+        Some(n) if n.value == 0 => {
+            return Err(cx.err(
+                &n.referenced,
+                "audit.checkpoint_every: must be at least 1",
+                Some("checkpoints are written every N records; 1000 is the default".into()),
+            ));
+        }
+        Some(n) => n.value,
+        None => AuditSpec::DEFAULT_CHECKPOINT_EVERY,
+    };
+    let rotate = match &raw.rotate {
+        None => None,
+        Some(q) => Some(match &q.value {
+            Quantity::Bytes(n) => ByteSize::from_bytes(*n),
+            Quantity::Text(t) => t
+                .parse()
+                .map_err(|e| cx.unit(&q.referenced, "audit.rotate", e))?,
+        }),
+    };
+    if let (Some(r), Some(q)) = (rotate, &raw.rotate)
+        && r.bytes() < 4096
+    {
+        return Err(cx.err(
+            &q.referenced,
+            format!(
+                "audit.rotate: {} bytes is too small to rotate at",
+                r.bytes()
+            ),
+            Some("give a size of at least 4KiB, for example `64MiB`".into()),
+        ));
+    }
+    Ok(AuditSpec {
+        level: raw.level,
+        log: raw.log.map(|l| dir.join(l)),
+        durability: raw.durability,
+        on_failure: raw.on_failure,
+        checkpoint_every,
+        rotate,
     })
 }
 

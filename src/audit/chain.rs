@@ -1,0 +1,151 @@
+//! The hash chain: sequence numbers, `prev` links, start records and signed checkpoints.
+//!
+//! Every line is `{"seq":N,"ts":"...", <body>, "prev":"<SHA-256 of the previous line>"}`. The
+//! first line of a new log has `prev` of 64 zeros; a file that continues another (rotation, or a
+//! log reopened after a failure) starts with a `start` record linked to the last line of the
+//! file before it. Checkpoints sign `(seq, head)`, where `head` is the checkpoint's own `prev`.
+
+use capgate_signing::{SecretKey, SignatureEntry, pae};
+use serde::Serialize;
+use serde_json::json;
+
+use super::Sha256;
+
+/// DSSE payload type of a checkpoint signature.
+pub const CHECKPOINT_PAYLOAD_TYPE: &str = "application/vnd.capgate.audit-checkpoint+json";
+
+/// The bytes a checkpoint's signatures are over.
+pub fn checkpoint_message(seq: u64, head: &Sha256) -> Vec<u8> {
+    let body = json!({"capgate-checkpoint": 1, "seq": seq, "head": head.to_string()});
+    pae(CHECKPOINT_PAYLOAD_TYPE, body.to_string().as_bytes())
+}
+
+/// Signs checkpoints.
+pub struct Checkpointer {
+    key: SecretKey,
+    every: u64,
+}
+
+impl std::fmt::Debug for Checkpointer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Checkpointer")
+            .field("keyid", &self.key.public().id().to_string())
+            .field("every", &self.every)
+            .finish()
+    }
+}
+
+impl Checkpointer {
+    /// Signs a checkpoint with `key` after every `every` records (at least 1), and when the
+    /// log is closed.
+    pub fn new(key: SecretKey, every: u64) -> Self {
+        Self {
+            key,
+            every: every.max(1),
+        }
+    }
+}
+
+/// Where the chain stands: the next sequence number and the hash of the last line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Head {
+    pub next_seq: u64,
+    pub prev: Sha256,
+    /// Records since the last checkpoint.
+    pub since: u64,
+}
+
+impl Head {
+    pub fn genesis() -> Self {
+        Self {
+            next_seq: 0,
+            prev: Sha256::from_bytes([0; 32]),
+            since: 0,
+        }
+    }
+}
+
+/// Encodes records into chained lines.
+#[derive(Debug)]
+pub(crate) struct Chain {
+    pub head: Head,
+    signer: Option<Checkpointer>,
+}
+
+#[derive(Serialize)]
+struct Line<'a, B: Serialize> {
+    seq: u64,
+    ts: &'a str,
+    #[serde(flatten)]
+    body: &'a B,
+    prev: String,
+}
+
+impl Chain {
+    pub fn new(head: Head, signer: Option<Checkpointer>) -> Self {
+        Self { head, signer }
+    }
+
+    /// Appends one line for `body` to `out` and advances the chain.
+    pub fn push<B: Serialize>(&mut self, out: &mut Vec<u8>, ts: &str, body: &B) {
+        let start = out.len();
+        let line = Line {
+            seq: self.head.next_seq,
+            ts,
+            body,
+            prev: self.head.prev.to_string(),
+        };
+        // INVARIANT: the bodies are structs and maps of strings and integers, which always
+        // serialise; should one ever fail, an empty object keeps the line well-formed.
+        if serde_json::to_writer(&mut *out, &line).is_err() {
+            out.truncate(start);
+            out.extend_from_slice(b"{}");
+        }
+        self.head.prev = Sha256::of(&out[start..]);
+        out.push(b'\n');
+        self.head.next_seq += 1;
+    }
+
+    /// A decision or gap record, followed by a checkpoint when one is due.
+    pub fn push_record<B: Serialize>(&mut self, out: &mut Vec<u8>, ts: &str, body: &B) {
+        self.push(out, ts, body);
+        self.head.since += 1;
+        if self
+            .signer
+            .as_ref()
+            .is_some_and(|s| self.head.since >= s.every)
+        {
+            self.push_checkpoint(out, ts);
+        }
+    }
+
+    /// The record that opens a file: which chain it continues and how it is signed.
+    pub fn push_start(&mut self, out: &mut Vec<u8>, ts: &str) {
+        let mut body = serde_json::Map::new();
+        body.insert("type".into(), "start".into());
+        body.insert("capgate".into(), env!("CARGO_PKG_VERSION").into());
+        if let Some(s) = &self.signer {
+            body.insert(
+                "checkpoints".into(),
+                json!({"keyid": s.key.public().id().to_string(), "every": s.every}),
+            );
+        }
+        self.push(out, ts, &body);
+    }
+
+    /// A signed checkpoint over the current head, if this chain signs and anything was
+    /// recorded since the last one.
+    pub fn push_checkpoint(&mut self, out: &mut Vec<u8>, ts: &str) {
+        let Some(signer) = &self.signer else { return };
+        if self.head.since == 0 {
+            return;
+        }
+        let message = checkpoint_message(self.head.next_seq, &self.head.prev);
+        let body = json!({
+            "type": "checkpoint",
+            "signatures": [SignatureEntry::sign(&signer.key, &message)],
+        });
+        self.push(out, ts, &body);
+        self.head.since = 0;
+    }
+}

@@ -1,0 +1,358 @@
+//! The JSON Lines file sink: append-only, locked, chained across restarts and rotations.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read as _, Seek as _, SeekFrom, Write as _};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use super::chain::{Chain, Checkpointer, Head};
+use super::record::{Entry, timestamp};
+use super::{AuditError, AuditSink, Sha256};
+
+/// When records reach the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Durability {
+    /// Each record is written and `fdatasync`ed before its decision takes effect.
+    Always,
+    /// Each record is handed to the operating system before its decision takes effect (so a
+    /// crash of the process loses nothing), and synced to disk every 64 records, at rotation
+    /// and at close. A power failure can lose records not yet synced.
+    #[default]
+    Batch,
+}
+
+/// Records written between syncs in [`Durability::Batch`].
+const BATCH: u32 = 64;
+
+/// The longest line the sink will look back over to find where an existing log ends.
+const MAX_TAIL: u64 = 1 << 20;
+
+/// Settings of a [`JsonlSink`].
+#[derive(Debug, Default)]
+pub struct JsonlOptions {
+    /// When records reach the disk.
+    pub durability: Durability,
+    /// Rotate the file once it is at least this many bytes: it is renamed to
+    /// `FILE.<last seq, 12 digits>` and a new file continues the chain.
+    pub rotate: Option<u64>,
+    /// Sign checkpoints with this key.
+    pub checkpoints: Option<Checkpointer>,
+}
+
+struct State {
+    file: Option<File>,
+    /// Length of the file after the last complete write.
+    len: u64,
+    chain: Chain,
+    unsynced: u32,
+    closed: bool,
+    /// Nothing written yet: an existing log found on (re)open is continued.
+    fresh: bool,
+}
+
+/// Appends chained records to a JSON Lines file.
+///
+/// The file is opened for appending and locked, so a second writer (another process) is
+/// refused instead of interleaving a second chain. An existing log is continued: its last line
+/// is read back and the chain goes on from it. A write that fails is cut off again (the file
+/// is truncated to its last complete line) and reported; the next record reopens the file, so
+/// a destination that recovers is written again, linked to what was written before.
+pub struct JsonlSink {
+    path: PathBuf,
+    durability: Durability,
+    rotate: Option<u64>,
+    state: Mutex<State>,
+}
+
+impl std::fmt::Debug for JsonlSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JsonlSink")
+            .field("path", &self.path)
+            .field("durability", &self.durability)
+            .finish_non_exhaustive()
+    }
+}
+
+impl JsonlSink {
+    /// Opens (or creates) the log at `path` and writes a `start` record.
+    pub fn open(path: impl Into<PathBuf>, options: JsonlOptions) -> Result<Self, AuditError> {
+        let path = path.into();
+        let (file, len, head) = open_log(&path)?;
+        let mut state = State {
+            file: Some(file),
+            len,
+            chain: Chain::new(head.unwrap_or_else(Head::genesis), options.checkpoints),
+            unsynced: 0,
+            closed: false,
+            fresh: false,
+        };
+        let mut out = Vec::new();
+        state.chain.push_start(&mut out, &timestamp());
+        let sink = Self {
+            path,
+            durability: options.durability,
+            rotate: options.rotate,
+            state: Mutex::new(state),
+        };
+        sink.write_locked(&mut sink.lock(), out)?;
+        Ok(sink)
+    }
+
+    /// Like [`JsonlSink::open`], but opens the file when the first record is written, so a
+    /// destination that cannot be written yet (failure mode `continue`) is retried with each
+    /// record instead of failing now.
+    pub fn deferred(path: impl Into<PathBuf>, options: JsonlOptions) -> Self {
+        Self {
+            path: path.into(),
+            durability: options.durability,
+            rotate: options.rotate,
+            state: Mutex::new(State {
+                file: None,
+                len: 0,
+                chain: Chain::new(Head::genesis(), options.checkpoints),
+                unsynced: 0,
+                closed: false,
+                fresh: true,
+            }),
+        }
+    }
+
+    /// The log's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // A panic while holding the lock cannot leave a half-advanced chain: the head is
+        // only replaced after a complete write.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn io(&self, op: &'static str, source: std::io::Error) -> AuditError {
+        AuditError::Io {
+            path: self.path.clone(),
+            op,
+            source,
+        }
+    }
+
+    /// Writes `out` (lines already encoded against `st.chain`), rolling the chain back if
+    /// the write fails.
+    fn write_locked(&self, st: &mut State, out: Vec<u8>) -> Result<(), AuditError> {
+        let file = st
+            .file
+            .as_mut()
+            .ok_or_else(|| AuditError::Closed(self.path.clone()))?;
+        if let Err(e) = file.write_all(&out) {
+            // Cut off whatever part of the lines reached the file, then reopen next time.
+            let _ = file.set_len(st.len);
+            st.file = None;
+            return Err(self.io("write", e));
+        }
+        st.len += out.len() as u64;
+        st.unsynced += 1;
+        if self.durability == Durability::Always || st.unsynced >= BATCH {
+            st.unsynced = 0;
+            if let Err(e) = file.sync_data() {
+                st.file = None;
+                return Err(self.io("sync", e));
+            }
+        }
+        Ok(())
+    }
+
+    /// Reopens the log after a failure: it must be empty (the chain continues in it from a
+    /// `start` record) or end with the last line this sink wrote.
+    fn reopen(&self, st: &mut State) -> Result<(), AuditError> {
+        let (file, len, head) = open_log(&self.path)?;
+        if st.fresh {
+            st.chain.head = head.unwrap_or_else(Head::genesis);
+            st.file = Some(file);
+            st.len = len;
+            let mut out = Vec::new();
+            st.chain.push_start(&mut out, &timestamp());
+            self.write_locked(st, out)?;
+            st.fresh = false;
+            return Ok(());
+        }
+        match head {
+            Some(h) if h.prev == st.chain.head.prev => {
+                st.file = Some(file);
+                st.len = len;
+                Ok(())
+            }
+            Some(_) => Err(AuditError::Log {
+                path: self.path.clone(),
+                message: "the file now ends with a line this writer did not write; it will not be appended to".into(),
+            }),
+            None => {
+                st.file = Some(file);
+                st.len = len;
+                let mut out = Vec::new();
+                st.chain.push_start(&mut out, &timestamp());
+                self.write_locked(st, out)
+            }
+        }
+    }
+
+    fn rotate_if_due(&self, st: &mut State) {
+        let Some(limit) = self.rotate else { return };
+        if st.len < limit {
+            return;
+        }
+        let mut out = Vec::new();
+        st.chain.push_checkpoint(&mut out, &timestamp());
+        let saved = st.chain.head;
+        if !out.is_empty() && self.write_locked(st, out).is_err() {
+            st.chain.head = saved;
+            return;
+        }
+        if let Some(f) = &st.file {
+            let _ = f.sync_data();
+        }
+        let last = st.chain.head.next_seq.saturating_sub(1);
+        let mut rotated = self.path.as_os_str().to_owned();
+        rotated.push(format!(".{last:012}"));
+        if std::fs::rename(&self.path, &rotated).is_ok() {
+            // The next record opens a new, empty file and links it with a `start` record.
+            st.file = None;
+        }
+    }
+}
+
+impl AuditSink for JsonlSink {
+    fn append(&self, entry: &Entry) -> Result<(), AuditError> {
+        let mut st = self.lock();
+        if st.closed {
+            return Err(AuditError::Closed(self.path.clone()));
+        }
+        if st.file.is_none() {
+            let saved = st.chain.head;
+            if let Err(e) = self.reopen(&mut st) {
+                st.chain.head = saved;
+                return Err(e);
+            }
+        }
+        let saved = st.chain.head;
+        let mut out = Vec::with_capacity(512);
+        match entry {
+            Entry::Decision { ts, record } => st.chain.push_record(&mut out, ts, record),
+            Entry::Gap { ts, gap } => st.chain.push_record(&mut out, ts, gap),
+        }
+        if let Err(e) = self.write_locked(&mut st, out) {
+            st.chain.head = saved;
+            return Err(e);
+        }
+        self.rotate_if_due(&mut st);
+        Ok(())
+    }
+
+    fn close(&self) -> Result<(), AuditError> {
+        let mut st = self.lock();
+        if st.closed {
+            return Ok(());
+        }
+        if st.fresh {
+            // Nothing was ever written: leave no file behind.
+            st.closed = true;
+            return Ok(());
+        }
+        if st.file.is_none() {
+            let saved = st.chain.head;
+            if let Err(e) = self.reopen(&mut st) {
+                st.chain.head = saved;
+                return Err(e);
+            }
+        }
+        let saved = st.chain.head;
+        let mut out = Vec::new();
+        st.chain.push_checkpoint(&mut out, &timestamp());
+        if !out.is_empty()
+            && let Err(e) = self.write_locked(&mut st, out)
+        {
+            st.chain.head = saved;
+            return Err(e);
+        }
+        if let Some(f) = &st.file
+            && let Err(e) = f.sync_data()
+        {
+            return Err(self.io("sync", e));
+        }
+        st.closed = true;
+        st.file = None;
+        Ok(())
+    }
+}
+
+impl Drop for JsonlSink {
+    fn drop(&mut self) {
+        let _ = self.close();
+    }
+}
+
+/// Opens `path` for appending under an exclusive lock and reads where its chain ends
+/// (`None` for an empty file).
+fn open_log(path: &Path) -> Result<(File, u64, Option<Head>), AuditError> {
+    let io = |op, source| AuditError::Io {
+        path: path.to_owned(),
+        op,
+        source,
+    };
+    let mut file = OpenOptions::new()
+        .read(true)
+        .append(true)
+        .create(true)
+        .open(path)
+        .map_err(|e| io("open", e))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            return Err(AuditError::Log {
+                path: path.to_owned(),
+                message: "another process is writing this log (it is locked)".into(),
+            });
+        }
+        Err(std::fs::TryLockError::Error(e)) => return Err(io("lock", e)),
+    }
+    let len = file.metadata().map_err(|e| io("stat", e))?.len();
+    if len == 0 {
+        return Ok((file, 0, None));
+    }
+    let from = len.saturating_sub(MAX_TAIL);
+    file.seek(SeekFrom::Start(from))
+        .map_err(|e| io("seek", e))?;
+    let mut tail = Vec::new();
+    file.read_to_end(&mut tail).map_err(|e| io("read", e))?;
+    let broken = |message: String| AuditError::Log {
+        path: path.to_owned(),
+        message,
+    };
+    let Some(body) = tail.strip_suffix(b"\n") else {
+        return Err(broken(format!(
+            "the log ends in an incomplete line (at byte {len}); check it with `capgate audit verify` and move it aside"
+        )));
+    };
+    let start = body.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    if start == 0 && from > 0 {
+        return Err(broken(format!(
+            "its last line is longer than {MAX_TAIL} bytes; this is not a capgate audit log"
+        )));
+    }
+    let last = &body[start..];
+    let seq = serde_json::from_slice::<serde_json::Value>(last)
+        .ok()
+        .and_then(|v| v.get("seq").and_then(serde_json::Value::as_u64))
+        .ok_or_else(|| {
+            broken("its last line is not an audit record with a `seq`; this is not a capgate audit log, or it was damaged (check it with `capgate audit verify`)".into())
+        })?;
+    Ok((
+        file,
+        len,
+        Some(Head {
+            next_seq: seq + 1,
+            prev: Sha256::of(last),
+            since: 0,
+        }),
+    ))
+}

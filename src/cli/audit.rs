@@ -1,0 +1,460 @@
+//! `capgate audit`: verify, query, summarise and replay audit logs.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use capgate::audit::{self, Broken, LineKind, LogLine, LogReader, Verdict};
+use capgate::signing::TrustRoot;
+use clap::{Args, Subcommand, ValueEnum};
+use serde_json::json;
+
+use super::{CliError, Exit, Report};
+
+#[derive(Debug, Subcommand)]
+pub(super) enum AuditCommand {
+    /// Check a log's hash chain and its checkpoints' signatures; name the first bad line.
+    Verify {
+        #[command(flatten)]
+        logs: Logs,
+        /// The trust root whose `audit` role signs checkpoints; without it, only the chain is
+        /// checked.
+        #[arg(long, value_name = "TRUST.yaml")]
+        trust: Option<PathBuf>,
+        /// The log is still being written: records after the last checkpoint are a warning,
+        /// not an error.
+        #[arg(long)]
+        live: bool,
+    },
+    /// List decision records, filtered.
+    Query {
+        #[command(flatten)]
+        logs: Logs,
+        #[command(flatten)]
+        filter: Filter,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// Count decisions per component, action and decision; list the most denied resources.
+    Summary {
+        #[command(flatten)]
+        logs: Logs,
+        #[command(flatten)]
+        filter: Filter,
+        /// How many of the most denied resources to list.
+        #[arg(long, default_value_t = 10)]
+        top: usize,
+    },
+    /// Decide every recorded request again under another policy; list what would change.
+    Replay {
+        #[command(flatten)]
+        logs: Logs,
+        /// The proposed policy (YAML).
+        #[arg(long, value_name = "POLICY.yaml")]
+        policy: PathBuf,
+        /// The trust root the proposed policy is verified against.
+        #[arg(long, value_name = "TRUST.yaml")]
+        trust: Option<PathBuf>,
+        /// Do not check the proposed policy's signatures (a draft not yet signed).
+        #[arg(long)]
+        allow_unsigned: bool,
+        /// Where accepted policy versions are remembered (read only here).
+        #[arg(long, value_name = "DIR", env = "CAPGATE_STATE_DIR")]
+        state_dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Args)]
+pub(super) struct Logs {
+    /// The log file(s); rotated files may be given in any order.
+    #[arg(required = true, value_name = "LOG")]
+    logs: Vec<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub(super) struct Filter {
+    /// Only this component (repeatable).
+    #[arg(long, value_name = "NAME")]
+    component: Vec<String>,
+    /// Only this action, e.g. `http.request` (repeatable).
+    #[arg(long, value_name = "ACTION")]
+    action: Vec<String>,
+    /// Only allows or only denials.
+    #[arg(long, value_enum)]
+    decision: Option<DecisionArg>,
+    /// Only records at or after this time (RFC 3339).
+    #[arg(long, value_name = "TIME", value_parser = parse_time)]
+    since: Option<time::OffsetDateTime>,
+    /// Only records before this time (RFC 3339).
+    #[arg(long, value_name = "TIME", value_parser = parse_time)]
+    until: Option<time::OffsetDateTime>,
+}
+
+fn parse_time(s: &str) -> Result<time::OffsetDateTime, String> {
+    audit::parse_ts(s)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum DecisionArg {
+    Allow,
+    Deny,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(super) enum Format {
+    /// Aligned columns.
+    Table,
+    /// One JSON object per record.
+    Json,
+}
+
+impl Filter {
+    fn keeps(&self, l: &LogLine, r: &audit::DecisionRecord) -> bool {
+        let ts = audit::parse_ts(&l.ts).ok();
+        (self.component.is_empty() || self.component.contains(&r.component))
+            && (self.action.is_empty() || self.action.contains(&r.action))
+            && self
+                .decision
+                .is_none_or(|d| (d == DecisionArg::Allow) == (r.decision == Verdict::Allow))
+            && self.since.is_none_or(|s| ts.is_some_and(|t| t >= s))
+            && self.until.is_none_or(|u| ts.is_some_and(|t| t < u))
+    }
+}
+
+pub(super) fn run(command: AuditCommand) -> Result<Report, CliError> {
+    match command {
+        AuditCommand::Verify { logs, trust, live } => verify(&logs.logs, trust.as_deref(), live),
+        AuditCommand::Query {
+            logs,
+            filter,
+            format,
+        } => query(&logs.logs, &filter, format),
+        AuditCommand::Summary { logs, filter, top } => summary(&logs.logs, &filter, top),
+        AuditCommand::Replay {
+            logs,
+            policy,
+            trust,
+            allow_unsigned,
+            state_dir,
+        } => {
+            if trust.is_none() && !allow_unsigned {
+                return Err(CliError::new(
+                    Exit::Usage,
+                    "`--trust TRUST.yaml` is required to verify the proposed policy (hint: `--allow-unsigned` replays an unsigned draft)",
+                ));
+            }
+            let src = super::run::Source {
+                policy: &policy,
+                trust: trust.as_deref(),
+                state_dir: state_dir.as_deref(),
+                allow_unsigned: trust.is_none(),
+                audit: None,
+                audit_key: None,
+            };
+            replay(&logs.logs, &src)
+        }
+    }
+}
+
+fn exists(logs: &[PathBuf]) -> Result<(), CliError> {
+    for l in logs {
+        if !l.exists() {
+            return Err(CliError::new(
+                Exit::NoInput,
+                format!("{}: no such file", l.display()),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn broken(b: Broken) -> CliError {
+    CliError::new(Exit::NoPerm, format!("audit log refused: {b}"))
+}
+
+/// Every line of the logs in chain order (rotated files sorted by their first `seq`).
+fn lines(logs: &[PathBuf]) -> Result<Vec<LogLine>, CliError> {
+    exists(logs)?;
+    let mut files: Vec<(u64, &Path)> = Vec::new();
+    for f in logs {
+        let first = open(f)?.next().transpose().map_err(broken)?;
+        files.push((first.map_or(0, |l| l.seq), f));
+    }
+    files.sort();
+    let mut out = Vec::new();
+    for (_, f) in files {
+        for l in open(f)? {
+            out.push(l.map_err(broken)?);
+        }
+    }
+    Ok(out)
+}
+
+fn open(f: &Path) -> Result<LogReader, CliError> {
+    LogReader::open(f)
+        .map_err(|e| CliError::new(Exit::IoErr, format!("cannot read `{}`: {e}", f.display())))
+}
+
+fn verify(logs: &[PathBuf], trust: Option<&Path>, live: bool) -> Result<Report, CliError> {
+    exists(logs)?;
+    let trust = trust.map(TrustRoot::load).transpose()?;
+    let v = audit::verify(logs, trust.as_ref(), live).map_err(broken)?;
+    for w in &v.warnings {
+        eprintln!("warning: {w}");
+    }
+    let (first, last) = v.seqs.unwrap_or_default();
+    let mut text = format!(
+        "ok: {} records intact (seq {first}..={last}): {} decisions",
+        v.records, v.decisions
+    );
+    if v.gaps > 0 {
+        text.push_str(&format!(
+            ", {} gap(s) where {} records were lost",
+            v.gaps, v.missed
+        ));
+    }
+    if v.checkpoints > 0 {
+        text.push_str(&format!(
+            "; {} checkpoint(s) signed by {}{}",
+            v.checkpoints,
+            v.signers.iter().cloned().collect::<Vec<_>>().join(", "),
+            if v.sealed {
+                ", the last at the end of the log"
+            } else {
+                ""
+            }
+        ));
+    }
+    Ok(Report::new(
+        text,
+        json!({"ok": true, "records": v.records, "decisions": v.decisions, "gaps": v.gaps, "missed": v.missed,
+               "checkpoints": v.checkpoints, "signers": v.signers, "first_seq": first, "last_seq": last,
+               "sealed": v.sealed, "warnings": v.warnings}),
+    ))
+}
+
+fn decisions<'a>(
+    lines: &'a [LogLine],
+    filter: &'a Filter,
+) -> impl Iterator<Item = (&'a LogLine, &'a audit::DecisionRecord)> {
+    lines.iter().filter_map(move |l| match &l.kind {
+        LineKind::Decision(r) if filter.keeps(l, r) => Some((l, &**r)),
+        _ => None,
+    })
+}
+
+fn query(logs: &[PathBuf], filter: &Filter, format: Format) -> Result<Report, CliError> {
+    let lines = lines(logs)?;
+    let rows: Vec<_> = decisions(&lines, filter).collect();
+    let json_rows: Vec<serde_json::Value> = rows
+        .iter()
+        .map(|(l, r)| {
+            let mut v = serde_json::to_value(r).unwrap_or_default();
+            if let Some(o) = v.as_object_mut() {
+                o.insert("seq".into(), l.seq.into());
+                o.insert("ts".into(), l.ts.clone().into());
+            }
+            v
+        })
+        .collect();
+    let text = match format {
+        Format::Json => json_rows
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("\n"),
+        Format::Table => {
+            let mut table = vec![[
+                "SEQ".to_owned(),
+                "TIME".to_owned(),
+                "COMPONENT".to_owned(),
+                "ACTION".to_owned(),
+                "DECISION".to_owned(),
+                "RESOURCE".to_owned(),
+                "BY".to_owned(),
+            ]];
+            for (l, r) in &rows {
+                let by = if r.errors.is_empty() {
+                    r.reasons.join(",")
+                } else {
+                    r.errors.join("; ")
+                };
+                table.push([
+                    l.seq.to_string(),
+                    l.ts.clone(),
+                    r.component.clone(),
+                    r.action.clone(),
+                    r.decision.to_string(),
+                    r.resource.clone(),
+                    if by.is_empty() {
+                        "(no grant)".into()
+                    } else {
+                        by
+                    },
+                ]);
+            }
+            render(&table)
+        }
+    };
+    Ok(Report::new(
+        if rows.is_empty() {
+            "(no matching records)".into()
+        } else {
+            text
+        },
+        json!({"records": json_rows}),
+    ))
+}
+
+fn render<const N: usize>(rows: &[[String; N]]) -> String {
+    let mut widths = [0usize; N];
+    for r in rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    rows.iter()
+        .map(|r| {
+            let cells: Vec<String> = r
+                .iter()
+                .zip(widths)
+                .enumerate()
+                .map(|(i, (c, w))| {
+                    if i + 1 == N {
+                        c.clone()
+                    } else {
+                        format!("{c:<w$}")
+                    }
+                })
+                .collect();
+            cells.join("  ").trim_end().to_owned()
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn summary(logs: &[PathBuf], filter: &Filter, top: usize) -> Result<Report, CliError> {
+    let lines = lines(logs)?;
+    let mut counts: BTreeMap<(String, String, Verdict), u64> = BTreeMap::new();
+    let mut denied: BTreeMap<(String, String, String), u64> = BTreeMap::new();
+    let mut total = 0u64;
+    for (_, r) in decisions(&lines, filter) {
+        total += 1;
+        *counts
+            .entry((r.component.clone(), r.action.clone(), r.decision))
+            .or_default() += 1;
+        if r.decision == Verdict::Deny {
+            *denied
+                .entry((r.component.clone(), r.action.clone(), r.resource.clone()))
+                .or_default() += 1;
+        }
+    }
+    let mut top_denied: Vec<_> = denied.into_iter().collect();
+    top_denied.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    top_denied.truncate(top);
+    let gaps: u64 = lines
+        .iter()
+        .map(|l| match &l.kind {
+            LineKind::Gap(g) => g.missed,
+            _ => 0,
+        })
+        .sum();
+
+    let mut table = vec![[
+        "COMPONENT".to_owned(),
+        "ACTION".to_owned(),
+        "DECISION".to_owned(),
+        "COUNT".to_owned(),
+    ]];
+    for ((c, a, d), n) in &counts {
+        table.push([c.clone(), a.clone(), d.to_string(), n.to_string()]);
+    }
+    let mut text = format!("{total} decisions\n{}", render(&table));
+    if !top_denied.is_empty() {
+        let mut t = vec![[
+            "COUNT".to_owned(),
+            "COMPONENT".to_owned(),
+            "ACTION".to_owned(),
+            "RESOURCE".to_owned(),
+        ]];
+        for ((c, a, r), n) in &top_denied {
+            t.push([n.to_string(), c.clone(), a.clone(), r.clone()]);
+        }
+        text.push_str(&format!("\n\nmost denied\n{}", render(&t)));
+    }
+    if gaps > 0 {
+        text.push_str(&format!(
+            "\n\nwarning: the log records {gaps} lost record(s) (gap records)"
+        ));
+    }
+    Ok(Report::new(
+        text,
+        json!({
+            "decisions": total,
+            "counts": counts.iter().map(|((c, a, d), n)| json!({"component": c, "action": a, "decision": d, "count": n})).collect::<Vec<_>>(),
+            "top_denied": top_denied.iter().map(|((c, a, r), n)| json!({"component": c, "action": a, "resource": r, "count": n})).collect::<Vec<_>>(),
+            "missed": gaps,
+        }),
+    ))
+}
+
+fn replay(logs: &[PathBuf], src: &super::run::Source<'_>) -> Result<Report, CliError> {
+    let lines = lines(logs)?;
+    let policy = super::run::load(src, false)?;
+    let name = &policy.policy().name;
+    let decisions = lines
+        .iter()
+        .filter(|l| matches!(l.kind, LineKind::Decision(_)))
+        .count();
+    let other: usize = lines
+        .iter()
+        .filter(|l| matches!(&l.kind, LineKind::Decision(r) if &r.policy.name != name))
+        .count();
+    if other > 0 {
+        eprintln!(
+            "warning: {other} record(s) were made under a policy not named `{name}`; they are replayed all the same"
+        );
+    }
+    let changes = audit::replay(lines.into_iter().map(Ok), &policy).map_err(broken)?;
+    let tightened = changes.iter().filter(|c| c.was() == Verdict::Allow).count();
+    let mut text = format!(
+        "replayed {decisions} decisions under `{name}` version {}: {} would change ({tightened} allow → deny, {} deny → allow)",
+        policy.policy().version,
+        changes.len(),
+        changes.len() - tightened
+    );
+    for c in &changes {
+        let was = if c.record.reasons.is_empty() && c.record.errors.is_empty() {
+            "no grant".to_owned()
+        } else if c.record.errors.is_empty() {
+            c.record.reasons.join(", ")
+        } else {
+            c.record.errors.join("; ")
+        };
+        text.push_str(&format!(
+            "\n{}:{} seq {}: {} {} {}: {} → {} ({}; was: {was})",
+            c.file.display(),
+            c.line,
+            c.seq,
+            c.record.component,
+            c.record.action,
+            c.record.resource,
+            c.was(),
+            if c.now.allowed { "allow" } else { "deny" },
+            c.now.explain()
+        ));
+    }
+    let json_changes: Vec<serde_json::Value> = changes
+        .iter()
+        .map(|c| {
+            json!({"file": c.file, "line": c.line, "seq": c.seq, "component": c.record.component,
+                   "action": c.record.action, "resource": c.record.resource, "was": c.was(),
+                   "was_reasons": c.record.reasons, "now": if c.now.allowed { "allow" } else { "deny" },
+                   "now_reasons": c.now.reasons, "now_errors": c.now.errors})
+        })
+        .collect();
+    Ok(Report::new(
+        text,
+        json!({"decisions": decisions, "changes": json_changes}),
+    ))
+}
