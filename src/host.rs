@@ -19,6 +19,7 @@ use wasmtime_wasi::sockets::WasiSocketsCtxView;
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::grant::dns::{FilteredDns, FilteredDnsData, LookupGuard};
+use crate::grant::fs::{FsGuard, GuardedFs, GuardedFsData};
 use crate::grant::http::HttpGuard;
 use crate::grant::{self, DecisionObserver, LimitHit, Limiter, Recorder};
 use crate::verified::VerifiedPolicy;
@@ -188,6 +189,7 @@ pub(crate) struct State {
     http: WasiHttpCtx,
     hooks: HttpGuard,
     lookup: LookupGuard,
+    fs: FsGuard,
 }
 
 impl State {
@@ -213,6 +215,16 @@ impl WasiHttpView for State {
             table: &mut self.table,
             hooks: &mut self.hooks,
         }
+    }
+}
+
+fn guarded_fs(s: &mut State) -> GuardedFs<'_> {
+    GuardedFs {
+        inner: wasmtime_wasi::filesystem::WasiFilesystemCtxView {
+            ctx: s.wasi.filesystem(),
+            table: &mut s.table,
+        },
+        guard: &mut s.fs,
     }
 }
 
@@ -251,6 +263,17 @@ impl Host {
         linker.allow_shadowing(true);
         wasmtime_wasi::p2::bindings::sockets::ip_name_lookup::add_to_linker::<State, FilteredDnsData>(&mut linker, filtered_dns)
             .map_err(setup)?;
+        // Put the filesystem adapter in front of every filesystem call (see `grant::fs`).
+        wasmtime_wasi::p2::bindings::filesystem::types::add_to_linker::<State, GuardedFsData>(
+            &mut linker,
+            guarded_fs,
+        )
+        .map_err(setup)?;
+        wasmtime_wasi::p2::bindings::filesystem::preopens::add_to_linker::<State, GuardedFsData>(
+            &mut linker,
+            guarded_fs,
+        )
+        .map_err(setup)?;
         linker.allow_shadowing(false);
         let stop = Arc::new(AtomicBool::new(false));
         let (e, s) = (engine.weak(), stop.clone());
@@ -554,6 +577,7 @@ pub(crate) fn new_store(
                 recorder: lo,
                 component: lc,
             },
+            fs: FsGuard::new(policy.clone(), recorder.clone(), spec.name.clone()),
         },
     );
     store.limiter(|s| &mut s.limiter);

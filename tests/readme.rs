@@ -52,6 +52,12 @@ fn readme_quick_start_runs() {
     assert!(stdout.contains("ok: policy `demo` version 1"), "{stdout}");
     assert!(stdout.contains("refused, exit 77"), "{stdout}");
     assert!(stdout.contains("200 image/png"), "{stdout}");
+    assert!(stdout.contains("records intact"), "{stdout}");
+    assert!(stdout.contains("checkpoint(s) signed by auditor"), "{stdout}");
+    assert!(
+        stdout.contains("http-handler  call") && stdout.contains("#admin-stats"),
+        "{stdout}"
+    );
     assert!(
         stdout.contains("call from `http-handler` to `image-processor` example:image/image-processor@0.1.0#admin-stats denied: no grant matches"),
         "{stdout}"

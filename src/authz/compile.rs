@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr as _;
 
 use cedar_policy::{
-    ActionConstraint, Entity, EntityId, EntityTypeName, EntityUid, Policy as CedarPolicy, PolicyId,
-    PolicySet, PrincipalConstraint, RestrictedExpression, Schema, ValidationMode, Validator,
+    Entity, EntityId, EntityTypeName, EntityUid, Policy as CedarPolicy, PolicyId, PolicySet,
+    PrincipalConstraint, RestrictedExpression, Schema, ValidationMode, Validator,
 };
 use miette::Diagnostic as _;
 
@@ -207,15 +207,6 @@ pub(super) fn compile(
                     Some("add `@id(\"a-name\")` before `permit` or `forbid`, so decisions can name it".into()),
                 ));
             };
-            if targets_files(p) {
-                return Err(invalid(
-                    &src.path,
-                    &src.text,
-                    offset,
-                    format!("rule `{id}` is about files (`fs.read`/`fs.write` or `Path`), which rules cannot refine yet: file access is decided by the mounts of `files` alone"),
-                    Some("express it with `files` (a narrower mount, or `access: read-only`); capgate refuses the rule rather than ignore it".into()),
-                ));
-            }
             let renamed = p.new_id(PolicyId::new(id));
             if all.policy(renamed.id()).is_some() {
                 let other = match origins.get(id) {
@@ -325,22 +316,6 @@ pub(super) fn compile(
         }
     }
     Ok(Compiled { slices, lints })
-}
-
-/// Does this rule name a file action or the `Path` type? Such rules would not be enforced
-/// (no decision point asks about paths yet), so they are refused rather than ignored.
-fn targets_files(p: &CedarPolicy) -> bool {
-    let is_fs = |uid: &EntityUid| {
-        uid.type_name().to_string() == "Action" && uid.id().unescaped().starts_with("fs.")
-    };
-    let action = match p.action_constraint() {
-        ActionConstraint::Eq(a) => is_fs(&a),
-        ActionConstraint::In(list) => list.iter().any(is_fs),
-        ActionConstraint::Any => false,
-    };
-    action
-        || p.to_cedar()
-            .is_some_and(|t| t.contains("is Path") || t.contains("Path::"))
 }
 
 #[cfg(test)]

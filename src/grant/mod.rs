@@ -7,6 +7,7 @@
 //! denies.
 
 pub(crate) mod dns;
+pub(crate) mod fs;
 pub(crate) mod http;
 mod limits;
 
