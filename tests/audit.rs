@@ -67,7 +67,7 @@ fn every_kind_of_decision_from_real_guests_is_recorded_with_its_fields() {
     let sb = Sandbox::new();
     let pong = pong_server("127.0.0.1:0").unwrap().port();
     let web = http_server("127.0.0.1:0").unwrap().port();
-    sb.write("secret/token.txt", "token-123\n");
+    sb.write("data/a.txt", "hello\n");
     let policy = format!(
         "capgate: 1
 name: audited
@@ -76,6 +76,7 @@ audit: {{ level: all, log: audit.jsonl, checkpoint_every: 4 }}
 components:
   probe:
     component: probe.wasm
+    files: [{{ host: data, guest: /data, access: read-only }}]
     network:
       connect: [tcp://127.0.0.1:{pong}]
       lookup: [localhost]
@@ -108,6 +109,12 @@ components:
         argv.extend_from_slice(args);
         sb.capgate(argv)
     };
+    run("probe", &["read", "/data/a.txt"])
+        .expect(0)
+        .stdout_has("ok:");
+    run("probe", &["write", "/data/a.txt", "x"])
+        .expect(0)
+        .stdout_has("err:");
     let ok = format!("127.0.0.1:{pong}");
     let other = format!("127.0.0.1:{}", pong.wrapping_add(1));
     run("probe", &["connect", &ok]).expect(0).stdout_has("ok:");
@@ -142,6 +149,12 @@ components:
     let policy_sha = sha256_hex(&sb.path("policy.yaml"));
     let probe_sha = sha256_hex(&sb.path("probe.wasm"));
 
+    decided(
+        find(&recs, "fs.read", "/data/a.txt"),
+        "allow",
+        &["probe.files[0]"],
+    );
+    decided(find(&recs, "fs.write", "/data/a.txt"), "deny", &[]);
     let r = find(&recs, "net.connect", &format!("tcp://{ok}"));
     decided(r, "allow", &["probe.network.connect[0]"]);
     assert_eq!(r["component"], "probe");
@@ -201,11 +214,11 @@ components:
         &[],
     );
 
-    // Seven runs appended to one chain, each closed with a signed checkpoint.
+    // Nine runs appended to one chain, each closed with a signed checkpoint.
     let seqs: Vec<u64> = recs.iter().map(|r| r["seq"].as_u64().unwrap()).collect();
     assert_eq!(seqs, (0..seqs.len() as u64).collect::<Vec<_>>());
     let starts = recs.iter().filter(|r| r["type"] == "start").count();
-    assert_eq!(starts, 7);
+    assert_eq!(starts, 9);
     let v = sb.capgate([
         "--log-format",
         "json",
@@ -217,7 +230,7 @@ components:
     ]);
     v.expect(0);
     let report: Value = serde_json::from_str(v.stdout.trim()).unwrap();
-    assert_eq!(report["decisions"], 8, "{report}");
+    assert_eq!(report["decisions"], 10, "{report}");
     assert_eq!(report["sealed"], true);
     assert_eq!(report["signers"][0], "auditor");
 
@@ -239,7 +252,7 @@ components:
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert_eq!(rows.len(), 3, "{}", q.stdout);
+    assert_eq!(rows.len(), 4, "{}", q.stdout);
     assert!(
         rows.iter()
             .all(|r| r["component"] == "probe" && r["decision"] == "deny")
@@ -248,7 +261,7 @@ components:
     let s = sb.capgate(["--log-format", "json", "audit", "summary", "audit.jsonl"]);
     s.expect(0);
     let summary: Value = serde_json::from_str(s.stdout.trim()).unwrap();
-    assert_eq!(summary["decisions"], 8);
+    assert_eq!(summary["decisions"], 10);
     let count = |c: &str, a: &str, d: &str| {
         summary["counts"]
             .as_array()
@@ -260,7 +273,7 @@ components:
     assert_eq!(count("probe", "net.connect", "allow"), 1);
     assert_eq!(count("probe", "net.connect", "deny"), 1);
     assert_eq!(count("client", "call", "deny"), 1);
-    assert_eq!(summary["top_denied"].as_array().unwrap().len(), 4);
+    assert_eq!(summary["top_denied"].as_array().unwrap().len(), 5);
 }
 
 // ---- library fixtures: a policy whose decisions need no guest --------------------------------

@@ -113,7 +113,12 @@ fn a_forbidden_subpath_is_denied_while_its_sibling_is_allowed() {
     // A symlink the guest makes cannot point into it (and following one would be refused).
     let r = probe(&["symlink", "/static", "../private/secret.txt", "public/mine"]);
     r.expect(0);
-    assert!(r.stdout.contains("name: \"access\""), "{}\n{}", r.stdout, r.stderr);
+    assert!(
+        r.stdout.contains("name: \"access\""),
+        "{}\n{}",
+        r.stdout,
+        r.stderr
+    );
     // Control: a guest-made link to a sibling works.
     ok(
         &probe(&["symlink", "/static", "a.txt", "public/mine"]),

@@ -53,7 +53,10 @@ fn readme_quick_start_runs() {
     assert!(stdout.contains("refused, exit 77"), "{stdout}");
     assert!(stdout.contains("200 image/png"), "{stdout}");
     assert!(stdout.contains("records intact"), "{stdout}");
-    assert!(stdout.contains("checkpoint(s) signed by auditor"), "{stdout}");
+    assert!(
+        stdout.contains("checkpoint(s) signed by auditor"),
+        "{stdout}"
+    );
     assert!(
         stdout.contains("http-handler  call") && stdout.contains("#admin-stats"),
         "{stdout}"
