@@ -24,6 +24,7 @@ pub const MAX_ARTIFACT_BYTES: u64 = 512 * 1024 * 1024;
 #[derive(Debug, Clone)]
 pub struct VerifiedPolicy {
     /// Distinguishes verified policies within this process (clones share it).
+    #[cfg_attr(not(feature = "runtime"), allow(dead_code))]
     id: u64,
     policy: Policy,
     authority: Authority,
@@ -117,6 +118,7 @@ impl VerifiedPolicy {
     }
 
     /// An identifier of this verification, unique within the process.
+    #[cfg_attr(not(feature = "runtime"), allow(dead_code))]
     pub(crate) fn id(&self) -> u64 {
         self.id
     }

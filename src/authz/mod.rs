@@ -21,6 +21,7 @@ use std::sync::{Arc, Mutex};
 use cedar_policy::{Authorizer, Entities, Entity, PolicySet};
 
 pub use compile::{Identity, Lint, SCHEMA};
+#[cfg(feature = "runtime")]
 pub(crate) use request::normalise;
 pub use request::{Action, Request};
 
