@@ -211,6 +211,9 @@ fn find_cycle(root: &str, links: &BTreeMap<String, Vec<Link>>) -> Result<(), Run
 struct Live {
     store: Store<State>,
     instance: Instance,
+    /// Functions already looked up, by (export, function). Each lookup makes a new handle
+    /// that lives as long as the store, so they are looked up once per instance.
+    funcs: std::collections::HashMap<(Option<String>, String), wasmtime::component::Func>,
 }
 
 /// A component other components call, and its (lazily started) instance.
@@ -311,48 +314,23 @@ impl Callee {
                             e.root_cause()
                         ))
                     })?;
-                slot.insert(Live { store, instance })
+                slot.insert(Live {
+                    store,
+                    instance,
+                    funcs: Default::default(),
+                })
             }
         };
         crate::host::arm_limits(&mut live.store, &spec.limits);
-        let parent = match export {
-            None => None,
-            Some(e) => {
-                let full = self
-                    .component
-                    .component_type()
-                    .exports(&self.engine)
-                    .map(|(n, _)| n.to_owned())
-                    .filter(|n| n == e || base_name(n) == base_name(e))
-                    .min_by_key(|n| n != e)
-                    .ok_or_else(|| {
-                        InvokeError::Args(format!(
-                            "component `{}` does not export `{e}`",
-                            self.name
-                        ))
-                    })?;
-                Some(
-                    live.instance
-                        .get_export_index(&mut live.store, None, &full)
-                        .ok_or_else(|| {
-                            InvokeError::Args(format!(
-                                "component `{}` does not export `{e}`",
-                                self.name
-                            ))
-                        })?,
-                )
+        let key = (export.map(str::to_owned), function.to_owned());
+        let func = match live.funcs.get(&key) {
+            Some(f) => *f,
+            None => {
+                let f = self.lookup(live, export, function)?;
+                live.funcs.insert(key, f);
+                f
             }
         };
-        let func = live
-            .instance
-            .get_export_index(&mut live.store, parent.as_ref(), function)
-            .and_then(|i| live.instance.get_func(&mut live.store, i))
-            .ok_or_else(|| {
-                InvokeError::Args(format!(
-                    "component `{}` has no exported function `{function}`",
-                    self.name
-                ))
-            })?;
         let ty = func.ty(&live.store);
         let args = params(&ty).map_err(InvokeError::Args)?;
         let n = if want == usize::MAX {
@@ -389,6 +367,52 @@ impl Callee {
                 )))
             }
         }
+    }
+
+    /// Finds `export#function` (or the top-level `function`) in a live instance.
+    fn lookup(
+        &self,
+        live: &mut Live,
+        export: Option<&str>,
+        function: &str,
+    ) -> Result<wasmtime::component::Func, InvokeError> {
+        let parent = match export {
+            None => None,
+            Some(e) => {
+                let full = self
+                    .component
+                    .component_type()
+                    .exports(&self.engine)
+                    .map(|(n, _)| n.to_owned())
+                    .filter(|n| n == e || base_name(n) == base_name(e))
+                    .min_by_key(|n| n != e)
+                    .ok_or_else(|| {
+                        InvokeError::Args(format!(
+                            "component `{}` does not export `{e}`",
+                            self.name
+                        ))
+                    })?;
+                Some(
+                    live.instance
+                        .get_export_index(&mut live.store, None, &full)
+                        .ok_or_else(|| {
+                            InvokeError::Args(format!(
+                                "component `{}` does not export `{e}`",
+                                self.name
+                            ))
+                        })?,
+                )
+            }
+        };
+        live.instance
+            .get_export_index(&mut live.store, parent.as_ref(), function)
+            .and_then(|i| live.instance.get_func(&mut live.store, i))
+            .ok_or_else(|| {
+                InvokeError::Args(format!(
+                    "component `{}` has no exported function `{function}`",
+                    self.name
+                ))
+            })
     }
 }
 

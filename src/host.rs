@@ -548,6 +548,16 @@ pub(crate) fn describe_failure(
     }
 }
 
+/// Resources (files, sockets, streams, pollables) one instance may hold at once: a backstop
+/// against exhausting the host's descriptors; past it the guest traps.
+const MAX_RESOURCES: usize = 8192;
+
+fn resource_table() -> ResourceTable {
+    let mut t = ResourceTable::new();
+    t.set_max_capacity(MAX_RESOURCES);
+    t
+}
+
 /// A store for `spec`'s component: its own WASI context, HTTP and DNS guards, and limiter.
 pub(crate) fn new_store(
     engine: &Engine,
@@ -564,7 +574,7 @@ pub(crate) fn new_store(
         engine,
         State {
             wasi,
-            table: ResourceTable::new(),
+            table: resource_table(),
             limiter: Limiter::new(spec.limits.memory.bytes()),
             http: WasiHttpCtx::new(),
             hooks: HttpGuard {
@@ -577,7 +587,12 @@ pub(crate) fn new_store(
                 recorder: lo,
                 component: lc,
             },
-            fs: FsGuard::new(policy.clone(), recorder.clone(), spec.name.clone()),
+            fs: FsGuard::new(
+                policy.clone(),
+                recorder.clone(),
+                spec.name.clone(),
+                spec.limits.files,
+            ),
         },
     );
     store.limiter(|s| &mut s.limiter);

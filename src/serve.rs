@@ -172,6 +172,9 @@ pub async fn serve(
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
+            // Reap finished connections as they end, or the set keeps one entry per
+            // connection ever served.
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
             accepted = listener.accept() => {
                 let Ok((stream, _)) = accepted else { continue };
                 let served = served.clone();

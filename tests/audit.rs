@@ -393,6 +393,7 @@ fn audit_verify_names_the_first_bad_line_of_each_tampering() {
         let mut cp: Value = serde_json::from_str(&original[4]).unwrap();
         let message = audit::checkpoint_message(
             cp["seq"].as_u64().unwrap(),
+            cp["ts"].as_str().unwrap(),
             &cp["prev"].as_str().unwrap().parse().unwrap(),
         );
         cp["signatures"] =

@@ -36,7 +36,7 @@ components:
     env_from_host: [CAPGATE_VISIBLE]
     network:
       connect: [tcp://127.0.0.1:{port}]
-    limits: {{ memory: 32MiB, timeout: 2s }}
+    limits: {{ memory: 32MiB, timeout: 2s, files: 64 }}
   probe-fuel:
     component: probe.wasm
     limits: {{ fuel: 50000000 }}
@@ -344,6 +344,17 @@ fn limits_stop_hostile_guests_with_the_limit_named() {
         Duration::ZERO,
         "component `probe-fuel` stopped: fuel limit of 50000000 exhausted (`limits.fuel`)",
     );
+    // Open files: past `limits.files` an open fails (the guest sees an error it can handle);
+    // below it, the same opens work.
+    let r = f.probe(&["open-many", "/data/a.txt", "5000"]);
+    r.expect(0);
+    assert!(
+        r.stdout.starts_with("err: after 64: "),
+        "{}\n{}",
+        r.stdout,
+        r.stderr
+    );
+    ok(&f.probe(&["open-many", "/data/a.txt", "60"]), "60");
     // Controls: the same components run normally within their limits.
     ok(&f.probe(&["read", "/data/a.txt"]), "\"hello\\n\"");
     let r = f.run("probe-fuel", &["env", "NONE"]);

@@ -13,7 +13,7 @@ use common::{Sandbox, guests};
 struct Server {
     child: Child,
     addr: String,
-    stderr: BufReader<std::process::ChildStderr>,
+    stderr: Option<BufReader<std::process::ChildStderr>>,
 }
 
 impl Drop for Server {
@@ -23,19 +23,21 @@ impl Drop for Server {
     }
 }
 
-fn start(sb: &Sandbox) -> Server {
+fn start(sb: &Sandbox, extra: &[&str]) -> Server {
+    let mut args = vec![
+        "serve",
+        "--policy",
+        "policies/image-service/policy.yaml",
+        "--trust",
+        "trust.yaml",
+        "--component",
+        "http-handler",
+        "--listen",
+        "127.0.0.1:0",
+    ];
+    args.extend_from_slice(extra);
     let mut child = sb
-        .command([
-            "serve",
-            "--policy",
-            "policies/image-service/policy.yaml",
-            "--trust",
-            "trust.yaml",
-            "--component",
-            "http-handler",
-            "--listen",
-            "127.0.0.1:0",
-        ])
+        .command(args)
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
         .spawn()
@@ -58,7 +60,7 @@ fn start(sb: &Sandbox) -> Server {
     Server {
         child,
         addr,
-        stderr,
+        stderr: Some(stderr),
     }
 }
 
@@ -157,10 +159,10 @@ fn sandbox() -> Sandbox {
         let dst = format!("examples/image-service/build/{}.wasm", g.replace('-', "_"));
         sb.write(&dst, std::fs::read(guests::guest(g)).unwrap());
     }
-    sb.keys(&["release", "alice"]);
+    sb.keys(&["release", "alice", "auditor"]);
     sb.write(
         "trust.yaml",
-        "capgate-trust: 1\nkeys: { release: keys/release.pub, alice: keys/alice.pub }\nroles:\n  artifact: { keys: [release], threshold: 1 }\n  policy: { keys: [alice], threshold: 1 }\n",
+        "capgate-trust: 1\nkeys: { release: keys/release.pub, alice: keys/alice.pub, auditor: keys/auditor.pub }\nroles:\n  artifact: { keys: [release], threshold: 1 }\n  policy: { keys: [alice], threshold: 1 }\n  audit: { keys: [auditor], threshold: 1 }\n",
     );
     for f in [
         "examples/image-service/build/http_handler.wasm",
@@ -183,7 +185,7 @@ fn sandbox() -> Sandbox {
 #[test]
 fn the_image_service_filters_real_pngs_through_capgate_serve() {
     let sb = sandbox();
-    let mut server = start(&sb);
+    let mut server = start(&sb, &[]);
     let (png_in, pixels) = test_png(7, 5);
 
     let (status, body) = request(&server.addr, "POST", "/dimensions", &png_in);
@@ -235,7 +237,12 @@ fn the_image_service_filters_real_pngs_through_capgate_serve() {
     );
     let status = server.child.wait().unwrap();
     let mut rest = String::new();
-    server.stderr.read_to_string(&mut rest).unwrap();
+    server
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut rest)
+        .unwrap();
     assert!(status.success(), "exit {status:?}\n{rest}");
     assert!(rest.contains("capgate: denied `http-handler` call image-processor/example:image/image-processor@0.1.0#admin-stats"), "{rest}");
     assert!(rest.contains("shutting down"), "{rest}");
@@ -257,4 +264,142 @@ fn serving_a_component_that_is_not_a_handler_is_refused() {
     ]);
     r.expect(65)
         .stderr_has("it cannot serve HTTP (it must export `wasi:http/incoming-handler`)");
+}
+
+/// The resident memory of a process, from `/proc/PID/status`, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .expect("VmRSS")
+}
+
+/// `capgate serve` under load from several client threads for a bounded time
+/// (`CAPGATE_LOAD_SECS`, default 5): a mix of allowed requests and requests whose call the
+/// policy denies. Every allowed request succeeds, every denial is in the audit log, the
+/// server's memory does not grow with the number of requests, and the log verifies.
+#[test]
+fn serve_under_load_answers_every_allowed_request_and_audits_every_denial() {
+    const CLIENTS: usize = 4;
+    let secs: u64 = std::env::var("CAPGATE_LOAD_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5);
+    let sb = sandbox();
+    let mut server = start(
+        &sb,
+        &["--audit", "audit.jsonl", "--audit-key", "keys/auditor.key"],
+    );
+    let addr = server.addr.clone();
+    // The server reports each denial on stderr: keep reading it, or the pipe fills up.
+    let mut stderr = server.stderr.take().unwrap();
+    let drain = std::thread::spawn(move || {
+        let mut all = String::new();
+        let _ = stderr.read_to_string(&mut all);
+        all
+    });
+    let (png_in, _) = test_png(16, 9);
+    let png_in = std::sync::Arc::new(png_in);
+
+    let run = |until: std::time::Instant| {
+        let handles: Vec<_> = (0..CLIENTS)
+            .map(|c| {
+                let (addr, png) = (addr.clone(), png_in.clone());
+                std::thread::spawn(move || {
+                    let (mut allowed, mut denied, mut errors) = (0u64, 0u64, Vec::new());
+                    let mut i = c;
+                    while std::time::Instant::now() < until {
+                        i += 1;
+                        if i % 4 == 0 {
+                            let (status, body) = request(&addr, "GET", "/admin", b"");
+                            if status == 500
+                                && String::from_utf8_lossy(&body).contains("admin-stats denied")
+                            {
+                                denied += 1;
+                            } else {
+                                errors.push(format!("/admin: {status}"));
+                            }
+                        } else {
+                            let (status, body) = request(&addr, "POST", "/dimensions", &png);
+                            if status == 200 && body.trim_ascii() == b"{\"width\":16,\"height\":9}"
+                            {
+                                allowed += 1;
+                            } else {
+                                errors.push(format!(
+                                    "/dimensions: {status} {}",
+                                    String::from_utf8_lossy(&body)
+                                ));
+                            }
+                        }
+                    }
+                    (allowed, denied, errors)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).fold(
+            (0, 0, Vec::new()),
+            |(a, d, mut e), (a2, d2, e2)| {
+                e.extend(e2);
+                (a + a2, d + d2, e)
+            },
+        )
+    };
+
+    // Warm up (instances, caches), then measure memory before and after the main run.
+    let warm = run(std::time::Instant::now() + std::time::Duration::from_secs(1));
+    let before = rss_kib(server.child.id());
+    let main = run(std::time::Instant::now() + std::time::Duration::from_secs(secs));
+    let after = rss_kib(server.child.id());
+    let (allowed, denied) = (warm.0 + main.0, warm.1 + main.1);
+    eprintln!(
+        "load: {secs}s, {CLIENTS} clients: {allowed} allowed and {denied} denied requests ({:.0}/s); RSS {before} KiB -> {after} KiB",
+        (main.0 + main.1) as f64 / secs as f64
+    );
+    assert!(
+        warm.2.is_empty() && main.2.is_empty(),
+        "errors: {:?} {:?}",
+        warm.2,
+        main.2
+    );
+    assert!(main.0 > 0 && main.1 > 0, "the load did not run: {main:?}");
+    // Memory flat: the main run served many times the warm-up's requests; allow for the
+    // allocator's slack, not for growth per request.
+    assert!(
+        after < before + 32 * 1024,
+        "resident memory grew from {before} KiB to {after} KiB over {} requests",
+        main.0 + main.1
+    );
+
+    assert!(
+        Command::new("kill")
+            .args(["-INT", &server.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    assert!(server.child.wait().unwrap().success());
+    let stderr = drain.join().unwrap();
+    assert_eq!(
+        stderr.matches("denied `http-handler` call").count() as u64,
+        denied,
+        "every denial is reported on stderr too"
+    );
+
+    // Every denial is in the log, and so is every allowed call (the policy records all).
+    let log = std::fs::read_to_string(sb.path("audit.jsonl")).unwrap();
+    let count = |function: &str, decision: &str| {
+        log.lines()
+            .filter(|l| {
+                l.contains(&format!("#{function}\""))
+                    && l.contains(&format!("\"decision\":\"{decision}\""))
+            })
+            .count() as u64
+    };
+    assert_eq!(count("admin-stats", "deny"), denied);
+    assert_eq!(count("get-dimensions", "allow"), allowed);
+    sb.capgate(["audit", "verify", "audit.jsonl", "--trust", "trust.yaml"])
+        .expect(0)
+        .stdout_has("checkpoint(s) signed by auditor, the last at the end of the log");
 }

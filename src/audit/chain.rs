@@ -14,9 +14,10 @@ use super::Sha256;
 /// DSSE payload type of a checkpoint signature.
 pub const CHECKPOINT_PAYLOAD_TYPE: &str = "application/vnd.capgate.audit-checkpoint+json";
 
-/// The bytes a checkpoint's signatures are over.
-pub fn checkpoint_message(seq: u64, head: &Sha256) -> Vec<u8> {
-    let body = json!({"capgate-checkpoint": 1, "seq": seq, "head": head.to_string()});
+/// The bytes a checkpoint's signatures are over: its `seq`, its `ts` and the hash of the line
+/// before it (`head`), so no byte of a log's final checkpoint can change unnoticed.
+pub fn checkpoint_message(seq: u64, ts: &str, head: &Sha256) -> Vec<u8> {
+    let body = json!({"capgate-checkpoint": 1, "seq": seq, "ts": ts, "head": head.to_string()});
     pae(CHECKPOINT_PAYLOAD_TYPE, body.to_string().as_bytes())
 }
 
@@ -140,7 +141,7 @@ impl Chain {
         if self.head.since == 0 {
             return;
         }
-        let message = checkpoint_message(self.head.next_seq, &self.head.prev);
+        let message = checkpoint_message(self.head.next_seq, ts, &self.head.prev);
         let body = json!({
             "type": "checkpoint",
             "signatures": [SignatureEntry::sign(&signer.key, &message)],

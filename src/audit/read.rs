@@ -169,6 +169,13 @@ fn parse_line(body: &[u8]) -> Result<LogLine, String> {
         .remove("prev")
         .and_then(|v| v.as_str().and_then(|s| s.parse::<Sha256>().ok()))
         .ok_or("the record has no `prev` (64 hex digits)")?;
+    let only = |allowed: &[&str]| match map.keys().find(|k| !allowed.contains(&k.as_str())) {
+        Some(k) => Err(format!(
+            "unexpected field `{k}` in a `{}` record",
+            map["type"]
+        )),
+        None => Ok(()),
+    };
     let kind = match map.get("type").and_then(Value::as_str) {
         None if !map.contains_key("type") => LineKind::Decision(Box::new(
             serde_json::from_value(Value::Object(map))
@@ -178,19 +185,25 @@ fn parse_line(body: &[u8]) -> Result<LogLine, String> {
             serde_json::from_value(Value::Object(map))
                 .map_err(|e| format!("the gap record is malformed: {e}"))?,
         ),
-        Some("start") => LineKind::Start {
-            checkpoints: map
-                .get("checkpoints")
-                .and_then(|c| c.get("keyid"))
-                .and_then(Value::as_str)
-                .map(str::to_owned),
-        },
-        Some("checkpoint") => LineKind::Checkpoint {
-            signatures: map
-                .remove("signatures")
-                .and_then(|s| serde_json::from_value(s).ok())
-                .ok_or("the checkpoint has no well-formed `signatures`")?,
-        },
+        Some("start") => {
+            only(&["type", "capgate", "checkpoints"])?;
+            LineKind::Start {
+                checkpoints: map
+                    .get("checkpoints")
+                    .and_then(|c| c.get("keyid"))
+                    .and_then(Value::as_str)
+                    .map(str::to_owned),
+            }
+        }
+        Some("checkpoint") => {
+            only(&["type", "signatures"])?;
+            LineKind::Checkpoint {
+                signatures: map
+                    .remove("signatures")
+                    .and_then(|s| serde_json::from_value(s).ok())
+                    .ok_or("the checkpoint has no well-formed `signatures`")?,
+            }
+        }
         _ => return Err(format!("unknown record type {}", map["type"])),
     };
     Ok(LogLine {
@@ -350,7 +363,7 @@ pub fn verify_lines(
             }
             LineKind::Checkpoint { signatures } => match (trust, &requirement) {
                 (Some(t), Some(req)) => {
-                    let message = checkpoint_message(l.seq, &l.prev);
+                    let message = checkpoint_message(l.seq, &l.ts, &l.prev);
                     match t.check_signatures(&l.file, req, &message, signatures) {
                         Ok(names) => {
                             v.checkpoints += 1;

@@ -49,16 +49,27 @@ pub(crate) struct FsGuard {
     dirs: HashMap<u32, Tracked>,
     /// Each mount's root, by guest path.
     roots: HashMap<String, Arc<File>>,
+    /// Descriptors opened by `open-at` and not yet dropped (each holds a host descriptor).
+    open: std::collections::HashSet<u32>,
+    /// `limits.files`.
+    max_open: usize,
 }
 
 impl FsGuard {
-    pub fn new(policy: Arc<VerifiedPolicy>, recorder: Recorder, component: String) -> Self {
+    pub fn new(
+        policy: Arc<VerifiedPolicy>,
+        recorder: Recorder,
+        component: String,
+        max_open: u32,
+    ) -> Self {
         Self {
             policy,
             recorder,
             component,
             dirs: HashMap::new(),
             roots: HashMap::new(),
+            open: std::collections::HashSet::new(),
+            max_open: max_open as usize,
         }
     }
 }
@@ -343,6 +354,10 @@ impl HostDescriptor for GuardedFs<'_> {
         oflags: types::OpenFlags,
         flags: types::DescriptorFlags,
     ) -> FsResult<Resource<Descriptor>> {
+        // `limits.files`: each open descriptor holds a descriptor of the host process.
+        if self.guard.open.len() >= self.guard.max_open {
+            return Err(ErrorCode::Quota.into());
+        }
         let Some(at) = self.at(&fd)? else {
             return self
                 .inner
@@ -361,6 +376,7 @@ impl HostDescriptor for GuardedFs<'_> {
             return Err(e);
         }
         self.track(&opened, at.mount, decided);
+        self.guard.open.insert(opened.rep());
         Ok(opened)
     }
 
@@ -500,6 +516,7 @@ impl HostDescriptor for GuardedFs<'_> {
 
     fn drop(&mut self, fd: Resource<Descriptor>) -> wasmtime::Result<()> {
         self.guard.dirs.remove(&fd.rep());
+        self.guard.open.remove(&fd.rep());
         HostDescriptor::drop(&mut self.inner, fd)
     }
 

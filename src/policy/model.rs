@@ -17,6 +17,9 @@ pub mod defaults {
     pub const MEMORY: ByteSize = ByteSize::from_bytes(256 << 20);
     /// Concurrent instances of one component when `limits.instances` is not set.
     pub const INSTANCES: u32 = 4;
+    /// File and directory descriptors one instance may hold open when `limits.files` is not
+    /// set.
+    pub const FILES: u32 = 256;
 }
 
 /// A stable identifier of one grant, from its place in the YAML: `http-handler.http[1]`.
@@ -170,6 +173,8 @@ pub struct Limits {
     pub fuel: Option<u64>,
     /// Concurrent instances.
     pub instances: u32,
+    /// File and directory descriptors one instance may hold open at once.
+    pub files: u32,
 }
 
 impl Default for Limits {
@@ -179,6 +184,7 @@ impl Default for Limits {
             timeout: None,
             fuel: None,
             instances: defaults::INSTANCES,
+            files: defaults::FILES,
         }
     }
 }

@@ -140,6 +140,7 @@ struct RawLimits {
     timeout: Option<Spanned<String>>,
     fuel: Option<Spanned<u64>>,
     instances: Option<Spanned<u32>>,
+    files: Option<Spanned<u32>>,
 }
 
 #[derive(Deserialize)]
@@ -554,6 +555,16 @@ fn component(
             ));
         }
         limits.instances = n.value;
+    }
+    if let Some(n) = &rc.limits.files {
+        if n.value == 0 || n.value > 65536 {
+            return Err(cx.err(
+                &n.referenced,
+                format!("{name}.limits.files: must be between 1 and 65536"),
+                None,
+            ));
+        }
+        limits.files = n.value;
     }
 
     Ok(ComponentPolicy {

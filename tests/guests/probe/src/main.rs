@@ -20,6 +20,27 @@ fn main() {
     match op {
         "args" => println!("ok: {:?}", args),
         "read" => report(std::fs::read_to_string(a(2))),
+        // Opens PATH N times and keeps every handle: how many it got, and why it stopped.
+        "open-many" => {
+            let n: usize = a(3).parse().unwrap_or(0);
+            let mut held = Vec::new();
+            for _ in 0..n {
+                match std::fs::File::open(a(2)) {
+                    Ok(f) => held.push(f),
+                    Err(e) => {
+                        println!("err: after {}: {:?}: {e}", held.len(), e.kind());
+                        return;
+                    }
+                }
+            }
+            println!("ok: {}", held.len());
+        }
+        // One line per path: what reading it gives (for generated path tables).
+        "read-each" => {
+            for p in &args[2..] {
+                report(std::fs::read_to_string(p));
+            }
+        }
         "list" => report(std::fs::read_dir(a(2)).map(|d| {
             let mut names: Vec<String> = d.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect();
             names.sort();
