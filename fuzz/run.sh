@@ -3,6 +3,9 @@
 #
 #   bash fuzz/run.sh [SECONDS] [TARGET...]
 #
+# FUZZ_SANITIZER=none builds without AddressSanitizer, and FUZZ_DEV=1 without optimisation:
+# both build faster, so CI's short smoke run uses them.
+#
 # Needs the nightly toolchain and cargo-fuzz (installed from crates.io if missing). New
 # corpus entries go to a scratch directory, so the committed corpus stays small. A crash stops
 # the run with libFuzzer's report; its input is in fuzz/artifacts/TARGET/. Copy it into
@@ -18,15 +21,19 @@ fi
 if ! cargo +nightly fuzz --version >/dev/null 2>&1; then
     cargo +nightly install cargo-fuzz --locked
 fi
+san=(--sanitizer "${FUZZ_SANITIZER:-address}")
+if [ -n "${FUZZ_DEV:-}" ]; then san+=(--dev); fi
+# One build for every target (the `inspect` target needs the runtime feature).
+cargo +nightly fuzz build "${san[@]}" --features runtime
 for t in "${targets[@]}"; do
-    features=()
-    if [ "$t" = inspect ]; then features=(--features runtime); fi
     work=$(mktemp -d)
     echo "== $t: ${secs}s"
-    cargo +nightly fuzz run "${features[@]}" "$t" "$work" "corpus/$t" -- \
+    set +e
+    cargo +nightly fuzz run "${san[@]}" --features runtime "$t" "$work" "corpus/$t" -- \
         -max_total_time="$secs" -print_final_stats=1 -max_len=65536 2>&1 \
-        | grep -E '^(stat::number_of_executed_units|stat::peak_rss_mb|Done|INFO: Loaded|==[0-9]+==|SUMMARY|artifact_prefix)' || true
+        | grep -E '^(stat::number_of_executed_units|stat::peak_rss_mb|Done|==[0-9]+==|SUMMARY|artifact_prefix|thread .* panicked)'
     status=${PIPESTATUS[0]}
+    set -e
     rm -rf "$work"
     if [ "$status" -ne 0 ]; then
         echo "fuzz target $t failed (exit $status); see fuzz/artifacts/$t/" >&2

@@ -49,7 +49,11 @@ pub struct InspectError(String);
 /// Reads `bytes` as a component and, with `policy`, says how each import is covered.
 pub fn inspect(bytes: &[u8], policy: Option<&ComponentPolicy>) -> Result<Inspection, InspectError> {
     let engine = Engine::default();
-    let component = Component::new(&engine, bytes).map_err(|e| InspectError(format!("{e:#}")))?;
+    let component = Component::new(&engine, bytes).map_err(|e| {
+        // wasmparser's messages can span lines (byte arrays); keep the error on one line.
+        let text = format!("{e:#}");
+        InspectError(text.split_whitespace().collect::<Vec<_>>().join(" "))
+    })?;
     let ty = component.component_type();
     let imports = ty
         .imports(&engine)

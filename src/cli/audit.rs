@@ -177,8 +177,18 @@ fn lines(logs: &[PathBuf]) -> Result<Vec<LogLine>, CliError> {
     exists(logs)?;
     let mut files: Vec<(u64, &Path)> = Vec::new();
     for f in logs {
-        let first = open(f)?.next().transpose().map_err(broken)?;
-        files.push((first.map_or(0, |l| l.seq), f));
+        let first = open(f)?
+            .next()
+            .transpose()
+            .map_err(broken)?
+            .ok_or_else(|| {
+                broken(Broken {
+                    file: f.clone(),
+                    line: 0,
+                    message: "the file is empty; an audit log starts with a `start` record".into(),
+                })
+            })?;
+        files.push((first.seq, f.as_path()));
     }
     files.sort();
     let mut out = Vec::new();
