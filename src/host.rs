@@ -168,6 +168,9 @@ pub struct Host {
 struct App {
     component: Component,
     linker: Linker<State>,
+    /// The component's imports resolved against the linker once, for every run; `None` if
+    /// it is not a command (running it then reports why).
+    command: Option<wasmtime_wasi::p2::bindings::CommandPre<State>>,
 }
 
 impl std::fmt::Debug for Host {
@@ -335,9 +338,15 @@ impl Host {
             self.wiring(policy, &graph)
                 .linker_for(component, registry.entry(policy.id()).or_default())?
         };
+        let compiled = graph.compiled[component].clone();
+        let command = linker
+            .instantiate_pre(&compiled)
+            .ok()
+            .and_then(|pre| wasmtime_wasi::p2::bindings::CommandPre::new(pre).ok());
         let app = Arc::new(App {
-            component: graph.compiled[component].clone(),
+            component: compiled,
             linker,
+            command,
         });
         self.apps
             .lock()
@@ -452,6 +461,37 @@ impl Host {
         })
     }
 
+    /// Builds `component`'s store under its policy and instantiates it, without running it:
+    /// what every run costs before the guest's first instruction. For benchmarks.
+    #[doc(hidden)]
+    pub async fn instantiate_only(
+        &self,
+        policy: &Arc<VerifiedPolicy>,
+        component: &str,
+    ) -> Result<(), RunError> {
+        let spec = policy
+            .policy()
+            .components
+            .get(component)
+            .ok_or_else(|| no_such(policy, component))?;
+        let app = self.app(policy, component)?;
+        let mut store =
+            new_store(&self.engine, policy, &self.recorder, spec, &[]).map_err(|e| {
+                RunError::Instantiate {
+                    component: component.to_owned(),
+                    message: e.to_string(),
+                }
+            })?;
+        let pre = app.command.as_ref().ok_or_else(|| RunError::Instantiate {
+            component: component.to_owned(),
+            message: "not a command".into(),
+        })?;
+        pre.instantiate_async(&mut store)
+            .await
+            .map_err(|e| instantiate_error(component, &app.component, &self.engine, e))?;
+        Ok(())
+    }
+
     /// Runs `component` (a `wasi:cli/run` command) with `args` appended to its policy's
     /// arguments, its imports of other components linked as its policy's `calls` say.
     /// Returns the guest's exit status.
@@ -480,10 +520,16 @@ impl Host {
         let fail = |e: wasmtime::Error, store: &Store<State>| {
             classify(component, &limits, e, store.data().limiter.memory_refused)
         };
-        let cmd =
-            wasmtime_wasi::p2::bindings::Command::instantiate_async(&mut store, &compiled, linker)
+        let cmd = match &app.command {
+            Some(pre) => pre.instantiate_async(&mut store).await,
+            None => {
+                wasmtime_wasi::p2::bindings::Command::instantiate_async(
+                    &mut store, &compiled, linker,
+                )
                 .await
-                .map_err(|e| instantiate_error(component, &compiled, &self.engine, e))?;
+            }
+        }
+        .map_err(|e| instantiate_error(component, &compiled, &self.engine, e))?;
         let result = backstop(&limits, cmd.wasi_cli_run().call_run(&mut store)).await;
         match result {
             Ok(Ok(())) => Ok(0),

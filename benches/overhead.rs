@@ -1,0 +1,493 @@
+//! capgate's cost over its baselines, each measured in the same run: `cargo bench --bench
+//! overhead`. Prints one table of medians and ratios (SPEC §7); see the README's Performance
+//! section for the figures and the machine.
+//!
+//! Each figure is the median over 21 samples; each sample times a batch of iterations long
+//! enough (about 20 ms) for the clock to be exact.
+
+use std::hint::black_box;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use capgate::audit::{AuditSink, Entry, JsonlOptions, JsonlSink};
+use capgate::authz::{Action, Request};
+use capgate::signing::{SecretKey, Sha256, TrustRoot};
+
+const SAMPLES: usize = 21;
+
+/// Median time of one call of `f`.
+fn median(mut f: impl FnMut()) -> Duration {
+    // Calibrate the batch size to ~20 ms.
+    let mut batch = 1u32;
+    loop {
+        let t = Instant::now();
+        for _ in 0..batch {
+            f();
+        }
+        if t.elapsed() >= Duration::from_millis(20) || batch >= 1 << 24 {
+            break;
+        }
+        batch *= 2;
+    }
+    let mut samples: Vec<Duration> = (0..SAMPLES)
+        .map(|_| {
+            let t = Instant::now();
+            for _ in 0..batch {
+                f();
+            }
+            t.elapsed() / batch
+        })
+        .collect();
+    samples.sort();
+    samples[SAMPLES / 2]
+}
+
+struct Row {
+    figure: &'static str,
+    ours: Duration,
+    baseline: Duration,
+    baseline_name: &'static str,
+    target: f64,
+    /// `true` when the figure is a throughput (the ratio must be at least the target), `false`
+    /// for a time (at most).
+    higher_is_better: bool,
+}
+
+fn row(
+    figure: &'static str,
+    ours: Duration,
+    baseline_name: &'static str,
+    baseline: Duration,
+    target: f64,
+    higher_is_better: bool,
+) -> Row {
+    Row {
+        figure,
+        ours,
+        baseline,
+        baseline_name,
+        target,
+        higher_is_better,
+    }
+}
+
+impl Row {
+    fn ratio(&self) -> f64 {
+        ratio(self.ours, self.baseline, self.higher_is_better)
+    }
+
+    fn meets(&self) -> bool {
+        if self.higher_is_better {
+            self.ratio() >= self.target
+        } else {
+            self.ratio() <= self.target
+        }
+    }
+}
+
+/// ours ÷ baseline for times; baseline time ÷ ours for throughput figures.
+fn ratio(ours: Duration, baseline: Duration, higher_is_better: bool) -> f64 {
+    if higher_is_better {
+        baseline.as_secs_f64() / ours.as_secs_f64()
+    } else {
+        ours.as_secs_f64() / baseline.as_secs_f64()
+    }
+}
+
+fn show(d: Duration) -> String {
+    let ns = d.as_nanos();
+    if ns < 10_000 {
+        format!("{ns} ns")
+    } else if ns < 10_000_000 {
+        format!("{:.1} µs", ns as f64 / 1e3)
+    } else {
+        format!("{:.1} ms", ns as f64 / 1e6)
+    }
+}
+
+fn scratch() -> tempfile::TempDir {
+    tempfile::tempdir().expect("tempdir")
+}
+
+/// A policy of `components` components, each with `grants` connect grants and a lookup grant,
+/// loaded without signatures (verification is measured separately).
+fn policy(dir: &Path, components: usize, grants: usize) -> capgate::VerifiedPolicy {
+    std::fs::write(dir.join("app.wasm"), b"\0asm").unwrap();
+    let mut yaml = String::from("capgate: 1\nname: bench\nversion: 1\ncomponents:\n");
+    for c in 0..components {
+        let connect: Vec<String> = (0..grants)
+            .map(|g| format!("tcp://10.{}.{}.0/24:{}", c % 250, g % 250, 1000 + g))
+            .collect();
+        yaml.push_str(&format!(
+            "  c{c}:\n    component: app.wasm\n    network:\n      connect: [{}]\n      lookup: [db.internal]\n",
+            connect.join(", ")
+        ));
+    }
+    let path = dir.join(format!("policy-{components}-{grants}.yaml"));
+    std::fs::write(&path, yaml).unwrap();
+    capgate::danger::load_unsigned_policy(&path).expect("bench policy")
+}
+
+fn authorisation() -> (Row, Row) {
+    let dir = scratch();
+    let p = policy(dir.path(), 1, 20);
+    let req = Request::Socket {
+        action: Action::NetConnect,
+        addr: "10.0.7.9:1007".parse().unwrap(),
+    };
+    let authority = p.authority();
+    assert!(authority.decide("c0", &req).allowed);
+    let cached = median(|| {
+        black_box(authority.decide(black_box("c0"), black_box(&req)));
+    });
+
+    // The baseline: one direct Cedar evaluation over 21 policies of the same shape.
+    use cedar_policy::{Authorizer, Context, Entities, EntityUid, PolicySet, Request as CReq};
+    let mut text = String::new();
+    for g in 0..20 {
+        text.push_str(&format!(
+            "@id(\"c0.network.connect[{g}]\")\npermit (principal == Component::\"c0\", action == Action::\"net.connect\", resource) when {{ context.grants.contains(\"c0.network.connect[{g}]\") }};\n"
+        ));
+    }
+    text.push_str("@id(\"c0.network.lookup[0]\")\npermit (principal == Component::\"c0\", action == Action::\"net.lookup\", resource) when { context.grants.contains(\"c0.network.lookup[0]\") };\n");
+    let set: PolicySet = text.parse().unwrap();
+    let uid = |s: &str| s.parse::<EntityUid>().unwrap();
+    let context = Context::from_json_str(
+        r#"{"grants": ["c0.network.connect[7]"], "ip": {"__extn": {"fn": "ip", "arg": "10.0.7.9"}}, "port": 1007}"#,
+        None,
+    )
+    .unwrap();
+    let creq = CReq::new(
+        uid("Component::\"c0\""),
+        uid("Action::\"net.connect\""),
+        uid("Endpoint::\"tcp://10.0.7.9:1007\""),
+        context,
+        None,
+    )
+    .unwrap();
+    let entities = Entities::empty();
+    let authorizer = Authorizer::new();
+    assert_eq!(
+        authorizer.is_authorized(&creq, &set, &entities).decision(),
+        cedar_policy::Decision::Allow
+    );
+    let direct = median(|| {
+        black_box(authorizer.is_authorized(black_box(&creq), &set, &entities));
+    });
+
+    // One uncached decision with 100 components in the policy vs with 1.
+    let one = p;
+    let hundred = policy(dir.path(), 100, 20);
+    let uncached_one = median(|| {
+        black_box(one.authority().decide_uncached("c0", black_box(&req)));
+    });
+    let uncached_hundred = median(|| {
+        black_box(hundred.authority().decide_uncached("c0", black_box(&req)));
+    });
+    (
+        row(
+            "authorisation of a repeated request",
+            cached,
+            "one direct Cedar is_authorized",
+            direct,
+            0.02,
+            false,
+        ),
+        row(
+            "one decision in a policy of 100 components",
+            uncached_hundred,
+            "in a policy of 1 component",
+            uncached_one,
+            1.5,
+            false,
+        ),
+    )
+}
+
+fn verification() -> Row {
+    let dir = scratch();
+    let key = SecretKey::generate();
+    std::fs::write(dir.path().join("k.pub"), key.public().to_pem()).unwrap();
+    std::fs::write(
+        dir.path().join("trust.yaml"),
+        "capgate-trust: 1\nkeys: { k: k.pub }\nroles:\n  artifact: { keys: [k], threshold: 1 }\n",
+    )
+    .unwrap();
+    let artifact = dir.path().join("big.wasm");
+    let bytes: Vec<u8> = (0..10u32 << 20)
+        .map(|i| (i.wrapping_mul(2654435761) >> 11) as u8)
+        .collect();
+    std::fs::write(&artifact, &bytes).unwrap();
+    capgate::signing::sign_artifact(&artifact, &key).unwrap();
+    let trust = TrustRoot::load(&dir.path().join("trust.yaml")).unwrap();
+    let req = trust.role(capgate::signing::Role::Artifact);
+    let ours = median(|| {
+        black_box(capgate::signing::verify_artifact_file(&artifact, &trust, &req).unwrap());
+    });
+    // The baseline: the same file's SHA-256 computed with `sha256sum`'s algorithm in
+    // process (reading the file, hashing it), so process start-up does not count.
+    let baseline = median(|| {
+        let f = std::fs::File::open(&artifact).unwrap();
+        black_box(Sha256::of_reader(f).unwrap());
+    });
+    row(
+        "verify a 10 MiB signed artifact",
+        ours,
+        "SHA-256 of the same file",
+        baseline,
+        1.10,
+        false,
+    )
+}
+
+fn audit_append() -> Row {
+    let dir = scratch();
+    let p = policy(dir.path(), 1, 1);
+    let sink = JsonlSink::open(dir.path().join("audit.jsonl"), JsonlOptions::default()).unwrap();
+    let record = capgate::audit::DecisionRecord {
+        component: "c0".into(),
+        sha256: Sha256::of(b"x").to_string(),
+        action: "net.connect".into(),
+        resource: "tcp://10.0.7.9:1007".into(),
+        context: serde_json::Map::new(),
+        decision: capgate::audit::Verdict::Deny,
+        reasons: vec![],
+        errors: vec![],
+        policy: capgate::audit::PolicyRef {
+            name: p.policy().name.clone(),
+            version: 1,
+            sha256: p.policy().sha256.to_string(),
+        },
+    };
+    let entry = Entry::Decision {
+        ts: capgate::audit::timestamp(),
+        record: Box::new(record.clone()),
+    };
+    let ours = median(|| sink.append(black_box(&entry)).unwrap());
+    // The baseline: the same records as JSON lines with a sequence number and time but no
+    // chain, written the same way (one write per line, synced every 64 lines).
+    use std::io::Write as _;
+    let mut plain = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.path().join("plain.jsonl"))
+        .unwrap();
+    let mut seq = 0u64;
+    let baseline = median(|| {
+        seq += 1;
+        let mut line = serde_json::to_vec(&serde_json::json!({"seq": seq, "ts": "2026-11-24T18:00:00.000000Z", "record": &record})).unwrap();
+        line.push(b'\n');
+        plain.write_all(&line).unwrap();
+        if seq.is_multiple_of(64) {
+            plain.sync_data().unwrap();
+        }
+    });
+    row(
+        "audit records per second, batch durability",
+        ours,
+        "the same JSON lines, no chain",
+        baseline,
+        0.80,
+        true,
+    )
+}
+
+/// The `hello` guest under a policy that closes its output, on one capgate host; and the same
+/// component under raw wasmtime with an equivalent context (same engine features: epoch
+/// interruption and fuel, which capgate's limits use).
+struct Hello {
+    rt: tokio::runtime::Runtime,
+    policy: Arc<capgate::VerifiedPolicy>,
+    host: Arc<capgate::Host>,
+    engine: wasmtime::Engine,
+    pre: wasmtime_wasi::p2::bindings::CommandPre<Raw>,
+    _dir: tempfile::TempDir,
+}
+
+struct Raw {
+    ctx: wasmtime_wasi::WasiCtx,
+    table: wasmtime::component::ResourceTable,
+}
+
+impl wasmtime_wasi::WasiView for Raw {
+    fn ctx(&mut self) -> wasmtime_wasi::WasiCtxView<'_> {
+        wasmtime_wasi::WasiCtxView {
+            ctx: &mut self.ctx,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl Hello {
+    fn new() -> Self {
+        let dir = scratch();
+        let wasm = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/guests/prebuilt/hello.wasm");
+        std::fs::copy(&wasm, dir.path().join("hello.wasm")).unwrap();
+        std::fs::write(
+            dir.path().join("policy.yaml"),
+            "capgate: 1\nname: bench\nversion: 1\ncomponents:\n  hello:\n    component: hello.wasm\n    stdio: { stdout: closed, stderr: closed }\n",
+        )
+        .unwrap();
+        let policy = Arc::new(
+            capgate::danger::load_unsigned_policy(&dir.path().join("policy.yaml")).unwrap(),
+        );
+        let host = Arc::new(capgate::Host::new(capgate::HostConfig::new()).unwrap());
+        let mut config = wasmtime::Config::new();
+        config.epoch_interruption(true).consume_fuel(true);
+        let engine = wasmtime::Engine::new(&config).unwrap();
+        let component = wasmtime::component::Component::from_file(&engine, &wasm).unwrap();
+        let mut linker = wasmtime::component::Linker::<Raw>::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).unwrap();
+        let pre = wasmtime_wasi::p2::bindings::CommandPre::new(
+            linker.instantiate_pre(&component).unwrap(),
+        )
+        .unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        Self {
+            rt,
+            policy,
+            host,
+            engine,
+            pre,
+            _dir: dir,
+        }
+    }
+
+    fn raw_store(engine: &wasmtime::Engine) -> wasmtime::Store<Raw> {
+        let ctx = wasmtime_wasi::WasiCtxBuilder::new()
+            .args(&["hello"])
+            .build();
+        let mut store = wasmtime::Store::new(
+            engine,
+            Raw {
+                ctx,
+                table: wasmtime::component::ResourceTable::new(),
+            },
+        );
+        store.set_fuel(u64::MAX).unwrap();
+        store.set_epoch_deadline(1_000_000);
+        store
+    }
+}
+
+fn instantiation(h: &Hello) -> Row {
+    h.rt.block_on(h.host.instantiate_only(&h.policy, "hello"))
+        .unwrap();
+    let ours = median(|| {
+        h.rt.block_on(h.host.instantiate_only(&h.policy, "hello"))
+            .unwrap()
+    });
+    let baseline = median(|| {
+        h.rt.block_on(async {
+            let mut store = Hello::raw_store(&h.engine);
+            black_box(h.pre.instantiate_async(&mut store).await.unwrap());
+        })
+    });
+    row(
+        "instantiate a component with its policy applied",
+        ours,
+        "raw InstancePre::instantiate, equivalent WasiCtx",
+        baseline,
+        1.10,
+        false,
+    )
+}
+
+/// Runs `hello` `n` times on each of `threads` threads; the time per run.
+fn throughput(threads: usize, n: usize, one: Arc<dyn Fn() + Send + Sync>) -> Duration {
+    let t = Instant::now();
+    let handles: Vec<_> = (0..threads)
+        .map(|_| {
+            let one = one.clone();
+            std::thread::spawn(move || {
+                for _ in 0..n {
+                    one();
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    t.elapsed() / (threads * n) as u32
+}
+
+fn scaling(h: &Hello) -> (f64, f64) {
+    const N: usize = 400;
+    let (host, policy) = (h.host.clone(), h.policy.clone());
+    let ours: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        assert_eq!(rt.block_on(host.run(&policy, "hello", &[])).unwrap(), 0);
+    });
+    let (engine, pre) = (h.engine.clone(), h.pre.clone());
+    let raw: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let mut store = Hello::raw_store(&engine);
+            let cmd = pre.instantiate_async(&mut store).await.unwrap();
+            cmd.wasi_cli_run()
+                .call_run(&mut store)
+                .await
+                .unwrap()
+                .unwrap();
+        });
+    });
+    let speedup = |f: &Arc<dyn Fn() + Send + Sync>| {
+        let one = throughput(1, N, f.clone());
+        let two = throughput(2, N / 2, f.clone());
+        one.as_secs_f64() / two.as_secs_f64()
+    };
+    // Warm both paths first (caches, lazily built links).
+    throughput(1, 20, ours.clone());
+    throughput(1, 20, raw.clone());
+    (speedup(&ours), speedup(&raw))
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; `cargo test --benches` runs this too, briefly.
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let hello = Hello::new();
+    let (repeated, hundred) = authorisation();
+    let rows = vec![
+        instantiation(&hello),
+        repeated,
+        hundred,
+        verification(),
+        audit_append(),
+    ];
+    let (ours_speedup, raw_speedup) = scaling(&hello);
+    println!("\n| figure | ours | baseline | ratio | target | met |\n|---|---|---|---|---|---|");
+    for r in &rows {
+        println!(
+            "| {} | {} | {}: {} | {:.3} | {} {} | {} |",
+            r.figure,
+            show(r.ours),
+            r.baseline_name,
+            show(r.baseline),
+            r.ratio(),
+            if r.higher_is_better { "≥" } else { "≤" },
+            r.target,
+            if r.meets() { "yes" } else { "NO" }
+        );
+    }
+    let scale = ours_speedup / raw_speedup;
+    println!(
+        "| 2 threads ÷ 1 thread throughput, full path | speed-up {ours_speedup:.2} | raw wasmtime's speed-up {raw_speedup:.2} | {scale:.3} | ≥ 0.9 | {} |",
+        if scale >= 0.9 { "yes" } else { "NO" }
+    );
+    println!(
+        "\nNot measured here: `capgate run` against `wasmtime run` (see benches/e2e.sh), and a brokered call against bare forwarding."
+    );
+}
