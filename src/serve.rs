@@ -8,7 +8,9 @@
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -46,6 +48,50 @@ fn text(status: u16, message: String) -> hyper::Response<HyperOutgoingBody> {
     r
 }
 
+/// A request body cut off with `HttpRequestBodySize` once it passes `limits.body` bytes
+/// (for bodies whose length is not announced up front).
+struct Capped {
+    inner: hyper::body::Incoming,
+    seen: u64,
+    limit: u64,
+}
+
+impl hyper::body::Body for Capped {
+    type Data = Bytes;
+    type Error = wasmtime_wasi_http::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.seen += data.len() as u64;
+                    if this.seen > this.limit {
+                        return Poll::Ready(Some(Err(
+                            wasmtime_wasi_http::Error::HttpRequestBodySize(Some(this.seen)),
+                        )));
+                    }
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 impl Served {
     async fn handle(
         &self,
@@ -53,9 +99,31 @@ impl Served {
     ) -> hyper::Response<HyperOutgoingBody> {
         // The permit travels with the guest's task, which may outlive the response head while
         // it streams the body: `limits.instances` bounds running guests, not open responses.
+        let limit = self.policy.policy().components[&self.component]
+            .limits
+            .body
+            .bytes();
+        let announced = req
+            .headers()
+            .get(hyper::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        if let Some(n) = announced.filter(|n| *n > limit) {
+            return text(
+                413,
+                format!(
+                    "capgate: the request body is {n} bytes; `limits.body` of `{}` allows {limit}",
+                    self.component
+                ),
+            );
+        }
         let Ok(permit) = self.permits.clone().acquire_owned().await else {
             return text(503, "capgate: shutting down".into());
         };
+        let req = req.map(|inner| Capped {
+            inner,
+            seen: 0,
+            limit,
+        });
         match self.handle_inner(req, permit).await {
             Ok(r) => r,
             Err(message) => text(
@@ -67,7 +135,7 @@ impl Served {
 
     async fn handle_inner(
         &self,
-        req: hyper::Request<hyper::body::Incoming>,
+        req: hyper::Request<Capped>,
         permit: tokio::sync::OwnedSemaphorePermit,
     ) -> Result<hyper::Response<HyperOutgoingBody>, String> {
         let spec = &self.policy.policy().components[&self.component];

@@ -403,3 +403,93 @@ fn serve_under_load_answers_every_allowed_request_and_audits_every_denial() {
         .expect(0)
         .stdout_has("checkpoint(s) signed by auditor, the last at the end of the log");
 }
+
+/// Sends `body` as a chunked request (no length announced) and returns the status.
+fn chunked(addr: &str, path: &str, body: &[u8]) -> u16 {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(s, "POST {path} HTTP/1.1\r\nhost: {addr}\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n").unwrap();
+    for chunk in body.chunks(1 << 16) {
+        // The server may stop reading once the limit is passed.
+        if write!(s, "{:x}\r\n", chunk.len()).is_err()
+            || s.write_all(chunk).is_err()
+            || s.write_all(b"\r\n").is_err()
+        {
+            break;
+        }
+    }
+    let _ = s.write_all(b"0\r\n\r\n");
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    String::from_utf8_lossy(&raw)
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A W×H RGB image of noise: its PNG does not compress, so its size is about 3·W·H bytes.
+fn noisy_png(w: u32, h: u32) -> Vec<u8> {
+    let pixels: Vec<u8> = (0..w * h * 3)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    let mut out = Vec::new();
+    let mut enc = png::Encoder::new(&mut out, w, h);
+    enc.set_color(png::ColorType::Rgb);
+    enc.set_depth(png::BitDepth::Eight);
+    let mut wr = enc.write_header().unwrap();
+    wr.write_image_data(&pixels).unwrap();
+    wr.finish().unwrap();
+    out
+}
+
+#[test]
+fn request_bodies_past_limits_body_are_refused_and_the_server_goes_on() {
+    let sb = sandbox();
+    let big = noisy_png(48, 48);
+    assert!(big.len() > 4096, "{}", big.len());
+    let (small, _) = test_png(16, 9);
+    assert!(small.len() < 4096);
+
+    // Control: without the limit (16 MiB by default), the big image is read in full.
+    let mut server = start(&sb, &[]);
+    assert_eq!(chunked(&server.addr, "/dimensions", &big), 200);
+    let _ = server.child.kill();
+    let _ = server.child.wait();
+
+    // A 4 KiB limit for the handler.
+    let policy = std::fs::read_to_string(sb.path("policies/image-service/policy.yaml")).unwrap();
+    sb.write(
+        "policies/image-service/policy.yaml",
+        policy.replace(
+            "limits: { memory: 64MiB, timeout: 10s, instances: 8 }",
+            "limits: { memory: 64MiB, timeout: 10s, instances: 8, body: 4KiB }",
+        ),
+    );
+    std::fs::remove_file(sb.path("policies/image-service/policy.yaml.sig")).unwrap();
+    sb.capgate([
+        "sign",
+        "policy",
+        "policies/image-service/policy.yaml",
+        "--key",
+        "keys/alice.key",
+    ])
+    .expect(0);
+    let mut server = start(&sb, &[]);
+
+    // Announced too large: refused before any guest runs.
+    let (status, body) = request(&server.addr, "POST", "/dimensions", &big);
+    assert_eq!(status, 413, "{}", String::from_utf8_lossy(&body));
+    assert!(
+        String::from_utf8_lossy(&body).contains("`limits.body` of `http-handler` allows 4096"),
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+    // Not announced: the body is cut off at the limit, so the handler cannot read it all.
+    let status = chunked(&server.addr, "/dimensions", &big);
+    assert_ne!(status, 200, "a body past the limit was read in full");
+    assert_ne!(status, 0, "no response");
+    // Controls: a small request works afterwards, announced or chunked.
+    let (status, _) = request(&server.addr, "POST", "/dimensions", &small);
+    assert_eq!(status, 200);
+    assert_eq!(chunked(&server.addr, "/dimensions", &small), 200);
+}

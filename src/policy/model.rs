@@ -20,6 +20,9 @@ pub mod defaults {
     /// File and directory descriptors one instance may hold open when `limits.files` is not
     /// set.
     pub const FILES: u32 = 256;
+    /// The largest HTTP request body `capgate serve` passes to a component when
+    /// `limits.body` is not set: 16 MiB.
+    pub const BODY: ByteSize = ByteSize::from_bytes(16 << 20);
 }
 
 /// A stable identifier of one grant, from its place in the YAML: `http-handler.http[1]`.
@@ -175,6 +178,8 @@ pub struct Limits {
     pub instances: u32,
     /// File and directory descriptors one instance may hold open at once.
     pub files: u32,
+    /// The largest HTTP request body a served component receives.
+    pub body: ByteSize,
 }
 
 impl Default for Limits {
@@ -185,6 +190,7 @@ impl Default for Limits {
             fuel: None,
             instances: defaults::INSTANCES,
             files: defaults::FILES,
+            body: defaults::BODY,
         }
     }
 }

@@ -141,6 +141,7 @@ struct RawLimits {
     fuel: Option<Spanned<u64>>,
     instances: Option<Spanned<u32>>,
     files: Option<Spanned<u32>>,
+    body: Option<Spanned<Quantity>>,
 }
 
 #[derive(Deserialize)]
@@ -565,6 +566,14 @@ fn component(
             ));
         }
         limits.files = n.value;
+    }
+    if let Some(b) = &rc.limits.body {
+        limits.body = match &b.value {
+            Quantity::Bytes(n) => ByteSize::from_bytes(*n),
+            Quantity::Text(t) => t
+                .parse()
+                .map_err(|e| cx.unit(&b.referenced, &format!("{name}.limits.body"), e))?,
+        };
     }
 
     Ok(ComponentPolicy {
