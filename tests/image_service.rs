@@ -474,7 +474,7 @@ fn request_bodies_past_limits_body_are_refused_and_the_server_goes_on() {
         "keys/alice.key",
     ])
     .expect(0);
-    let mut server = start(&sb, &[]);
+    let server = start(&sb, &[]);
 
     // Announced too large: refused before any guest runs.
     let (status, body) = request(&server.addr, "POST", "/dimensions", &big);
