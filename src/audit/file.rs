@@ -196,6 +196,15 @@ impl JsonlSink {
         }
     }
 
+    /// Reopens the file if a failure closed it, leaving the chain as it was if that fails.
+    fn ensure_open(&self, st: &mut State) -> Result<(), AuditError> {
+        if st.file.is_some() {
+            return Ok(());
+        }
+        let saved = st.chain.head;
+        self.reopen(st).inspect_err(|_| st.chain.head = saved)
+    }
+
     fn rotate_if_due(&self, st: &mut State) {
         let Some(limit) = self.rotate else { return };
         if st.len < limit {
@@ -227,13 +236,7 @@ impl AuditSink for JsonlSink {
         if st.closed {
             return Err(AuditError::Closed(self.path.clone()));
         }
-        if st.file.is_none() {
-            let saved = st.chain.head;
-            if let Err(e) = self.reopen(&mut st) {
-                st.chain.head = saved;
-                return Err(e);
-            }
-        }
+        self.ensure_open(&mut st)?;
         let saved = st.chain.head;
         let mut out = Vec::with_capacity(512);
         match entry {
@@ -258,13 +261,7 @@ impl AuditSink for JsonlSink {
             st.closed = true;
             return Ok(());
         }
-        if st.file.is_none() {
-            let saved = st.chain.head;
-            if let Err(e) = self.reopen(&mut st) {
-                st.chain.head = saved;
-                return Err(e);
-            }
-        }
+        self.ensure_open(&mut st)?;
         let saved = st.chain.head;
         let mut out = Vec::new();
         st.chain.push_checkpoint(&mut out, &timestamp());

@@ -168,6 +168,21 @@ impl GuardedFs<'_> {
         Ok(resolved.map_or_else(|| at.rel.join(path), |r| at.rel.join(r)))
     }
 
+    /// [`GuardedFs::check`] for a path relative to descriptor `fd`; nothing to decide for a
+    /// file descriptor (wasmtime-wasi answers path calls on files with `not-directory`).
+    async fn check_at(
+        &mut self,
+        fd: &Resource<Descriptor>,
+        path: &str,
+        write: bool,
+        last: Last,
+    ) -> FsResult<()> {
+        if let Some(at) = self.at(fd)? {
+            self.check(&at, path, write, last).await?;
+        }
+        Ok(())
+    }
+
     /// One decision on a guest path; a deny is `not-permitted` when no grant matched (as
     /// wasmtime-wasi answers for a read-only mount) and `access` when a rule or a failure
     /// denied it.
@@ -386,9 +401,8 @@ impl HostDescriptor for GuardedFs<'_> {
         path_flags: types::PathFlags,
         path: String,
     ) -> FsResult<types::DescriptorStat> {
-        if let Some(at) = self.at(&fd)? {
-            self.check(&at, &path, false, follows(path_flags)).await?;
-        }
+        self.check_at(&fd, &path, false, follows(path_flags))
+            .await?;
         self.inner.stat_at(fd, path_flags, path).await
     }
 
@@ -400,9 +414,7 @@ impl HostDescriptor for GuardedFs<'_> {
         atim: types::NewTimestamp,
         mtim: types::NewTimestamp,
     ) -> FsResult<()> {
-        if let Some(at) = self.at(&fd)? {
-            self.check(&at, &path, true, follows(path_flags)).await?;
-        }
+        self.check_at(&fd, &path, true, follows(path_flags)).await?;
         self.inner
             .set_times_at(fd, path_flags, path, atim, mtim)
             .await
@@ -414,16 +426,13 @@ impl HostDescriptor for GuardedFs<'_> {
         path_flags: types::PathFlags,
         path: String,
     ) -> FsResult<types::MetadataHashValue> {
-        if let Some(at) = self.at(&fd)? {
-            self.check(&at, &path, false, follows(path_flags)).await?;
-        }
+        self.check_at(&fd, &path, false, follows(path_flags))
+            .await?;
         self.inner.metadata_hash_at(fd, path_flags, path).await
     }
 
     async fn readlink_at(&mut self, fd: Resource<Descriptor>, path: String) -> FsResult<String> {
-        if let Some(at) = self.at(&fd)? {
-            self.check(&at, &path, false, Last::NoFollow).await?;
-        }
+        self.check_at(&fd, &path, false, Last::NoFollow).await?;
         self.inner.readlink_at(fd, path).await
     }
 
@@ -432,9 +441,7 @@ impl HostDescriptor for GuardedFs<'_> {
         fd: Resource<Descriptor>,
         path: String,
     ) -> FsResult<()> {
-        if let Some(at) = self.at(&fd)? {
-            self.check(&at, &path, true, Last::NoFollow).await?;
-        }
+        self.check_at(&fd, &path, true, Last::NoFollow).await?;
         self.inner.create_directory_at(fd, path).await
     }
 
@@ -443,16 +450,12 @@ impl HostDescriptor for GuardedFs<'_> {
         fd: Resource<Descriptor>,
         path: String,
     ) -> FsResult<()> {
-        if let Some(at) = self.at(&fd)? {
-            self.check(&at, &path, true, Last::NoFollow).await?;
-        }
+        self.check_at(&fd, &path, true, Last::NoFollow).await?;
         self.inner.remove_directory_at(fd, path).await
     }
 
     async fn unlink_file_at(&mut self, fd: Resource<Descriptor>, path: String) -> FsResult<()> {
-        if let Some(at) = self.at(&fd)? {
-            self.check(&at, &path, true, Last::NoFollow).await?;
-        }
+        self.check_at(&fd, &path, true, Last::NoFollow).await?;
         self.inner.unlink_file_at(fd, path).await
     }
 
@@ -463,12 +466,9 @@ impl HostDescriptor for GuardedFs<'_> {
         new_fd: Resource<Descriptor>,
         new_path: String,
     ) -> FsResult<()> {
-        if let Some(at) = self.at(&fd)? {
-            self.check(&at, &old_path, true, Last::NoFollow).await?;
-        }
-        if let Some(at) = self.at(&new_fd)? {
-            self.check(&at, &new_path, true, Last::NoFollow).await?;
-        }
+        self.check_at(&fd, &old_path, true, Last::NoFollow).await?;
+        self.check_at(&new_fd, &new_path, true, Last::NoFollow)
+            .await?;
         self.inner.rename_at(fd, old_path, new_fd, new_path).await
     }
 
@@ -482,13 +482,10 @@ impl HostDescriptor for GuardedFs<'_> {
     ) -> FsResult<()> {
         // A new name for a file gives whoever may read the new name its contents: the old
         // name must be writable as well as the new one.
-        if let Some(at) = self.at(&fd)? {
-            self.check(&at, &old_path, true, follows(old_path_flags))
-                .await?;
-        }
-        if let Some(at) = self.at(&new_fd)? {
-            self.check(&at, &new_path, true, Last::NoFollow).await?;
-        }
+        self.check_at(&fd, &old_path, true, follows(old_path_flags))
+            .await?;
+        self.check_at(&new_fd, &new_path, true, Last::NoFollow)
+            .await?;
         self.inner
             .link_at(fd, old_path_flags, old_path, new_fd, new_path)
             .await
