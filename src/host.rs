@@ -469,6 +469,17 @@ impl Host {
         policy: &Arc<VerifiedPolicy>,
         component: &str,
     ) -> Result<(), RunError> {
+        self.instantiate_command(policy, component, &[]).await?;
+        Ok(())
+    }
+
+    /// The store and the instantiated command that [`Host::run`] runs.
+    async fn instantiate_command(
+        &self,
+        policy: &Arc<VerifiedPolicy>,
+        component: &str,
+        args: &[String],
+    ) -> Result<(wasmtime_wasi::p2::bindings::Command, Store<State>), RunError> {
         let spec = policy
             .policy()
             .components
@@ -476,20 +487,25 @@ impl Host {
             .ok_or_else(|| no_such(policy, component))?;
         let app = self.app(policy, component)?;
         let mut store =
-            new_store(&self.engine, policy, &self.recorder, spec, &[]).map_err(|e| {
+            new_store(&self.engine, policy, &self.recorder, spec, args).map_err(|e| {
                 RunError::Instantiate {
                     component: component.to_owned(),
                     message: e.to_string(),
                 }
             })?;
-        let pre = app.command.as_ref().ok_or_else(|| RunError::Instantiate {
-            component: component.to_owned(),
-            message: "not a command".into(),
-        })?;
-        pre.instantiate_async(&mut store)
-            .await
-            .map_err(|e| instantiate_error(component, &app.component, &self.engine, e))?;
-        Ok(())
+        let cmd = match &app.command {
+            Some(pre) => pre.instantiate_async(&mut store).await,
+            None => {
+                wasmtime_wasi::p2::bindings::Command::instantiate_async(
+                    &mut store,
+                    &app.component,
+                    &app.linker,
+                )
+                .await
+            }
+        }
+        .map_err(|e| instantiate_error(component, &app.component, &self.engine, e))?;
+        Ok((cmd, store))
     }
 
     /// Runs `component` (a `wasi:cli/run` command) with `args` appended to its policy's
@@ -501,35 +517,11 @@ impl Host {
         component: &str,
         args: &[String],
     ) -> Result<i32, RunError> {
-        let spec = policy
-            .policy()
-            .components
-            .get(component)
-            .ok_or_else(|| no_such(policy, component))?;
-        let app = self.app(policy, component)?;
-        let (compiled, linker) = (app.component.clone(), &app.linker);
-        let limits = spec.limits;
-        let mut store =
-            new_store(&self.engine, policy, &self.recorder, spec, args).map_err(|e| {
-                RunError::Instantiate {
-                    component: component.to_owned(),
-                    message: e.to_string(),
-                }
-            })?;
-
+        let (cmd, mut store) = self.instantiate_command(policy, component, args).await?;
+        let limits = policy.policy().components[component].limits;
         let fail = |e: wasmtime::Error, store: &Store<State>| {
             classify(component, &limits, e, store.data().limiter.memory_refused)
         };
-        let cmd = match &app.command {
-            Some(pre) => pre.instantiate_async(&mut store).await,
-            None => {
-                wasmtime_wasi::p2::bindings::Command::instantiate_async(
-                    &mut store, &compiled, linker,
-                )
-                .await
-            }
-        }
-        .map_err(|e| instantiate_error(component, &compiled, &self.engine, e))?;
         let result = backstop(&limits, cmd.wasi_cli_run().call_run(&mut store)).await;
         match result {
             Ok(Ok(())) => Ok(0),
