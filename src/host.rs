@@ -21,6 +21,7 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 use crate::grant::dns::{FilteredDns, FilteredDnsData, LookupGuard};
 use crate::grant::fs::{FsGuard, GuardedFs, GuardedFsData};
 use crate::grant::http::HttpGuard;
+use crate::grant::sockets::{CountedSockets, CountedSocketsData, SocketCount};
 use crate::grant::{self, DecisionObserver, LimitHit, Limiter, Recorder};
 use crate::verified::VerifiedPolicy;
 
@@ -193,6 +194,7 @@ pub(crate) struct State {
     hooks: HttpGuard,
     lookup: LookupGuard,
     fs: FsGuard,
+    sockets: SocketCount,
 }
 
 impl State {
@@ -231,6 +233,16 @@ fn guarded_fs(s: &mut State) -> GuardedFs<'_> {
     }
 }
 
+fn counted_sockets(s: &mut State) -> CountedSockets<'_> {
+    CountedSockets {
+        inner: WasiSocketsCtxView {
+            ctx: s.wasi.sockets(),
+            table: &mut s.table,
+        },
+        guard: &mut s.sockets,
+    }
+}
+
 fn filtered_dns(s: &mut State) -> FilteredDns<'_> {
     FilteredDns {
         inner: WasiSocketsCtxView {
@@ -266,6 +278,17 @@ impl Host {
         linker.allow_shadowing(true);
         wasmtime_wasi::p2::bindings::sockets::ip_name_lookup::add_to_linker::<State, FilteredDnsData>(&mut linker, filtered_dns)
             .map_err(setup)?;
+        // Count the sockets each instance creates (`limits.sockets`, see `grant::sockets`).
+        wasmtime_wasi::p2::bindings::sockets::tcp_create_socket::add_to_linker::<
+            State,
+            CountedSocketsData,
+        >(&mut linker, counted_sockets)
+        .map_err(setup)?;
+        wasmtime_wasi::p2::bindings::sockets::udp_create_socket::add_to_linker::<
+            State,
+            CountedSocketsData,
+        >(&mut linker, counted_sockets)
+        .map_err(setup)?;
         // Put the filesystem adapter in front of every filesystem call (see `grant::fs`).
         wasmtime_wasi::p2::bindings::filesystem::types::add_to_linker::<State, GuardedFsData>(
             &mut linker,
@@ -631,6 +654,7 @@ pub(crate) fn new_store(
                 spec.name.clone(),
                 spec.limits.files,
             ),
+            sockets: SocketCount::new(spec.limits.sockets),
         },
     );
     store.limiter(|s| &mut s.limiter);
@@ -700,6 +724,26 @@ fn classify(
                 MAX_WASM_STACK / 1024
             ),
         ),
+        _ if let Some(o) = e.downcast_ref::<grant::OutputExceeded>() => limit(
+            LimitHit::Output,
+            format!(
+                "output limit of {} exceeded (`limits.output`)",
+                crate::policy::units::ByteSize::from_bytes(o.limit)
+            ),
+        ),
+        _ if matches!(
+            e.downcast_ref::<wasmtime::component::ResourceTableError>(),
+            Some(wasmtime::component::ResourceTableError::Full)
+        ) =>
+        {
+            limit(
+                LimitHit::Resources,
+                format!(
+                    "the instance holds {MAX_RESOURCES} handles (descriptors, streams, sockets, \
+                     pollables), the most capgate allows one instance"
+                ),
+            )
+        }
         _ if memory_refused => limit(
             LimitHit::Memory,
             format!(

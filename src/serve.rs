@@ -8,9 +8,8 @@
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -20,6 +19,7 @@ use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
+use crate::grant::body::Capped;
 use crate::host::{Host, RunError, State};
 use crate::verified::VerifiedPolicy;
 
@@ -46,50 +46,6 @@ fn text(status: u16, message: String) -> hyper::Response<HyperOutgoingBody> {
         hyper::header::HeaderValue::from_static("text/plain"),
     );
     r
-}
-
-/// A request body cut off with `HttpRequestBodySize` once it passes `limits.body` bytes
-/// (for bodies whose length is not announced up front).
-struct Capped {
-    inner: hyper::body::Incoming,
-    seen: u64,
-    limit: u64,
-}
-
-impl hyper::body::Body for Capped {
-    type Data = Bytes;
-    type Error = wasmtime_wasi_http::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
-        let this = &mut *self;
-        match Pin::new(&mut this.inner).poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(data) = frame.data_ref() {
-                    this.seen += data.len() as u64;
-                    if this.seen > this.limit {
-                        return Poll::Ready(Some(Err(
-                            wasmtime_wasi_http::Error::HttpRequestBodySize(Some(this.seen)),
-                        )));
-                    }
-                }
-                Poll::Ready(Some(Ok(frame)))
-            }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
-            Poll::Ready(None) => Poll::Ready(None),
-            Poll::Pending => Poll::Pending,
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> hyper::body::SizeHint {
-        self.inner.size_hint()
-    }
 }
 
 impl Served {
@@ -119,13 +75,10 @@ impl Served {
         let Ok(permit) = self.permits.clone().acquire_owned().await else {
             return text(503, "capgate: shutting down".into());
         };
-        let req = req.map(|inner| Capped {
-            inner,
-            seen: 0,
-            limit,
-        });
+        let req = req.map(|inner| Capped::request(inner, limit));
         match self.handle_inner(req, permit).await {
-            Ok(r) => r,
+            // The guest's response body is capped too: past the limit the connection is cut.
+            Ok(r) => r.map(|b| Capped::response(b, limit).boxed_unsync()),
             Err(message) => text(
                 500,
                 format!("capgate: component `{}` failed: {message}", self.component),
@@ -135,7 +88,7 @@ impl Served {
 
     async fn handle_inner(
         &self,
-        req: hyper::Request<Capped>,
+        req: hyper::Request<Capped<hyper::body::Incoming>>,
         permit: tokio::sync::OwnedSemaphorePermit,
     ) -> Result<hyper::Response<HyperOutgoingBody>, String> {
         let spec = &self.policy.policy().components[&self.component];

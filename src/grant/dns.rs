@@ -12,7 +12,6 @@ use wasmtime::component::{HasData, Resource};
 use wasmtime_wasi::p2::bindings::sockets::ip_name_lookup as dns;
 use wasmtime_wasi::p2::bindings::sockets::network;
 use wasmtime_wasi::p2::{DynPollable, SocketError};
-use wasmtime_wasi::sockets::WasiSocketsCtxView;
 
 use super::Recorder;
 use crate::authz::Request;
@@ -26,10 +25,7 @@ pub(crate) struct LookupGuard {
 }
 
 /// wasmtime-wasi's sockets view, with the lookup decision in front of it.
-pub(crate) struct FilteredDns<'a> {
-    pub inner: WasiSocketsCtxView<'a>,
-    pub guard: &'a LookupGuard,
-}
+pub(crate) type FilteredDns<'a> = super::sockets::Shadow<'a, &'a LookupGuard>;
 
 /// Marker for the linker's `HasData`.
 pub(crate) struct FilteredDnsData;
@@ -86,24 +82,5 @@ impl dns::HostResolveAddressStream for FilteredDns<'_> {
 
     fn drop(&mut self, r: Resource<dns::ResolveAddressStream>) -> wasmtime::Result<()> {
         dns::HostResolveAddressStream::drop(&mut self.inner, r)
-    }
-}
-
-impl network::Host for FilteredDns<'_> {
-    fn convert_error_code(&mut self, e: SocketError) -> wasmtime::Result<network::ErrorCode> {
-        network::Host::convert_error_code(&mut self.inner, e)
-    }
-
-    fn network_error_code(
-        &mut self,
-        e: Resource<wasmtime::Error>,
-    ) -> wasmtime::Result<Option<network::ErrorCode>> {
-        network::Host::network_error_code(&mut self.inner, e)
-    }
-}
-
-impl network::HostNetwork for FilteredDns<'_> {
-    fn drop(&mut self, r: Resource<network::Network>) -> wasmtime::Result<()> {
-        network::HostNetwork::drop(&mut self.inner, r)
     }
 }

@@ -17,6 +17,7 @@ use http_body_util::BodyExt as _;
 use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpHooks};
 
 use super::Recorder;
+use super::body::Capped;
 use crate::authz::{Decision, Request};
 use crate::policy::pattern::{HostPattern, HttpScheme, canonical_ip, is_internal};
 use crate::verified::VerifiedPolicy;
@@ -169,8 +170,10 @@ async fn guarded_send(
         .path_and_query(uri.path_and_query().map_or("/", |p| p.as_str()))
         .build()
         .map_err(|_| Error::HttpRequestUriInvalid)?;
-    match scheme {
-        HttpScheme::Http => exchange(stream, request).await,
+    let limit = spec.limits.body.bytes();
+    let request = request.map(|b| Capped::request(b, limit).boxed_unsync());
+    let (response, worker) = match scheme {
+        HttpScheme::Http => exchange(stream, request).await?,
         HttpScheme::Https => {
             let roots = rustls::RootCertStore {
                 roots: webpki_roots::TLS_SERVER_ROOTS.into(),
@@ -187,9 +190,13 @@ async fn guarded_send(
                 .connect(name, stream)
                 .await
                 .map_err(Error::Tls)?;
-            exchange(tls, request).await
+            exchange(tls, request).await?
         }
-    }
+    };
+    Ok((
+        response.map(|b| Capped::response(b, limit).boxed_unsync()),
+        worker,
+    ))
 }
 
 /// The host as decisions see it: lowercase, no trailing dot, an IP in its canonical form.
@@ -245,7 +252,14 @@ where
             .await
             .map_err(Error::from)?;
     let driver = tokio::spawn(conn);
-    let response = sender.send_request(request).await.map_err(Error::from)?;
+    // A request body that failed (past `limits.body`) reports its own error, not hyper's.
+    let response =
+        sender.send_request(request).await.map_err(|e| {
+            match std::error::Error::source(&e).and_then(|s| s.downcast_ref::<Error>()) {
+                Some(Error::HttpRequestBodySize(n)) => Error::HttpRequestBodySize(*n),
+                _ => Error::from(e),
+            }
+        })?;
     let worker = async move {
         match driver.await {
             Ok(r) => r.map_err(Error::from),

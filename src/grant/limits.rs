@@ -15,6 +15,10 @@ pub enum LimitHit {
     Fuel,
     /// The wasm stack (unbounded recursion).
     Stack,
+    /// `limits.output`.
+    Output,
+    /// The per-instance bound on handles (descriptors, streams, sockets, pollables).
+    Resources,
 }
 
 /// Bounds a store's memories and tables.

@@ -6,10 +6,13 @@
 //! decision function for every address. This module never widens a grant: when in doubt, it
 //! denies.
 
+pub(crate) mod body;
 pub(crate) mod dns;
 pub(crate) mod fs;
 pub(crate) mod http;
 mod limits;
+pub(crate) mod output;
+pub(crate) mod sockets;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -23,6 +26,7 @@ use crate::policy::{Access, ComponentPolicy, Input, Output};
 use crate::verified::VerifiedPolicy;
 
 pub use limits::{LimitHit, Limiter};
+pub use output::OutputExceeded;
 
 /// One decision made while a guest ran, for observers (the CLI prints denials; the audit log
 /// records them).
@@ -156,11 +160,19 @@ pub(crate) fn wasi_ctx(
     if component.stdio.stdin == Input::Inherit {
         b.inherit_stdin();
     }
+    // stdout and stderr share one `limits.output` budget.
+    let budget = output::Budget::new(component.limits.output.bytes());
     if component.stdio.stdout == Output::Inherit {
-        b.inherit_stdout();
+        b.stdout(output::Metered {
+            inner: wasmtime_wasi::cli::stdout(),
+            budget: budget.clone(),
+        });
     }
     if component.stdio.stderr == Output::Inherit {
-        b.inherit_stderr();
+        b.stderr(output::Metered {
+            inner: wasmtime_wasi::cli::stderr(),
+            budget,
+        });
     }
 
     let dirs = policy

@@ -20,9 +20,14 @@ pub mod defaults {
     /// File and directory descriptors one instance may hold open when `limits.files` is not
     /// set.
     pub const FILES: u32 = 256;
-    /// The largest HTTP request body `capgate serve` passes to a component when
-    /// `limits.body` is not set: 16 MiB.
+    /// The largest HTTP body a component receives or sends when `limits.body` is not set:
+    /// 16 MiB.
     pub const BODY: ByteSize = ByteSize::from_bytes(16 << 20);
+    /// TCP and UDP sockets one instance may hold open when `limits.sockets` is not set.
+    pub const SOCKETS: u32 = 64;
+    /// Bytes one run, call or request may write to stdout and stderr together when
+    /// `limits.output` is not set: 256 MiB.
+    pub const OUTPUT: ByteSize = ByteSize::from_bytes(256 << 20);
 }
 
 /// A stable identifier of one grant, from its place in the YAML: `http-handler.http[1]`.
@@ -178,8 +183,13 @@ pub struct Limits {
     pub instances: u32,
     /// File and directory descriptors one instance may hold open at once.
     pub files: u32,
-    /// The largest HTTP request body a served component receives.
+    /// TCP and UDP sockets one instance may hold open at once.
+    pub sockets: u32,
+    /// The largest HTTP body a component receives or sends: requests `serve` passes to it and
+    /// responses it answers with, requests it sends out and responses it reads back.
     pub body: ByteSize,
+    /// Bytes one run, call or request may write to stdout and stderr together.
+    pub output: ByteSize,
 }
 
 impl Default for Limits {
@@ -190,7 +200,9 @@ impl Default for Limits {
             fuel: None,
             instances: defaults::INSTANCES,
             files: defaults::FILES,
+            sockets: defaults::SOCKETS,
             body: defaults::BODY,
+            output: defaults::OUTPUT,
         }
     }
 }

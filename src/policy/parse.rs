@@ -141,7 +141,9 @@ struct RawLimits {
     fuel: Option<Spanned<u64>>,
     instances: Option<Spanned<u32>>,
     files: Option<Spanned<u32>>,
+    sockets: Option<Spanned<u32>>,
     body: Option<Spanned<Quantity>>,
+    output: Option<Spanned<Quantity>>,
 }
 
 #[derive(Deserialize)]
@@ -522,13 +524,24 @@ fn component(
     }
 
     let mut limits = Limits::default();
+    let size = |q: &Spanned<Quantity>, field: &str| match &q.value {
+        Quantity::Bytes(n) => Ok(ByteSize::from_bytes(*n)),
+        Quantity::Text(t) => t
+            .parse()
+            .map_err(|e| cx.unit(&q.referenced, &format!("{name}.limits.{field}"), e)),
+    };
+    let count = |n: &Spanned<u32>, field: &str| {
+        if n.value == 0 || n.value > 65536 {
+            return Err(cx.err(
+                &n.referenced,
+                format!("{name}.limits.{field}: must be between 1 and 65536"),
+                None,
+            ));
+        }
+        Ok(n.value)
+    };
     if let Some(m) = &rc.limits.memory {
-        limits.memory = match &m.value {
-            Quantity::Bytes(n) => ByteSize::from_bytes(*n),
-            Quantity::Text(t) => t
-                .parse()
-                .map_err(|e| cx.unit(&m.referenced, &format!("{name}.limits.memory"), e))?,
-        };
+        limits.memory = size(m, "memory")?;
     }
     if let Some(t) = &rc.limits.timeout {
         limits.timeout = Some(
@@ -558,22 +571,16 @@ fn component(
         limits.instances = n.value;
     }
     if let Some(n) = &rc.limits.files {
-        if n.value == 0 || n.value > 65536 {
-            return Err(cx.err(
-                &n.referenced,
-                format!("{name}.limits.files: must be between 1 and 65536"),
-                None,
-            ));
-        }
-        limits.files = n.value;
+        limits.files = count(n, "files")?;
+    }
+    if let Some(n) = &rc.limits.sockets {
+        limits.sockets = count(n, "sockets")?;
     }
     if let Some(b) = &rc.limits.body {
-        limits.body = match &b.value {
-            Quantity::Bytes(n) => ByteSize::from_bytes(*n),
-            Quantity::Text(t) => t
-                .parse()
-                .map_err(|e| cx.unit(&b.referenced, &format!("{name}.limits.body"), e))?,
-        };
+        limits.body = size(b, "body")?;
+    }
+    if let Some(o) = &rc.limits.output {
+        limits.output = size(o, "output")?;
     }
 
     Ok(ComponentPolicy {

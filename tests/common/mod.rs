@@ -233,3 +233,107 @@ pub fn run_probe_env(sb: &Sandbox, component: &str, args: &[&str], env: &[(&str,
     cmd.envs(env.iter().copied());
     Run::from(cmd.output().expect("run capgate"))
 }
+
+/// A `capgate serve` process and the address it listens on; killed when dropped.
+pub struct Server {
+    pub child: std::process::Child,
+    pub addr: String,
+    /// The server's stderr after the listening line. Tests that make it print (each denial is
+    /// reported there) must keep reading it, or the pipe fills up.
+    pub stderr: Option<std::io::BufReader<std::process::ChildStderr>>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `capgate ARGS` (a `serve` command listening on port 0) and waits for the line that
+/// names its address.
+pub fn serve(sb: &Sandbox, args: &[&str]) -> Server {
+    use std::io::BufRead as _;
+    let mut child = sb
+        .command(args)
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    // The first line naming the address (warnings may come before it).
+    let mut line = String::new();
+    while !line.contains("http://") {
+        line.clear();
+        if stderr.read_line(&mut line).unwrap() == 0 {
+            panic!("capgate serve exited before listening");
+        }
+    }
+    let addr = line
+        .split("http://")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no address in {line:?}"))
+        .to_owned();
+    Server {
+        child,
+        addr,
+        stderr: Some(stderr),
+    }
+}
+
+/// Sends one HTTP/1.1 request and returns (status, body).
+pub fn request(addr: &str, method: &str, path: &str, body: &[u8]) -> (u16, Vec<u8>) {
+    let (status, body, complete) = request_raw(addr, method, path, body);
+    assert!(complete, "the response to {method} {path} was cut off");
+    (status, body)
+}
+
+/// [`request`] for responses that may be cut off: (status, the body received, whether it
+/// arrived whole).
+pub fn request_raw(addr: &str, method: &str, path: &str, body: &[u8]) -> (u16, Vec<u8>, bool) {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(s, "{method} {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n", body.len()).unwrap();
+    s.write_all(body).unwrap();
+    let mut raw = Vec::new();
+    // A connection the server cuts may end in a reset: what arrived before it counts.
+    let _ = s.read_to_end(&mut raw);
+    let head_end = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("response head");
+    let head = String::from_utf8_lossy(&raw[..head_end]).to_ascii_lowercase();
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let raw_body = &raw[head_end + 4..];
+    if head.contains("transfer-encoding: chunked") {
+        let (body, complete) = dechunk(raw_body);
+        return (status, body, complete);
+    }
+    let announced = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse::<usize>().ok());
+    let complete = announced.is_none_or(|n| n == raw_body.len());
+    (status, raw_body.to_vec(), complete)
+}
+
+/// A chunked body's data, and whether its last chunk arrived.
+fn dechunk(mut b: &[u8]) -> (Vec<u8>, bool) {
+    let mut out = Vec::new();
+    loop {
+        let Some(eol) = b.windows(2).position(|w| w == b"\r\n") else {
+            return (out, false);
+        };
+        let n = usize::from_str_radix(std::str::from_utf8(&b[..eol]).unwrap().trim(), 16).unwrap();
+        if n == 0 {
+            return (out, true);
+        }
+        let Some(data) = b.get(eol + 2..eol + 2 + n) else {
+            out.extend_from_slice(&b[eol + 2..]);
+            return (out, false);
+        };
+        out.extend_from_slice(data);
+        b = b.get(eol + 2 + n + 2..).unwrap_or_default();
+    }
+}

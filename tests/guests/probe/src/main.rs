@@ -93,6 +93,52 @@ fn main() {
             }
             println!("{}", deep(0));
         }
+        // Writes N bytes to stdout in 64 KiB chunks.
+        "print" => {
+            let n: usize = a(2).parse().unwrap_or(0);
+            let chunk = vec![b'x'; 64 * 1024];
+            let mut out = std::io::stdout().lock();
+            let mut left = n;
+            while left > 0 {
+                let k = left.min(chunk.len());
+                if let Err(e) = out.write_all(&chunk[..k]) {
+                    println!("err: {:?}: {e}", e.kind());
+                    return;
+                }
+                left -= k;
+            }
+            let _ = out.flush();
+            drop(out);
+            println!("\nok: printed {n}");
+        }
+        // ROUNDS times: connects N times to ADDR and holds every connection, then drops them.
+        "sockets" => {
+            let (n, rounds): (usize, usize) = (a(3).parse().unwrap_or(0), a(4).parse().unwrap_or(1));
+            for round in 0..rounds {
+                let mut held = Vec::new();
+                for _ in 0..n {
+                    match TcpStream::connect(a(2).as_str()) {
+                        Ok(s) => held.push(s),
+                        Err(e) => {
+                            println!("err: round {round}, after {}: {:?}: {e}", held.len(), e.kind());
+                            return;
+                        }
+                    }
+                }
+            }
+            println!("ok: {n} x {rounds}");
+        }
+        // Holds N pollables (handles with no host descriptor behind them).
+        "pollables" => {
+            let n: usize = a(2).parse().unwrap_or(0);
+            let held: Vec<_> = (0..n).map(|_| wasi::clocks::monotonic_clock::subscribe_duration(1_000_000_000)).collect();
+            println!("ok: {}", held.len());
+        }
+        // POSTs N bytes to URL.
+        "post" => match http_body("POST", &a(2), a(3).parse().unwrap_or(0)) {
+            Ok(v) => println!("ok: {v}"),
+            Err(e) => println!("err: {e}"),
+        },
         "http" => match http(&a(2), &a(3)) {
             Ok(v) => println!("ok: {v}"),
             Err(e) => println!("err: {e}"),
@@ -112,6 +158,12 @@ fn main() {
 
 /// Sends `METHOD URL` through wasi:http/outgoing-handler; returns "STATUS BODY".
 fn http(method: &str, url: &str) -> Result<String, String> {
+    http_body(method, url, 0)
+}
+
+/// Sends `METHOD URL` with `send` bytes of body; returns "STATUS BODY", or the error that
+/// ended the exchange (a failed body read reports the HTTP error code behind it).
+fn http_body(method: &str, url: &str, send: usize) -> Result<String, String> {
     use wasi::http::types::{Fields, Method, OutgoingBody, OutgoingRequest, Scheme};
     let (scheme, rest) = url.split_once("://").ok_or("bad url")?;
     let (authority, path) = match rest.find('/') {
@@ -137,7 +189,20 @@ fn http(method: &str, url: &str) -> Result<String, String> {
     req.set_path_with_query(Some(path)).map_err(|_| "path")?;
     let body = req.body().map_err(|_| "body")?;
     let fut = wasi::http::outgoing_handler::handle(req, None).map_err(|e| format!("{e:?}"))?;
-    OutgoingBody::finish(body, None).map_err(|e| format!("{e:?}"))?;
+    if send > 0 {
+        let stream = body.write().map_err(|_| "body stream")?;
+        let chunk = [b'y'; 4096];
+        let mut left = send;
+        while left > 0 {
+            let k = left.min(chunk.len());
+            if stream.blocking_write_and_flush(&chunk[..k]).is_err() {
+                break;
+            }
+            left -= k;
+        }
+        drop(stream);
+    }
+    let _ = OutgoingBody::finish(body, None);
     fut.subscribe().block();
     let resp = match fut.get() {
         Some(Ok(Ok(r))) => r,
@@ -149,9 +214,13 @@ fn http(method: &str, url: &str) -> Result<String, String> {
     let stream = incoming.stream().map_err(|_| "stream")?;
     let mut out = Vec::new();
     loop {
-        match stream.blocking_read(4096) {
+        match stream.blocking_read(64 * 1024) {
             Ok(chunk) => out.extend_from_slice(&chunk),
-            Err(_) => break,
+            Err(wasi::io::streams::StreamError::Closed) => break,
+            Err(wasi::io::streams::StreamError::LastOperationFailed(e)) => {
+                let code = wasi::http::types::http_error_code(&e);
+                return Err(format!("body after {} bytes: {code:?}", out.len()));
+            }
         }
     }
     Ok(format!("{status} {}", String::from_utf8_lossy(&out)))
