@@ -213,7 +213,11 @@ struct Live {
     instance: Instance,
     /// Functions already looked up, by (export, function). Each lookup makes a new handle
     /// that lives as long as the store, so they are looked up once per instance.
-    funcs: std::collections::HashMap<(Option<String>, String), wasmtime::component::Func>,
+    /// By export (`""` for top-level functions), then function.
+    funcs: std::collections::HashMap<
+        String,
+        std::collections::HashMap<String, wasmtime::component::Func>,
+    >,
 }
 
 /// A component other components call, and its (lazily started) instance.
@@ -227,67 +231,115 @@ pub(crate) struct Callee {
     live: tokio::sync::Mutex<Option<Live>>,
 }
 
-impl Callee {
-    /// A call from component `caller`: authorised (`call` action), then invoked.
-    async fn call(
-        &self,
-        caller: &str,
-        export: &str,
-        function: &str,
-        params: &[Val],
-        results: &mut [Val],
-    ) -> wasmtime::Result<()> {
-        let request = Request::Call {
-            component: self.name.clone(),
-            interface: export.to_owned(),
-            function: function.to_owned(),
-        };
-        let decision =
-            grant::decide_decision(self.policy.clone(), caller.to_owned(), request.clone()).await;
-        let args = format!("{params:?}");
-        let decision = self.recorder.record(
-            &self.policy,
-            caller,
-            &request,
-            decision,
-            &[("args", args.as_bytes())],
-        );
-        let (allowed, explain) = (decision.allowed, decision.explain());
-        if !allowed {
-            wasmtime::bail!(
-                "capgate: call from `{caller}` to `{}` {export}#{function} {explain}",
-                self.name
-            );
-        }
-        self.invoke(
-            Some(export),
-            function,
-            |_| Ok(params.to_vec()),
-            results.len(),
-        )
-        .await
-        .map(|out| results.clone_from_slice(&out))
-        .map_err(|e| {
-            let why = match e {
-                InvokeError::Args(m) | InvokeError::Fault(m) => m,
-            };
-            wasmtime::format_err!(
-                "capgate: call from `{caller}` to `{}` {export}#{function} failed: {why}",
-                self.name
-            )
-        })
-    }
+/// One imported function of a caller, bound to its callee.
+struct CallSite {
+    callee: Arc<Callee>,
+    caller: String,
+    /// The `call` request every call through this site makes.
+    request: Request,
+    /// Its decision, once made. A call request carries no per-call context, and a site lives
+    /// only as long as the verified policy it was linked for, so the first complete decision
+    /// holds for every later call.
+    decided: std::sync::OnceLock<crate::authz::Decision>,
+}
 
+impl CallSite {
+    /// A call from the caller: authorised (`call` action), recorded, then invoked.
+    async fn call(&self, params: &[Val], results: &mut [Val]) -> wasmtime::Result<()> {
+        let callee = &self.callee;
+        let Request::Call {
+            interface: export,
+            function,
+            ..
+        } = &self.request
+        else {
+            unreachable!("a call site's request is a call");
+        };
+        let policy = &callee.policy;
+        let recorder = &callee.recorder;
+        // The hot path: an allowed call that nothing records needs no copy of its decision.
+        let quiet = |d: &crate::authz::Decision| {
+            d.allowed && recorder.observer.is_none() && !recorder.writes(d)
+        };
+        if !self.decided.get().is_some_and(quiet) {
+            let decision = match self.decided.get() {
+                Some(d) => d.clone(),
+                None => {
+                    let d = match policy.authority().cached(&self.caller, &self.request) {
+                        Some(d) => d,
+                        None => {
+                            grant::decide_decision(
+                                policy.clone(),
+                                self.caller.clone(),
+                                self.request.clone(),
+                            )
+                            .await
+                        }
+                    };
+                    // A decision that could not be made completely is not kept.
+                    if d.errors.is_empty() {
+                        let _ = self.decided.set(d.clone());
+                    }
+                    d
+                }
+            };
+            // The arguments are formatted (and hashed) only for a decision the log will keep.
+            let args = if recorder.writes(&decision) {
+                format!("{params:?}")
+            } else {
+                String::new()
+            };
+            let decision = recorder.record(
+                policy,
+                &self.caller,
+                &self.request,
+                decision,
+                &[("args", args.as_bytes())],
+            );
+            if !decision.allowed {
+                wasmtime::bail!(
+                    "capgate: call from `{}` to `{}` {export}#{function} {}",
+                    self.caller,
+                    callee.name,
+                    decision.explain()
+                );
+            }
+        }
+        callee
+            .invoke(
+                Some(export),
+                function,
+                |_| Ok(std::borrow::Cow::Borrowed(params)),
+                Results::Into(results),
+            )
+            .await
+            .map(|_| ())
+            .map_err(|e| {
+                let why = match e {
+                    InvokeError::Args(m) | InvokeError::Fault(m) => m,
+                };
+                wasmtime::format_err!(
+                    "capgate: call from `{}` to `{}` {export}#{function} failed: {why}",
+                    self.caller,
+                    callee.name
+                )
+            })
+    }
+}
+
+impl Callee {
     /// Calls `export#function` (or the top-level `function` when `export` is `None`) in this
     /// component's own store, starting an instance if there is none. `params` builds the
     /// arguments from the function's type. A fault drops the instance, so the next call gets a
     /// fresh one. `want` is the number of results, or `usize::MAX` to take the function's.
-    pub(crate) async fn invoke(
+    pub(crate) async fn invoke<'p>(
         &self,
         export: Option<&str>,
         function: &str,
-        params: impl FnOnce(&wasmtime::component::types::ComponentFunc) -> Result<Vec<Val>, String>,
-        want: usize,
+        params: impl FnOnce(
+            &wasmtime::component::types::ComponentFunc,
+        ) -> Result<std::borrow::Cow<'p, [Val]>, String>,
+        results: Results<'_>,
     ) -> Result<Vec<Val>, InvokeError> {
         use InvokeError::Fault;
         let spec = &self.policy.policy().components[&self.name];
@@ -322,35 +374,44 @@ impl Callee {
             }
         };
         crate::host::arm_limits(&mut live.store, &spec.limits);
-        let key = (export.map(str::to_owned), function.to_owned());
-        let func = match live.funcs.get(&key) {
-            Some(f) => *f,
+        let cached = live
+            .funcs
+            .get(export.unwrap_or_default())
+            .and_then(|m| m.get(function))
+            .copied();
+        let func = match cached {
+            Some(f) => f,
             None => {
                 let f = self.lookup(live, export, function)?;
-                live.funcs.insert(key, f);
+                live.funcs
+                    .entry(export.unwrap_or_default().to_owned())
+                    .or_default()
+                    .insert(function.to_owned(), f);
                 f
             }
         };
         let ty = func.ty(&live.store);
         let args = params(&ty).map_err(InvokeError::Args)?;
-        let n = if want == usize::MAX {
-            ty.results().len()
-        } else {
-            want
+        let mut fresh = Vec::new();
+        let out = match results {
+            Results::Into(r) => r,
+            Results::Fresh => {
+                fresh.resize(ty.results().len(), Val::Bool(false));
+                &mut fresh[..]
+            }
         };
-        let mut results = vec![Val::Bool(false); n];
         let limits = spec.limits;
         // The instance leaves its slot for the call and returns only if the call completes: a
         // fault, or a caller that gives up (dropping this future), leaves the slot empty, so
         // no one ever gets an instance stopped halfway.
         // INVARIANT: `live` was borrowed from `slot` above, so the slot holds an instance.
         let mut live = slot.take().expect("the instance is in its slot");
-        let call = func.call_async(&mut live.store, &args, &mut results);
+        let call = func.call_async(&mut live.store, &args, out);
         let outcome = crate::host::backstop(&limits, call).await;
         match outcome {
             Ok(()) => {
                 *slot = Some(live);
-                Ok(results)
+                Ok(fresh)
             }
             Err(e) => {
                 let why = crate::host::describe_failure(
@@ -414,6 +475,14 @@ impl Callee {
                 ))
             })
     }
+}
+
+/// Where an invocation's results go.
+pub(crate) enum Results<'r> {
+    /// Into the caller's slots (a call forwarded from another component).
+    Into(&'r mut [Val]),
+    /// Into a new vector of the function's arity, returned.
+    Fresh,
 }
 
 /// Why an invocation failed.
@@ -481,24 +550,20 @@ impl Wiring<'_> {
             };
             let mut inst = linker.instance(&link.import).map_err(link_err)?;
             for f in &link.functions {
-                let (callee, caller, export, function) = (
-                    callee.clone(),
-                    name.to_owned(),
-                    link.export.clone(),
-                    f.clone(),
-                );
+                // Everything a call needs that does not change between calls is built once.
+                let site = Arc::new(CallSite {
+                    callee: callee.clone(),
+                    caller: name.to_owned(),
+                    request: Request::Call {
+                        component: link.callee.clone(),
+                        interface: link.export.clone(),
+                        function: f.clone(),
+                    },
+                    decided: std::sync::OnceLock::new(),
+                });
                 inst.func_new_async(f, move |_store, _ty, params, results| {
-                    let (callee, caller, export, function) = (
-                        callee.clone(),
-                        caller.clone(),
-                        export.clone(),
-                        function.clone(),
-                    );
-                    Box::new(async move {
-                        callee
-                            .call(&caller, &export, &function, params, results)
-                            .await
-                    })
+                    let site = site.clone();
+                    Box::new(async move { site.call(params, results).await })
                 })
                 .map_err(link_err)?;
             }

@@ -427,10 +427,11 @@ impl Host {
                         format!("argument `{n}`: `{a}` is not a valid WAVE value of its type: {e}")
                     })
                 })
-                .collect()
+                .collect::<Result<Vec<_>, _>>()
+                .map(std::borrow::Cow::Owned)
         };
         let results = callee
-            .invoke(export, name, parse, usize::MAX)
+            .invoke(export, name, parse, crate::broker::Results::Fresh)
             .await
             .map_err(|e| match e {
                 crate::broker::InvokeError::Args(message) => RunError::Call {

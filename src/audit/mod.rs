@@ -168,6 +168,11 @@ impl Auditor {
         self.admit(policy, component, request, decision, &[])
     }
 
+    /// Whether the level asks for `decision` to be written.
+    pub(crate) fn keeps(&self, decision: &Decision) -> bool {
+        !(decision.allowed && self.level == AuditLevel::Deny)
+    }
+
     /// Records `decision` (if the level asks for it) and returns the decision to enforce.
     /// `sensitive` values are recorded only as salted hashes.
     pub(crate) fn admit(
@@ -178,7 +183,7 @@ impl Auditor {
         decision: Decision,
         sensitive: &[(&'static str, &[u8])],
     ) -> Decision {
-        if decision.allowed && self.level == AuditLevel::Deny {
+        if !self.keeps(&decision) {
             return decision;
         }
         let p = policy.policy();

@@ -98,6 +98,11 @@ pub(crate) struct Recorder {
 }
 
 impl Recorder {
+    /// Whether the audit log keeps `decision` (so values for it are worth preparing).
+    pub(crate) fn writes(&self, decision: &Decision) -> bool {
+        self.audit.as_ref().is_some_and(|a| a.keeps(decision))
+    }
+
     /// Records `decision` and returns the decision to enforce. `sensitive` values (a query
     /// string, call arguments) reach the log only as salted hashes.
     pub(crate) fn record(

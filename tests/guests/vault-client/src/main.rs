@@ -7,6 +7,13 @@ use test::secrets::vault;
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    // `add-many N`: N calls of `add` (for the brokered-call benchmark).
+    if args.get(1).map(String::as_str) == Some("add-many") {
+        let n: u32 = args.get(2).and_then(|n| n.parse().ok()).unwrap_or(0);
+        let sum = (0..n).fold(0u32, |acc, i| acc.wrapping_add(vault::add(i, 1)));
+        println!("add-many: {sum}");
+        return;
+    }
     for op in &args[1..] {
         match op.as_str() {
             "public" => println!("public: {}", vault::get_public()),
