@@ -4,7 +4,7 @@
 #
 #   bash benches/e2e.sh
 #
-# Needs `hyperfine` and `wasmtime` 48 on PATH (`cargo install hyperfine` and
+# Needs `hyperfine` and `wasmtime` 48 on PATH (`cargo install hyperfine --version 1.20.0` and
 # `cargo install wasmtime-cli --version '^48'`), and a release build of capgate.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -35,8 +35,14 @@ YAML
 "$capgate" sign artifact app.wasm --key k.key >/dev/null
 "$capgate" sign policy policy.yaml --key k.key >/dev/null
 mkdir -p cache && chmod 700 cache
-hyperfine --warmup 3 --shell=none \
-    -n "capgate run (cache)" "env XDG_CACHE_HOME=$work/cache $capgate run --policy policy.yaml --trust trust.yaml --state-dir state -- x" \
-    -n "wasmtime run (cache)" "wasmtime run -C cache=y app.wasm --greeting x" \
-    -n "capgate run (no cache)" "$capgate run --no-cache --policy policy.yaml --trust trust.yaml --state-dir state -- x" \
-    -n "wasmtime run (no cache)" "wasmtime run -C cache=n app.wasm --greeting x"
+# What capgate always turns on for a component with default limits: epoch interruption (here
+# through a timeout), fuel metering (the time and fuel limits), and a 256 MiB memory limit.
+limits="-W timeout=3600s,fuel=1000000000000000,max-memory-size=268435456"
+# Each pair in its own hyperfine run, so each table's "Relative" column is the ratio.
+hyperfine --warmup 5 --runs 100 --shell=none --export-markdown "$OLDPWD/target/e2e-cache.md" \
+    -n "wasmtime run (cache)" "wasmtime run -C cache=y $limits app.wasm --greeting x" \
+    -n "capgate run (cache)" "env XDG_CACHE_HOME=$work/cache $capgate run --policy policy.yaml --trust trust.yaml --state-dir state -- x"
+hyperfine --warmup 2 --runs 20 --shell=none --export-markdown "$OLDPWD/target/e2e-no-cache.md" \
+    -n "wasmtime run (no cache)" "wasmtime run -C cache=n $limits app.wasm --greeting x" \
+    -n "capgate run (no cache)" "$capgate run --no-cache --policy policy.yaml --trust trust.yaml --state-dir state -- x"
+cat "$OLDPWD/target/e2e-cache.md" "$OLDPWD/target/e2e-no-cache.md"

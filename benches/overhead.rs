@@ -16,9 +16,8 @@ use capgate::signing::{SecretKey, Sha256, TrustRoot};
 
 const SAMPLES: usize = 21;
 
-/// Median time of one call of `f`.
-fn median(mut f: impl FnMut()) -> Duration {
-    // Calibrate the batch size to ~20 ms.
+/// A batch size for `f` long enough (about 20 ms) for the clock to be exact.
+fn calibrate(f: &mut impl FnMut()) -> u32 {
     let mut batch = 1u32;
     loop {
         let t = Instant::now();
@@ -26,21 +25,42 @@ fn median(mut f: impl FnMut()) -> Duration {
             f();
         }
         if t.elapsed() >= Duration::from_millis(20) || batch >= 1 << 24 {
-            break;
+            return batch;
         }
         batch *= 2;
     }
-    let mut samples: Vec<Duration> = (0..SAMPLES)
-        .map(|_| {
-            let t = Instant::now();
-            for _ in 0..batch {
-                f();
-            }
-            t.elapsed() / batch
-        })
-        .collect();
+}
+
+/// The time of one call of `f`, averaged over a batch.
+fn sample(f: &mut impl FnMut(), batch: u32) -> Duration {
+    let t = Instant::now();
+    for _ in 0..batch {
+        f();
+    }
+    t.elapsed() / batch
+}
+
+fn median_of(mut samples: Vec<Duration>) -> Duration {
     samples.sort();
-    samples[SAMPLES / 2]
+    samples[samples.len() / 2]
+}
+
+/// Median time of one call of `f`.
+fn median(mut f: impl FnMut()) -> Duration {
+    let batch = calibrate(&mut f);
+    median_of((0..SAMPLES).map(|_| sample(&mut f, batch)).collect())
+}
+
+/// Median times of one call of `a` and of `b`, sampled in turn, so that the machine getting
+/// faster or slower during the run affects both alike.
+fn paired(mut a: impl FnMut(), mut b: impl FnMut()) -> (Duration, Duration) {
+    let (ba, bb) = (calibrate(&mut a), calibrate(&mut b));
+    let (mut sa, mut sb) = (Vec::new(), Vec::new());
+    for _ in 0..SAMPLES {
+        sa.push(sample(&mut a, ba));
+        sb.push(sample(&mut b, bb));
+    }
+    (median_of(sa), median_of(sb))
 }
 
 struct Row {
@@ -138,9 +158,6 @@ fn authorisation() -> (Row, Row) {
     };
     let authority = p.authority();
     assert!(authority.decide("c0", &req).allowed);
-    let cached = median(|| {
-        black_box(authority.decide(black_box("c0"), black_box(&req)));
-    });
 
     // The baseline: one direct Cedar evaluation over 21 policies of the same shape.
     use cedar_policy::{Authorizer, Context, Entities, EntityUid, PolicySet, Request as CReq};
@@ -172,19 +189,26 @@ fn authorisation() -> (Row, Row) {
         authorizer.is_authorized(&creq, &set, &entities).decision(),
         cedar_policy::Decision::Allow
     );
-    let direct = median(|| {
-        black_box(authorizer.is_authorized(black_box(&creq), &set, &entities));
-    });
+    let (cached, direct) = paired(
+        || {
+            black_box(authority.decide(black_box("c0"), black_box(&req)));
+        },
+        || {
+            black_box(authorizer.is_authorized(black_box(&creq), &set, &entities));
+        },
+    );
 
     // One uncached decision with 100 components in the policy vs with 1.
     let one = p;
     let hundred = policy(dir.path(), 100, 20);
-    let uncached_one = median(|| {
-        black_box(one.authority().decide_uncached("c0", black_box(&req)));
-    });
-    let uncached_hundred = median(|| {
-        black_box(hundred.authority().decide_uncached("c0", black_box(&req)));
-    });
+    let (uncached_hundred, uncached_one) = paired(
+        || {
+            black_box(hundred.authority().decide_uncached("c0", black_box(&req)));
+        },
+        || {
+            black_box(one.authority().decide_uncached("c0", black_box(&req)));
+        },
+    );
     (
         row(
             "authorisation of a repeated request",
@@ -205,7 +229,8 @@ fn authorisation() -> (Row, Row) {
     )
 }
 
-fn verification() -> Row {
+/// Verifying a signed artifact of `size` bytes against the SHA-256 of the same file.
+fn verify_vs_sha256(size: u32) -> (Duration, Duration) {
     let dir = scratch();
     let key = SecretKey::generate();
     std::fs::write(dir.path().join("k.pub"), key.public().to_pem()).unwrap();
@@ -215,22 +240,28 @@ fn verification() -> Row {
     )
     .unwrap();
     let artifact = dir.path().join("big.wasm");
-    let bytes: Vec<u8> = (0..10u32 << 20)
+    let bytes: Vec<u8> = (0..size)
         .map(|i| (i.wrapping_mul(2654435761) >> 11) as u8)
         .collect();
     std::fs::write(&artifact, &bytes).unwrap();
     capgate::signing::sign_artifact(&artifact, &key).unwrap();
     let trust = TrustRoot::load(&dir.path().join("trust.yaml")).unwrap();
     let req = trust.role(capgate::signing::Role::Artifact);
-    let ours = median(|| {
-        black_box(capgate::signing::verify_artifact_file(&artifact, &trust, &req).unwrap());
-    });
     // The baseline: the same file's SHA-256 computed with `sha256sum`'s algorithm in
     // process (reading the file, hashing it), so process start-up does not count.
-    let baseline = median(|| {
-        let f = std::fs::File::open(&artifact).unwrap();
-        black_box(Sha256::of_reader(f).unwrap());
-    });
+    paired(
+        || {
+            black_box(capgate::signing::verify_artifact_file(&artifact, &trust, &req).unwrap());
+        },
+        || {
+            let f = std::fs::File::open(&artifact).unwrap();
+            black_box(Sha256::of_reader(f).unwrap());
+        },
+    )
+}
+
+fn verification() -> Row {
+    let (ours, baseline) = verify_vs_sha256(10 << 20);
     row(
         "verify a 10 MiB signed artifact",
         ours,
@@ -264,7 +295,6 @@ fn audit_append() -> Row {
         ts: capgate::audit::timestamp(),
         record: Box::new(record.clone()),
     };
-    let ours = median(|| sink.append(black_box(&entry)).unwrap());
     // The baseline: the same records as JSON lines with a sequence number and time but no
     // chain, written the same way (one write per line, synced every 64 lines).
     use std::io::Write as _;
@@ -274,15 +304,18 @@ fn audit_append() -> Row {
         .open(dir.path().join("plain.jsonl"))
         .unwrap();
     let mut seq = 0u64;
-    let baseline = median(|| {
-        seq += 1;
-        let mut line = serde_json::to_vec(&serde_json::json!({"seq": seq, "ts": "2026-11-24T18:00:00.000000Z", "record": &record})).unwrap();
-        line.push(b'\n');
-        plain.write_all(&line).unwrap();
-        if seq.is_multiple_of(64) {
-            plain.sync_data().unwrap();
-        }
-    });
+    let (ours, baseline) = paired(
+        || sink.append(black_box(&entry)).unwrap(),
+        || {
+            seq += 1;
+            let mut line = serde_json::to_vec(&serde_json::json!({"seq": seq, "ts": "2026-11-24T18:00:00.000000Z", "record": &record})).unwrap();
+            line.push(b'\n');
+            plain.write_all(&line).unwrap();
+            if seq.is_multiple_of(64) {
+                plain.sync_data().unwrap();
+            }
+        },
+    );
     row(
         "audit records per second, batch durability",
         ours,
@@ -382,16 +415,18 @@ impl Hello {
 fn instantiation(h: &Hello) -> Row {
     h.rt.block_on(h.host.instantiate_only(&h.policy, "hello"))
         .unwrap();
-    let ours = median(|| {
-        h.rt.block_on(h.host.instantiate_only(&h.policy, "hello"))
-            .unwrap()
-    });
-    let baseline = median(|| {
-        h.rt.block_on(async {
-            let mut store = Hello::raw_store(&h.engine);
-            black_box(h.pre.instantiate_async(&mut store).await.unwrap());
-        })
-    });
+    let (ours, baseline) = paired(
+        || {
+            h.rt.block_on(h.host.instantiate_only(&h.policy, "hello"))
+                .unwrap()
+        },
+        || {
+            h.rt.block_on(async {
+                let mut store = Hello::raw_store(&h.engine);
+                black_box(h.pre.instantiate_async(&mut store).await.unwrap());
+            })
+        },
+    );
     row(
         "instantiate a component with its policy applied",
         ours,
@@ -402,7 +437,8 @@ fn instantiation(h: &Hello) -> Row {
     )
 }
 
-/// Two linked components: `client` calling `add` of `vault` N times in one run.
+/// Linked components: `client` calling `add` N times in one run, through `depth - 1` relays
+/// to `vault` (depth 1: straight to the vault).
 struct Linked {
     rt: tokio::runtime::Runtime,
     policy: Arc<capgate::VerifiedPolicy>,
@@ -420,17 +456,38 @@ struct RawCallee {
 }
 
 impl Linked {
-    fn new() -> Self {
+    fn new(depth: usize) -> Self {
         let dir = scratch();
         let prebuilt = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/guests/prebuilt");
-        for f in ["vault.wasm", "vault-client.wasm"] {
+        for f in ["vault.wasm", "vault-client.wasm", "relay.wasm"] {
             std::fs::copy(prebuilt.join(f), dir.path().join(f)).unwrap();
         }
-        std::fs::write(
-            dir.path().join("policy.yaml"),
-            "capgate: 1\nname: bench\nversion: 1\ncomponents:\n  client:\n    component: vault-client.wasm\n    stdio: { stdout: closed, stderr: closed }\n    calls: [{ component: vault, interface: test:secrets/vault, functions: [add] }]\n  vault:\n    component: vault.wasm\n    stdio: { stdout: closed, stderr: closed }\n",
-        )
-        .unwrap();
+        let quiet = "    stdio: { stdout: closed, stderr: closed }\n";
+        let calls = |next: &str| {
+            format!(
+                "    calls: [{{ component: {next}, interface: test:secrets/vault, functions: [add] }}]\n"
+            )
+        };
+        let hop = |i: usize| {
+            if i + 1 < depth {
+                format!("r{}", i + 1)
+            } else {
+                "vault".into()
+            }
+        };
+        let mut yaml = String::from("capgate: 1\nname: bench\nversion: 1\ncomponents:\n");
+        yaml += &format!(
+            "  client:\n    component: vault-client.wasm\n{quiet}{}",
+            calls(&hop(0))
+        );
+        for i in 1..depth {
+            yaml += &format!(
+                "  r{i}:\n    component: relay.wasm\n{quiet}{}",
+                calls(&hop(i))
+            );
+        }
+        yaml += &format!("  vault:\n    component: vault.wasm\n{quiet}");
+        std::fs::write(dir.path().join("policy.yaml"), yaml).unwrap();
         let policy = Arc::new(
             capgate::danger::load_unsigned_policy(&dir.path().join("policy.yaml")).unwrap(),
         );
@@ -543,23 +600,112 @@ impl Linked {
     }
 }
 
-/// One brokered call: a run making N calls minus a run making none, over N.
-fn brokered_call() -> Row {
+/// One call through the links of `l`: a run making N calls minus a run making none, over N.
+fn per_call(l: &Linked, run: impl Fn(&Linked, u32)) -> Duration {
     const N: u32 = 2000;
-    let l = Linked::new();
-    l.ours(1);
-    l.raw(1);
-    let per_call = |many: Duration, none: Duration| many.saturating_sub(none) / N;
-    let ours = per_call(median(|| l.ours(N)), median(|| l.ours(0)));
-    let raw = per_call(median(|| l.raw(N)), median(|| l.raw(0)));
+    run(l, 1);
+    let (many, none) = paired(|| run(l, N), || run(l, 0));
+    many.saturating_sub(none) / N
+}
+
+fn brokered_call() -> Row {
+    let l = Linked::new(1);
     row(
         "brokered call between two linked components (authorised + audited)",
-        ours,
+        per_call(&l, Linked::ours),
         "the same call forwarded with the dynamic API, no checks",
-        raw,
+        per_call(&l, Linked::raw),
         1.30,
         false,
     )
+}
+
+/// How the figures grow: with policy size, artifact size and link depth.
+fn curves() {
+    println!("\n### Policy size (one component, N connect grants and N Cedar rules)\n");
+    println!("| N | load (parse, compile, validate) | uncached decision | cached decision |");
+    println!("|---|---|---|---|");
+    let req = Request::Socket {
+        action: Action::NetConnect,
+        addr: "10.0.7.9:1007".parse().unwrap(),
+    };
+    for n in [10, 100, 1000] {
+        let dir = scratch();
+        let path = sized_policy(dir.path(), n);
+        let load = median(|| {
+            black_box(capgate::danger::load_unsigned_policy(&path).unwrap());
+        });
+        let p = capgate::danger::load_unsigned_policy(&path).unwrap();
+        assert!(p.authority().decide("c0", &req).allowed);
+        let (uncached, cached) = paired(
+            || {
+                black_box(p.authority().decide_uncached("c0", black_box(&req)));
+            },
+            || {
+                black_box(p.authority().decide("c0", black_box(&req)));
+            },
+        );
+        println!(
+            "| {n} | {} | {} | {} |",
+            show(load),
+            show(uncached),
+            show(cached)
+        );
+    }
+    println!("\n### Artifact size (verify ÷ SHA-256 of the same file)\n");
+    println!("| size | verify | SHA-256 | ratio |\n|---|---|---|---|");
+    for (label, size) in [
+        ("100 KiB", 100 << 10),
+        ("1 MiB", 1 << 20),
+        ("10 MiB", 10 << 20),
+    ] {
+        let (ours, base) = verify_vs_sha256(size);
+        println!(
+            "| {label} | {} | {} | {:.3} |",
+            show(ours),
+            show(base),
+            ratio(ours, base, false)
+        );
+    }
+    println!(
+        "\n### Link depth (one call from the client, through depth - 1 relays, to the vault)\n"
+    );
+    println!("| depth | brokered | forwarded, no checks (depth 1) | per hop |\n|---|---|---|---|");
+    let raw = per_call(&Linked::new(1), Linked::raw);
+    for depth in [1, 2, 4, 8] {
+        let ours = per_call(&Linked::new(depth), Linked::ours);
+        println!(
+            "| {depth} | {} | {} | {} |",
+            show(ours),
+            show(raw),
+            show(ours / depth as u32)
+        );
+    }
+}
+
+/// A policy with one component holding `n` connect grants, and `n` Cedar rules (forbids on
+/// ports no grant uses, so each is evaluated and none decides).
+fn sized_policy(dir: &Path, n: usize) -> std::path::PathBuf {
+    std::fs::write(dir.join("app.wasm"), b"\0asm").unwrap();
+    let connect: Vec<String> = (0..n)
+        .map(|g| format!("tcp://10.{}.{}.0/24:{}", g / 250, g % 250, 1000 + g))
+        .collect();
+    let rules: String = (0..n)
+        .map(|i| {
+            format!(
+                "@id(\"r{i}\")\nforbid (principal, action == Action::\"net.connect\", resource) when {{ context.port == {} }};\n",
+                50000 + i
+            )
+        })
+        .collect();
+    std::fs::write(dir.join("rules.cedar"), rules).unwrap();
+    let yaml = format!(
+        "capgate: 1\nname: bench\nversion: 1\nrules: [rules.cedar]\ncomponents:\n  c0:\n    component: app.wasm\n    network:\n      connect: [{}]\n",
+        connect.join(", ")
+    );
+    let path = dir.join("policy.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    path
 }
 
 /// Runs `hello` `n` times on each of `threads` threads; the time per run.
@@ -646,6 +792,7 @@ fn main() {
         rows.push(audit_append());
     }
     let scaled = want("threads").then(|| scaling(&hello));
+    let curves_wanted = want("curves");
     println!("\n| figure | ours | baseline | ratio | target | met |\n|---|---|---|---|---|---|");
     for r in &rows {
         println!(
@@ -668,4 +815,7 @@ fn main() {
         );
     }
     println!("\n`capgate run` against `wasmtime run` end to end: benches/e2e.sh.");
+    if curves_wanted {
+        curves();
+    }
 }

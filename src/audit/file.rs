@@ -3,7 +3,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::{Read as _, Seek as _, SeekFrom, Write as _};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use super::chain::{Chain, Checkpointer, Head};
 use super::record::{Entry, timestamp};
@@ -28,6 +28,14 @@ const BATCH: u32 = 64;
 /// The longest line the sink will look back over to find where an existing log ends.
 const MAX_TAIL: u64 = 1 << 20;
 
+/// Whether [`JsonlSink::write_locked`] syncs a write that is due for it itself.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum SyncWhen {
+    Now,
+    /// The caller syncs, after letting go of the state lock.
+    Later,
+}
+
 /// Settings of a [`JsonlSink`].
 #[derive(Debug, Default)]
 pub struct JsonlOptions {
@@ -41,7 +49,9 @@ pub struct JsonlOptions {
 }
 
 struct State {
-    file: Option<File>,
+    file: Option<Arc<File>>,
+    /// Which file `file` is: counts the files this sink has opened.
+    file_id: u64,
     /// Length of the file after the last complete write.
     len: u64,
     chain: Chain,
@@ -63,6 +73,10 @@ pub struct JsonlSink {
     durability: Durability,
     rotate: Option<u64>,
     state: Mutex<State>,
+    /// How far the log is known to be on disk: (file id, length). Syncs happen under this
+    /// lock, never under `state`'s, so appenders keep writing while one of them syncs, and one
+    /// sync covers every record written before it began.
+    synced: Mutex<(u64, u64)>,
 }
 
 impl std::fmt::Debug for JsonlSink {
@@ -80,7 +94,8 @@ impl JsonlSink {
         let path = path.into();
         let (file, len, head) = open_log(&path)?;
         let mut state = State {
-            file: Some(file),
+            file: Some(Arc::new(file)),
+            file_id: 1,
             len,
             chain: Chain::new(head.unwrap_or_else(Head::genesis), options.checkpoints),
             unsynced: 0,
@@ -94,8 +109,9 @@ impl JsonlSink {
             durability: options.durability,
             rotate: options.rotate,
             state: Mutex::new(state),
+            synced: Mutex::new((0, 0)),
         };
-        sink.write_locked(&mut sink.lock(), out)?;
+        sink.write_locked(&mut sink.lock(), out, SyncWhen::Now)?;
         Ok(sink)
     }
 
@@ -109,12 +125,14 @@ impl JsonlSink {
             rotate: options.rotate,
             state: Mutex::new(State {
                 file: None,
+                file_id: 0,
                 len: 0,
                 chain: Chain::new(Head::genesis(), options.checkpoints),
                 unsynced: 0,
                 closed: false,
                 fresh: true,
             }),
+            synced: Mutex::new((0, 0)),
         }
     }
 
@@ -138,13 +156,19 @@ impl JsonlSink {
     }
 
     /// Writes `out` (lines already encoded against `st.chain`), rolling the chain back if
-    /// the write fails.
-    fn write_locked(&self, st: &mut State, out: Vec<u8>) -> Result<(), AuditError> {
+    /// the write fails. Returns whether the durability setting asks for a sync now; with
+    /// [`SyncWhen::Now`] it has been done.
+    fn write_locked(
+        &self,
+        st: &mut State,
+        out: Vec<u8>,
+        sync: SyncWhen,
+    ) -> Result<bool, AuditError> {
         let file = st
             .file
-            .as_mut()
+            .as_deref()
             .ok_or_else(|| AuditError::Closed(self.path.clone()))?;
-        if let Err(e) = file.write_all(&out) {
+        if let Err(e) = (&*file).write_all(&out) {
             // Cut off whatever part of the lines reached the file, then reopen next time.
             let _ = file.set_len(st.len);
             st.file = None;
@@ -152,14 +176,50 @@ impl JsonlSink {
         }
         st.len += out.len() as u64;
         st.unsynced += 1;
-        if self.durability == Durability::Always || st.unsynced >= BATCH {
+        let due = self.durability == Durability::Always || st.unsynced >= BATCH;
+        if due {
             st.unsynced = 0;
-            if let Err(e) = file.sync_data() {
+            if sync == SyncWhen::Now
+                && let Err(e) = file.sync_data()
+            {
                 st.file = None;
                 return Err(self.io("sync", e));
             }
         }
-        Ok(())
+        Ok(due)
+    }
+
+    /// Makes sure the log is on disk up to `end` of file `id` (which is `file`), syncing
+    /// everything written to it so far unless a sync since has already covered `end`.
+    fn sync_to(&self, file: &File, id: u64, end: u64) -> Result<(), AuditError> {
+        let mut synced = self.synced.lock().unwrap_or_else(|e| e.into_inner());
+        if *synced >= (id, end) {
+            return Ok(());
+        }
+        let target = {
+            let st = self.lock();
+            if st.file_id == id { st.len } else { end }
+        };
+        match file.sync_data() {
+            Ok(()) => {
+                *synced = (id, target);
+                Ok(())
+            }
+            Err(e) => {
+                let mut st = self.lock();
+                if st.file_id == id {
+                    st.file = None;
+                }
+                Err(self.io("sync", e))
+            }
+        }
+    }
+
+    /// Makes `file` the log's open file, `len` bytes long.
+    fn install(st: &mut State, file: File, len: u64) {
+        st.file = Some(Arc::new(file));
+        st.file_id += 1;
+        st.len = len;
     }
 
     /// Reopens the log after a failure: it must be empty (the chain continues in it from a
@@ -168,18 +228,16 @@ impl JsonlSink {
         let (file, len, head) = open_log(&self.path)?;
         if st.fresh {
             st.chain.head = head.unwrap_or_else(Head::genesis);
-            st.file = Some(file);
-            st.len = len;
+            Self::install(st, file, len);
             let mut out = Vec::new();
             st.chain.push_start(&mut out, &timestamp());
-            self.write_locked(st, out)?;
+            self.write_locked(st, out, SyncWhen::Now)?;
             st.fresh = false;
             return Ok(());
         }
         match head {
             Some(h) if h.prev == st.chain.head.prev => {
-                st.file = Some(file);
-                st.len = len;
+                Self::install(st, file, len);
                 Ok(())
             }
             Some(_) => Err(AuditError::Log {
@@ -187,11 +245,10 @@ impl JsonlSink {
                 message: "the file now ends with a line this writer did not write; it will not be appended to".into(),
             }),
             None => {
-                st.file = Some(file);
-                st.len = len;
+                Self::install(st, file, len);
                 let mut out = Vec::new();
                 st.chain.push_start(&mut out, &timestamp());
-                self.write_locked(st, out)
+                self.write_locked(st, out, SyncWhen::Now).map(drop)
             }
         }
     }
@@ -205,20 +262,25 @@ impl JsonlSink {
         self.reopen(st).inspect_err(|_| st.chain.head = saved)
     }
 
-    fn rotate_if_due(&self, st: &mut State) {
-        let Some(limit) = self.rotate else { return };
+    /// Rotates the file if it is due; returns whether it did (the old file was synced first).
+    fn rotate_if_due(&self, st: &mut State) -> bool {
+        let Some(limit) = self.rotate else {
+            return false;
+        };
         if st.len < limit {
-            return;
+            return false;
         }
         let mut out = Vec::new();
         st.chain.push_checkpoint(&mut out, &timestamp());
         let saved = st.chain.head;
-        if !out.is_empty() && self.write_locked(st, out).is_err() {
+        if !out.is_empty() && self.write_locked(st, out, SyncWhen::Now).is_err() {
             st.chain.head = saved;
-            return;
+            return false;
         }
-        if let Some(f) = &st.file {
-            let _ = f.sync_data();
+        if let Some(f) = &st.file
+            && f.sync_data().is_err()
+        {
+            return false;
         }
         let last = st.chain.head.next_seq.saturating_sub(1);
         let mut rotated = self.path.as_os_str().to_owned();
@@ -226,29 +288,47 @@ impl JsonlSink {
         if std::fs::rename(&self.path, &rotated).is_ok() {
             // The next record opens a new, empty file and links it with a `start` record.
             st.file = None;
+            return true;
         }
+        false
     }
 }
 
 impl AuditSink for JsonlSink {
     fn append(&self, entry: &Entry) -> Result<(), AuditError> {
-        let mut st = self.lock();
-        if st.closed {
-            return Err(AuditError::Closed(self.path.clone()));
-        }
-        self.ensure_open(&mut st)?;
-        let saved = st.chain.head;
-        let mut out = Vec::with_capacity(512);
-        match entry {
-            Entry::Decision { ts, record } => st.chain.push_record(&mut out, ts, record),
-            Entry::Gap { ts, gap } => st.chain.push_record(&mut out, ts, gap),
-        }
-        if let Err(e) = self.write_locked(&mut st, out) {
-            st.chain.head = saved;
-            return Err(e);
-        }
-        self.rotate_if_due(&mut st);
-        Ok(())
+        let (file, id, end) = {
+            let mut st = self.lock();
+            if st.closed {
+                return Err(AuditError::Closed(self.path.clone()));
+            }
+            self.ensure_open(&mut st)?;
+            let saved = st.chain.head;
+            let mut out = Vec::with_capacity(512);
+            match entry {
+                Entry::Decision { ts, record } => st.chain.push_record(&mut out, ts, record),
+                Entry::Gap { ts, gap } => st.chain.push_record(&mut out, ts, gap),
+            }
+            let due = match self.write_locked(&mut st, out, SyncWhen::Later) {
+                Ok(due) => due,
+                Err(e) => {
+                    st.chain.head = saved;
+                    return Err(e);
+                }
+            };
+            let (id, end) = (st.file_id, st.len);
+            let file = st.file.clone();
+            // A rotation syncs the file it closes, so a record in it needs nothing more.
+            if self.rotate_if_due(&mut st) || !due {
+                return Ok(());
+            }
+            match file {
+                Some(f) => (f, id, end),
+                None => return Ok(()),
+            }
+        };
+        // The record was written; its sync happens outside the lock, shared with every other
+        // record written before it began.
+        self.sync_to(&file, id, end)
     }
 
     fn close(&self) -> Result<(), AuditError> {
@@ -266,7 +346,7 @@ impl AuditSink for JsonlSink {
         let mut out = Vec::new();
         st.chain.push_checkpoint(&mut out, &timestamp());
         if !out.is_empty()
-            && let Err(e) = self.write_locked(&mut st, out)
+            && let Err(e) = self.write_locked(&mut st, out, SyncWhen::Now)
         {
             st.chain.head = saved;
             return Err(e);

@@ -248,15 +248,16 @@ impl Auditor {
         }
     }
 
-    /// Writes `entry`, preceded by a gap record if records were lost before it.
+    /// Writes `entry`, preceded by a gap record if records were lost before it. No lock of
+    /// the auditor's is held while the sink writes.
     fn write(&self, entry: Entry) -> Result<(), AuditError> {
         if self.on_failure == OnFailure::Continue {
-            let mut lost = self.lost.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(l) = lost.as_ref() {
+            let pending = self.lost.lock().unwrap_or_else(|e| e.into_inner()).take();
+            if let Some(l) = pending {
                 let ts = match &entry {
                     Entry::Decision { ts, .. } | Entry::Gap { ts, .. } => ts.clone(),
                 };
-                self.sink.append(&Entry::Gap {
+                let gap = Entry::Gap {
                     ts,
                     gap: Gap {
                         kind: GapTag::Gap,
@@ -265,8 +266,21 @@ impl Auditor {
                         to: l.to.clone(),
                         error: l.error.clone(),
                     },
-                })?;
-                *lost = None;
+                };
+                if let Err(e) = self.sink.append(&gap) {
+                    // Still lost: put the count back, merged with anything lost meanwhile.
+                    let mut lost = self.lost.lock().unwrap_or_else(|e| e.into_inner());
+                    *lost = Some(match lost.take() {
+                        Some(later) => Lost {
+                            missed: l.missed + later.missed,
+                            from: l.from,
+                            to: later.to,
+                            error: later.error,
+                        },
+                        None => l,
+                    });
+                    return Err(e);
+                }
             }
         }
         self.sink.append(&entry)

@@ -76,7 +76,9 @@ fn quote_all(ids: &[String]) -> String {
 struct Slice {
     component: ComponentPolicy,
     policies: PolicySet,
-    principal: Entity,
+    identity: compile::Identity,
+    /// The `Component` entity, made on the first uncached decision.
+    principal: std::sync::OnceLock<Entity>,
     cache: Mutex<HashMap<Request, Decision>>,
 }
 
@@ -111,14 +113,15 @@ impl Authority {
         let slices = compiled
             .slices
             .into_iter()
-            .map(|(name, (policies, principal))| {
+            .map(|(name, (policies, identity))| {
                 let component = policy.components[&name].clone();
                 (
                     name,
                     Slice {
                         component,
                         policies,
-                        principal,
+                        identity,
+                        principal: std::sync::OnceLock::new(),
                         cache: Mutex::new(HashMap::new()),
                     },
                 )
@@ -179,17 +182,24 @@ impl Authority {
         }
     }
 
+    fn principal(&self, slice: &Slice) -> Entity {
+        slice
+            .principal
+            .get_or_init(|| compile::principal(&slice.component.name, &slice.identity))
+            .clone()
+    }
+
     fn evaluate(&self, slice: &Slice, request: &Request) -> Decision {
         let grants = request.matching_grants(&slice.component);
         let built = match request.to_cedar(&slice.component, &grants) {
             Ok(b) => b,
             Err(e) => return Decision::failure(format!("request cannot be evaluated: {e}")),
         };
-        let entities =
-            match Entities::from_entities([slice.principal.clone(), built.resource], None) {
-                Ok(e) => e,
-                Err(e) => return Decision::failure(format!("request cannot be evaluated: {e}")),
-            };
+        let entities = match Entities::from_entities([self.principal(slice), built.resource], None)
+        {
+            Ok(e) => e,
+            Err(e) => return Decision::failure(format!("request cannot be evaluated: {e}")),
+        };
         let response = Authorizer::new().is_authorized(&built.request, &slice.policies, &entities);
         let errors: Vec<String> = response
             .diagnostics()

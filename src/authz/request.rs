@@ -108,7 +108,29 @@ pub(super) struct Built {
 }
 
 fn uid(ty: &str, id: &str) -> Result<EntityUid, String> {
-    let ty: EntityTypeName = ty.parse().map_err(|e| format!("{e}"))?;
+    // Cedar parses a type name with its full grammar each time; the schema's few names are
+    // parsed once per process.
+    static KNOWN: std::sync::OnceLock<Vec<EntityTypeName>> = std::sync::OnceLock::new();
+    let known = KNOWN.get_or_init(|| {
+        [
+            "Component",
+            "Action",
+            "Path",
+            "Endpoint",
+            "Host",
+            "Function",
+        ]
+        .iter()
+        .filter_map(|t| t.parse().ok())
+        .collect()
+    });
+    let ty = match known
+        .iter()
+        .find(|k| k.basename() == ty && k.namespace().is_empty())
+    {
+        Some(k) => k.clone(),
+        None => ty.parse().map_err(|e| format!("{e}"))?,
+    };
     Ok(EntityUid::from_type_name_and_id(ty, EntityId::new(id)))
 }
 
