@@ -131,7 +131,7 @@ fn scratch() -> tempfile::TempDir {
 }
 
 /// A policy of `components` components, each with `grants` connect grants and a lookup grant,
-/// loaded without signatures (verification is measured separately).
+/// and one rule, loaded without signatures (verification is measured separately).
 fn policy(dir: &Path, components: usize, grants: usize) -> capgate::VerifiedPolicy {
     std::fs::write(dir.join("app.wasm"), b"\0asm").unwrap();
     let mut yaml = String::from("capgate: 1\nname: bench\nversion: 1\ncomponents:\n");
@@ -144,6 +144,14 @@ fn policy(dir: &Path, components: usize, grants: usize) -> capgate::VerifiedPoli
             connect.join(", ")
         ));
     }
+    // One rule, so every uncached decision goes through Cedar (a policy without rules is
+    // decided by the grant matchers alone).
+    std::fs::write(
+        dir.join("rules.cedar"),
+        "@id(\"no-9\")\nforbid (principal, action == Action::\"net.connect\", resource) when { context.port == 9 };\n",
+    )
+    .unwrap();
+    yaml = yaml.replacen("components:\n", "rules: [rules.cedar]\ncomponents:\n", 1);
     let path = dir.join(format!("policy-{components}-{grants}.yaml"));
     std::fs::write(&path, yaml).unwrap();
     capgate::danger::load_unsigned_policy(&path).expect("bench policy")
@@ -623,8 +631,10 @@ fn brokered_call() -> Row {
 /// How the figures grow: with policy size, artifact size and link depth.
 fn curves() {
     println!("\n### Policy size (one component, N connect grants and N Cedar rules)\n");
-    println!("| N | load (parse, compile, validate) | uncached decision | cached decision |");
-    println!("|---|---|---|---|");
+    println!(
+        "| N | load (parse, compile, validate) | uncached decision | Cedar over grants and rules together | cached decision |"
+    );
+    println!("|---|---|---|---|---|");
     let req = Request::Socket {
         action: Action::NetConnect,
         addr: "10.0.7.9:1007".parse().unwrap(),
@@ -637,18 +647,22 @@ fn curves() {
         });
         let p = capgate::danger::load_unsigned_policy(&path).unwrap();
         assert!(p.authority().decide("c0", &req).allowed);
-        let (uncached, cached) = paired(
+        let (uncached, whole) = paired(
             || {
                 black_box(p.authority().decide_uncached("c0", black_box(&req)));
             },
             || {
-                black_box(p.authority().decide("c0", black_box(&req)));
+                black_box(p.authority().decide_whole("c0", black_box(&req)));
             },
         );
+        let cached = median(|| {
+            black_box(p.authority().decide("c0", black_box(&req)));
+        });
         println!(
-            "| {n} | {} | {} | {} |",
+            "| {n} | {} | {} | {} | {} |",
             show(load),
             show(uncached),
+            show(whole),
             show(cached)
         );
     }

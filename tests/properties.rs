@@ -248,6 +248,7 @@ proptest! {
         names in proptest::collection::btree_set(prop::sample::select(vec!["a.internal", "b.internal", "c.example"]), 0..3),
         forbid_port in proptest::option::of(1u16..8),
         forbid_name in proptest::option::of(prop::sample::select(vec!["a.internal", "c.example"])),
+        permit_port in proptest::option::of(1u16..8),
         requests in proptest::collection::vec((0u8..8, 1u16..8), 24),
     ) {
         let sb = Sandbox::new();
@@ -258,6 +259,9 @@ proptest! {
         }
         if let Some(n) = forbid_name {
             rules.push_str(&format!("@id(\"no-{n}\")\nforbid (principal, action == Action::\"net.lookup\", resource) when {{ resource.name == \"{n}\" }};\n"));
+        }
+        if let Some(p) = permit_port {
+            rules.push_str(&format!("@id(\"yes-port-{p}\")\npermit (principal, action == Action::\"net.connect\", resource) when {{ context.port == {p} && context.ip.isInRange(ip(\"10.0.0.0/29\")) }};\n"));
         }
         sb.write("rules.cedar", &rules);
         let connect_yaml: Vec<String> = connect
@@ -285,21 +289,33 @@ proptest! {
                 .map(|(i, _)| format!("app.network.connect[{i}]"))
                 .collect();
             let forbidden = forbid_port == Some(port);
-            let d = authority.decide("app", &Request::Socket { action: Action::NetConnect, addr });
-            prop_assert_eq!(d.allowed, !granted.is_empty() && !forbidden, "{} under\n{}", addr, yaml);
+            let permitted = permit_port == Some(port) && host < 8;
+            let request = Request::Socket { action: Action::NetConnect, addr };
+            let d = authority.decide("app", &request);
+            prop_assert_eq!(d.allowed, (permitted || !granted.is_empty()) && !forbidden, "{} under\n{}", addr, yaml);
             if d.allowed {
-                prop_assert_eq!(&d.reasons, &granted);
-            } else if forbidden && !granted.is_empty() {
+                let mut want = granted.clone();
+                if permitted {
+                    want.push(format!("yes-port-{port}"));
+                    want.sort();
+                }
+                prop_assert_eq!(&d.reasons, &want);
+            } else if forbidden && (permitted || !granted.is_empty()) {
                 prop_assert_eq!(d.reasons.clone(), vec![format!("no-port-{port}")]);
             }
+            // Grants matched natively and rules by Cedar decide exactly as Cedar does over the
+            // grants' permits and the rules together.
+            prop_assert_eq!(d, authority.decide_whole("app", &request), "{} under\n{}", addr, yaml);
             // The same request for another action is never allowed by a connect grant.
             let bind = authority.decide("app", &Request::Socket { action: Action::NetBind, addr });
             prop_assert!(!bind.allowed);
         }
         for name in ["a.internal", "b.internal", "c.example", "d.example", "a.internal.evil"] {
             let want = names.contains(name) && forbid_name != Some(name);
-            let d = authority.decide("app", &Request::Lookup { name: name.into() });
+            let request = Request::Lookup { name: name.into() };
+            let d = authority.decide("app", &request);
             prop_assert_eq!(d.allowed, want, "{} under\n{}", name, yaml);
+            prop_assert_eq!(d, authority.decide_whole("app", &request), "{} under\n{}", name, yaml);
         }
     }
 }

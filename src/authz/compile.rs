@@ -79,8 +79,17 @@ impl std::fmt::Display for Lint {
     }
 }
 
+/// One component's compiled policies.
+pub(super) struct Slice {
+    /// Its grants' permits and the rules that apply to it: what Cedar would decide over.
+    pub all: PolicySet,
+    /// The rules alone.
+    pub rules: PolicySet,
+    pub identity: Identity,
+}
+
 pub(super) struct Compiled {
-    pub slices: BTreeMap<String, (PolicySet, Identity)>,
+    pub slices: BTreeMap<String, Slice>,
     pub lints: Vec<Lint>,
 }
 
@@ -302,6 +311,7 @@ pub(super) fn compile(
             // INVARIANT: ids were checked unique across `all` above.
             set.add(p).expect("unique ids");
         }
+        let mut own_rules = PolicySet::new();
         if !rules.is_empty() {
             let me = component_uid(&name);
             for r in &rules {
@@ -311,11 +321,19 @@ pub(super) fn compile(
                 };
                 if applies {
                     set.add(r.clone()).expect("unique ids");
+                    own_rules.add(r.clone()).expect("unique ids");
                 }
             }
         }
         let principal = identity(&name);
-        slices.insert(name, (set, principal));
+        slices.insert(
+            name,
+            Slice {
+                all: set,
+                rules: own_rules,
+                identity: principal,
+            },
+        );
     }
     for r in &rules {
         if let PrincipalConstraint::Eq(uid) = r.principal_constraint()

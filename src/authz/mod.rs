@@ -75,7 +75,10 @@ fn quote_all(ids: &[String]) -> String {
 /// Decides requests for one component.
 struct Slice {
     component: ComponentPolicy,
+    /// Its grants' permits and its rules: the whole policy Cedar would decide over.
     policies: PolicySet,
+    /// The rules alone, which Cedar evaluates; grants are matched natively.
+    rules: PolicySet,
     identity: compile::Identity,
     /// The `Component` entity, made on the first uncached decision.
     principal: std::sync::OnceLock<Entity>,
@@ -113,14 +116,15 @@ impl Authority {
         let slices = compiled
             .slices
             .into_iter()
-            .map(|(name, (policies, identity))| {
+            .map(|(name, compiled)| {
                 let component = policy.components[&name].clone();
                 (
                     name,
                     Slice {
                         component,
-                        policies,
-                        identity,
+                        policies: compiled.all,
+                        rules: compiled.rules,
+                        identity: compiled.identity,
                         principal: std::sync::OnceLock::new(),
                         cache: Mutex::new(HashMap::new()),
                     },
@@ -189,35 +193,94 @@ impl Authority {
             .clone()
     }
 
+    /// Decides `request`. A grant's permit holds exactly when the grant's pattern matches, so
+    /// grants are matched here and only the rules go to Cedar; the two are combined as Cedar
+    /// combines policies (any satisfied forbid denies; otherwise any satisfied permit allows;
+    /// an evaluation error denies). The result is the decision Cedar reaches over the grants'
+    /// permits and the rules together ([`Authority::decide_whole`]), which a property test
+    /// checks, at a cost that does not grow with the number of grants.
     fn evaluate(&self, slice: &Slice, request: &Request) -> Decision {
         let grants = request.matching_grants(&slice.component);
-        let built = match request.to_cedar(&slice.component, &grants) {
-            Ok(b) => b,
-            Err(e) => return Decision::failure(format!("request cannot be evaluated: {e}")),
+        if slice.rules.is_empty() {
+            let mut reasons = grants;
+            reasons.sort();
+            return Decision {
+                allowed: !reasons.is_empty(),
+                reasons,
+                errors: Vec::new(),
+            };
+        }
+        let (decision, fired, errors) = match self.cedar(slice, request, &grants, &slice.rules) {
+            Ok(r) => r,
+            Err(failure) => return failure,
         };
-        let entities = match Entities::from_entities([self.principal(slice), built.resource], None)
-        {
-            Ok(e) => e,
-            Err(e) => return Decision::failure(format!("request cannot be evaluated: {e}")),
+        if decision == cedar_policy::Decision::Deny && !fired.is_empty() {
+            // Forbids held: they are the reasons.
+            return Decision {
+                allowed: false,
+                reasons: fired,
+                errors,
+            };
+        }
+        let mut reasons = grants;
+        if decision == cedar_policy::Decision::Allow {
+            reasons.extend(fired);
+        }
+        reasons.sort();
+        reasons.dedup();
+        Decision {
+            allowed: errors.is_empty() && !reasons.is_empty(),
+            reasons,
+            errors,
+        }
+    }
+
+    /// Decides `request` by handing Cedar the grants' permits and the rules together, as
+    /// `decide` is specified to. Slower with many grants; for tests and benchmarks.
+    #[doc(hidden)]
+    pub fn decide_whole(&self, component: &str, request: &Request) -> Decision {
+        let Some(slice) = self.slices.get(component) else {
+            return Decision::failure(format!("no component `{component}` in this policy"));
         };
-        let response = Authorizer::new().is_authorized(&built.request, &slice.policies, &entities);
+        let grants = request.matching_grants(&slice.component);
+        match self.cedar(slice, request, &grants, &slice.policies) {
+            Ok((decision, reasons, errors)) => Decision {
+                allowed: errors.is_empty() && decision == cedar_policy::Decision::Allow,
+                // For an allow, the permits; for a deny, the forbids (Cedar reports only those).
+                reasons,
+                errors,
+            },
+            Err(failure) => failure,
+        }
+    }
+
+    /// Cedar's decision on `request` over `set`: the decision, the policies that determined
+    /// it (sorted), and evaluation errors.
+    fn cedar(
+        &self,
+        slice: &Slice,
+        request: &Request,
+        grants: &[String],
+        set: &PolicySet,
+    ) -> Result<(cedar_policy::Decision, Vec<String>, Vec<String>), Decision> {
+        let failure = |e: String| Decision::failure(format!("request cannot be evaluated: {e}"));
+        let built = request
+            .to_cedar(&slice.component, grants)
+            .map_err(failure)?;
+        let entities = Entities::from_entities([self.principal(slice), built.resource], None)
+            .map_err(|e| failure(e.to_string()))?;
+        let response = Authorizer::new().is_authorized(&built.request, set, &entities);
         let errors: Vec<String> = response
             .diagnostics()
             .errors()
             .map(|e| e.to_string())
             .collect();
-        let mut reasons: Vec<String> = response
+        let mut fired: Vec<String> = response
             .diagnostics()
             .reason()
             .map(|id| AsRef::<str>::as_ref(id).to_owned())
             .collect();
-        reasons.sort();
-        let allowed = errors.is_empty() && response.decision() == cedar_policy::Decision::Allow;
-        Decision {
-            allowed,
-            // For an allow, the permits; for a deny, the forbids (Cedar reports only those).
-            reasons,
-            errors,
-        }
+        fired.sort();
+        Ok((response.decision(), fired, errors))
     }
 }
