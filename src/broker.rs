@@ -218,6 +218,8 @@ struct Live {
         String,
         std::collections::HashMap<String, wasmtime::component::Func>,
     >,
+    /// Functions called through call sites, by the site's index (no lookup per call).
+    by_site: Vec<Option<wasmtime::component::Func>>,
 }
 
 /// A component other components call, and its (lazily started) instance.
@@ -229,6 +231,8 @@ pub(crate) struct Callee {
     policy: Arc<VerifiedPolicy>,
     recorder: Recorder,
     live: tokio::sync::Mutex<Option<Live>>,
+    /// Call sites bound to this callee so far (each gets the next index).
+    sites: std::sync::atomic::AtomicUsize,
 }
 
 /// One imported function of a caller, bound to its callee.
@@ -237,6 +241,8 @@ struct CallSite {
     caller: String,
     /// The `call` request every call through this site makes.
     request: Request,
+    /// This site's index among its callee's sites.
+    index: usize,
     /// Its decision, once made. A call request carries no per-call context, and a site lives
     /// only as long as the verified policy it was linked for, so the first complete decision
     /// holds for every later call.
@@ -309,7 +315,8 @@ impl CallSite {
             .invoke(
                 Some(export),
                 function,
-                |_| Ok(std::borrow::Cow::Borrowed(params)),
+                Some(self.index),
+                Args::Given(params),
                 Results::Into(results),
             )
             .await
@@ -329,16 +336,16 @@ impl CallSite {
 
 impl Callee {
     /// Calls `export#function` (or the top-level `function` when `export` is `None`) in this
-    /// component's own store, starting an instance if there is none. `params` builds the
-    /// arguments from the function's type. A fault drops the instance, so the next call gets a
-    /// fresh one. `want` is the number of results, or `usize::MAX` to take the function's.
-    pub(crate) async fn invoke<'p>(
+    /// component's own store, starting an instance if there is none. `site` is the calling
+    /// site's index, if the call comes through one (its function is then found by index). A
+    /// fault drops the instance, so the next call gets a fresh one. Returns the results when
+    /// they are [`Results::Fresh`].
+    pub(crate) async fn invoke(
         &self,
         export: Option<&str>,
         function: &str,
-        params: impl FnOnce(
-            &wasmtime::component::types::ComponentFunc,
-        ) -> Result<std::borrow::Cow<'p, [Val]>, String>,
+        site: Option<usize>,
+        params: Args<'_>,
         results: Results<'_>,
     ) -> Result<Vec<Val>, InvokeError> {
         use InvokeError::Fault;
@@ -370,33 +377,53 @@ impl Callee {
                     store,
                     instance,
                     funcs: Default::default(),
+                    by_site: Vec::new(),
                 })
             }
         };
         crate::host::arm_limits(&mut live.store, &spec.limits);
-        let cached = live
-            .funcs
-            .get(export.unwrap_or_default())
-            .and_then(|m| m.get(function))
-            .copied();
+        let cached = match site {
+            Some(i) => live.by_site.get(i).copied().flatten(),
+            None => live
+                .funcs
+                .get(export.unwrap_or_default())
+                .and_then(|m| m.get(function))
+                .copied(),
+        };
         let func = match cached {
             Some(f) => f,
             None => {
                 let f = self.lookup(live, export, function)?;
-                live.funcs
-                    .entry(export.unwrap_or_default().to_owned())
-                    .or_default()
-                    .insert(function.to_owned(), f);
+                match site {
+                    Some(i) => {
+                        if live.by_site.len() <= i {
+                            live.by_site.resize(i + 1, None);
+                        }
+                        live.by_site[i] = Some(f);
+                    }
+                    None => {
+                        live.funcs
+                            .entry(export.unwrap_or_default().to_owned())
+                            .or_default()
+                            .insert(function.to_owned(), f);
+                    }
+                }
                 f
             }
         };
-        let ty = func.ty(&live.store);
-        let args = params(&ty).map_err(InvokeError::Args)?;
+        let parsed;
+        let args: &[Val] = match params {
+            Args::Given(v) => v,
+            Args::Parse(parse) => {
+                parsed = parse(&func.ty(&live.store)).map_err(InvokeError::Args)?;
+                &parsed
+            }
+        };
         let mut fresh = Vec::new();
         let out = match results {
             Results::Into(r) => r,
             Results::Fresh => {
-                fresh.resize(ty.results().len(), Val::Bool(false));
+                fresh.resize(func.ty(&live.store).results().len(), Val::Bool(false));
                 &mut fresh[..]
             }
         };
@@ -406,7 +433,7 @@ impl Callee {
         // no one ever gets an instance stopped halfway.
         // INVARIANT: `live` was borrowed from `slot` above, so the slot holds an instance.
         let mut live = slot.take().expect("the instance is in its slot");
-        let call = func.call_async(&mut live.store, &args, out);
+        let call = func.call_async(&mut live.store, args, out);
         let outcome = crate::host::backstop(&limits, call).await;
         match outcome {
             Ok(()) => {
@@ -477,6 +504,21 @@ impl Callee {
     }
 }
 
+/// An invocation's arguments.
+pub(crate) enum Args<'p> {
+    /// Given as values (a call forwarded from another component).
+    Given(&'p [Val]),
+    /// Made from the function's type (text from the command line).
+    #[allow(clippy::type_complexity)]
+    Parse(
+        Box<
+            dyn FnOnce(&wasmtime::component::types::ComponentFunc) -> Result<Vec<Val>, String>
+                + Send
+                + 'p,
+        >,
+    ),
+}
+
 /// Where an invocation's results go.
 pub(crate) enum Results<'r> {
     /// Into the caller's slots (a call forwarded from another component).
@@ -522,6 +564,7 @@ impl Wiring<'_> {
             policy: self.policy.clone(),
             recorder: self.recorder.clone(),
             live: tokio::sync::Mutex::new(None),
+            sites: std::sync::atomic::AtomicUsize::new(0),
         });
         callees.insert(name.to_owned(), c.clone());
         Ok(c)
@@ -560,6 +603,9 @@ impl Wiring<'_> {
                         function: f.clone(),
                     },
                     decided: std::sync::OnceLock::new(),
+                    index: callee
+                        .sites
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
                 });
                 inst.func_new_async(f, move |_store, _ty, params, results| {
                     let site = site.clone();

@@ -428,10 +428,15 @@ impl Host {
                     })
                 })
                 .collect::<Result<Vec<_>, _>>()
-                .map(std::borrow::Cow::Owned)
         };
         let results = callee
-            .invoke(export, name, parse, crate::broker::Results::Fresh)
+            .invoke(
+                export,
+                name,
+                None,
+                crate::broker::Args::Parse(Box::new(parse)),
+                crate::broker::Results::Fresh,
+            )
             .await
             .map_err(|e| match e {
                 crate::broker::InvokeError::Args(message) => RunError::Call {
