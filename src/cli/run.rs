@@ -264,8 +264,15 @@ fn host(format: LogFormat, no_cache: bool, audit: Option<Arc<Auditor>>) -> Resul
     Ok(Host::new(config)?)
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
-    tokio::runtime::Builder::new_multi_thread()
+/// The async runtime: one thread for `run` and `call` (one guest at a time, as `wasmtime run`
+/// has it), a thread per core for `serve`.
+fn runtime(serving: bool) -> Result<tokio::runtime::Runtime, CliError> {
+    let mut builder = if serving {
+        tokio::runtime::Builder::new_multi_thread()
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+    };
+    builder
         .enable_all()
         .build()
         .map_err(|e| {
@@ -281,7 +288,7 @@ pub(super) fn run(src: &Source<'_>, a: &RunArgs<'_>) -> Result<i32, CliError> {
     let audit = auditor(src, &policy)?;
     let host = host(a.format, a.no_cache, audit.clone())?;
     let result = pick_component(&host, &policy, a.component)
-        .and_then(|name| Ok(runtime()?.block_on(host.run(&policy, &name, a.args))?));
+        .and_then(|name| Ok(runtime(false)?.block_on(host.run(&policy, &name, a.args))?));
     close(&audit);
     result
 }
@@ -296,7 +303,7 @@ pub(super) fn serve(
     let policy = Arc::new(load(src, true)?);
     let audit = auditor(src, &policy)?;
     let host = Arc::new(host(format, no_cache, audit.clone())?);
-    let result = runtime()?.block_on(async {
+    let result = runtime(true)?.block_on(async {
         let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| {
             CliError::new(
                 Exit::CantCreate,
@@ -332,7 +339,7 @@ pub(super) fn call(
     let audit = auditor(src, &policy)?;
     let host = host(LogFormat::Text, no_cache, audit.clone())?;
     let results =
-        runtime().and_then(|rt| Ok(rt.block_on(host.call(&policy, component, function, args))?));
+        runtime(false).and_then(|rt| Ok(rt.block_on(host.call(&policy, component, function, args))?));
     close(&audit);
     let results = results?;
     Ok(Report::new(
