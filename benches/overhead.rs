@@ -610,7 +610,7 @@ impl Linked {
 
 /// One call through the links of `l`: a run making N calls minus a run making none, over N.
 fn per_call(l: &Linked, run: impl Fn(&Linked, u32)) -> Duration {
-    const N: u32 = 10_000;
+    const N: u32 = 50_000;
     run(l, 1);
     let (many, none) = paired(|| run(l, N), || run(l, 0));
     many.saturating_sub(none) / N

@@ -233,6 +233,8 @@ pub(crate) struct Callee {
     live: tokio::sync::Mutex<Option<Live>>,
     /// Call sites bound to this callee so far (each gets the next index).
     sites: std::sync::atomic::AtomicUsize,
+    /// Its `limits`, applied to every call.
+    limits: crate::policy::Limits,
 }
 
 /// One imported function of a caller, bound to its callee.
@@ -349,11 +351,11 @@ impl Callee {
         results: Results<'_>,
     ) -> Result<Vec<Val>, InvokeError> {
         use InvokeError::Fault;
-        let spec = &self.policy.policy().components[&self.name];
         let mut slot = self.live.lock().await;
         let live = match slot.as_mut() {
             Some(live) => live,
             None => {
+                let spec = &self.policy.policy().components[&self.name];
                 let mut store = crate::host::new_store(
                     &self.engine,
                     &self.policy,
@@ -381,7 +383,7 @@ impl Callee {
                 })
             }
         };
-        crate::host::arm_limits(&mut live.store, &spec.limits);
+        crate::host::arm_limits(&mut live.store, &self.limits);
         let cached = match site {
             Some(i) => live.by_site.get(i).copied().flatten(),
             None => live
@@ -427,7 +429,7 @@ impl Callee {
                 &mut fresh[..]
             }
         };
-        let limits = spec.limits;
+        let limits = self.limits;
         // The instance leaves its slot for the call and returns only if the call completes: a
         // fault, or a caller that gives up (dropping this future), leaves the slot empty, so
         // no one ever gets an instance stopped halfway.
@@ -565,6 +567,7 @@ impl Wiring<'_> {
             recorder: self.recorder.clone(),
             live: tokio::sync::Mutex::new(None),
             sites: std::sync::atomic::AtomicUsize::new(0),
+            limits: self.policy.policy().components[name].limits,
         });
         callees.insert(name.to_owned(), c.clone());
         Ok(c)

@@ -272,15 +272,12 @@ fn runtime(serving: bool) -> Result<tokio::runtime::Runtime, CliError> {
     } else {
         tokio::runtime::Builder::new_current_thread()
     };
-    builder
-        .enable_all()
-        .build()
-        .map_err(|e| {
-            CliError::new(
-                Exit::Software,
-                format!("cannot start the async runtime: {e}"),
-            )
-        })
+    builder.enable_all().build().map_err(|e| {
+        CliError::new(
+            Exit::Software,
+            format!("cannot start the async runtime: {e}"),
+        )
+    })
 }
 
 pub(super) fn run(src: &Source<'_>, a: &RunArgs<'_>) -> Result<i32, CliError> {
@@ -338,8 +335,8 @@ pub(super) fn call(
     let policy = Arc::new(load(src, true)?);
     let audit = auditor(src, &policy)?;
     let host = host(LogFormat::Text, no_cache, audit.clone())?;
-    let results =
-        runtime(false).and_then(|rt| Ok(rt.block_on(host.call(&policy, component, function, args))?));
+    let results = runtime(false)
+        .and_then(|rt| Ok(rt.block_on(host.call(&policy, component, function, args))?));
     close(&audit);
     let results = results?;
     Ok(Report::new(
