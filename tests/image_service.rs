@@ -418,3 +418,31 @@ fn request_bodies_past_limits_body_are_refused_and_the_server_goes_on() {
     assert_eq!(status, 200);
     assert_eq!(chunked(&server.addr, "/dimensions", &small), 200);
 }
+
+#[test]
+fn sigterm_stops_serve_cleanly_and_the_audit_log_is_sealed() {
+    let sb = sandbox();
+    let mut server = start(
+        &sb,
+        &["--audit", "audit.jsonl", "--audit-key", "keys/auditor.key"],
+    );
+    let (status, _) = request(&server.addr, "GET", "/admin", b"");
+    assert_eq!(status, 500);
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &server.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    assert!(
+        server.child.wait().unwrap().success(),
+        "serve did not exit cleanly on SIGTERM"
+    );
+    // Closed with its final checkpoint: it verifies as a finished log, not only with `--live`.
+    sb.capgate(["audit", "verify", "audit.jsonl", "--trust", "trust.yaml"])
+        .expect(0);
+    sb.capgate(["audit", "query", "audit.jsonl", "--decision", "deny"])
+        .expect(0)
+        .stdout_has("admin-stats");
+}

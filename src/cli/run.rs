@@ -311,11 +311,11 @@ pub(super) fn serve(
             .local_addr()
             .map_or_else(|_| listen.to_string(), |a| a.to_string());
         eprintln!(
-            "capgate: serving `{component}` of policy `{}` on http://{addr} (Ctrl-C stops)",
+            "capgate: serving `{component}` of policy `{}` on http://{addr} (Ctrl-C or SIGTERM stops)",
             policy.policy().name
         );
         let shutdown = async {
-            let _ = tokio::signal::ctrl_c().await;
+            stop_signal().await;
             eprintln!("capgate: shutting down; letting requests in flight finish");
         };
         capgate::serve::serve(host, policy.clone(), component, listener, shutdown).await?;
@@ -323,6 +323,23 @@ pub(super) fn serve(
     });
     close(&audit);
     result
+}
+
+/// Ctrl-C, or on Unix SIGTERM (what service managers and `kill` send): either stops `serve`
+/// cleanly, closing the audit log with its final checkpoint.
+async fn stop_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
 }
 
 pub(super) fn call(
