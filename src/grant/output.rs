@@ -1,6 +1,7 @@
-//! `limits.output`: stdout and stderr share one budget per run, call or request. The write that
-//! would pass it traps the guest with [`OutputExceeded`], which the host reports as the limit,
-//! so a guest printing forever is stopped instead of filling a disk or a pipe's reader.
+//! `limits.output`: stdout and stderr share one budget per instance (a run, a served request,
+//! a linked component's instance). The write that would pass it traps the guest with
+//! [`OutputExceeded`], which the host reports as the limit, so a guest printing forever is
+//! stopped instead of filling a disk or a pipe's reader.
 
 use std::io;
 use std::pin::Pin;

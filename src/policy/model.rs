@@ -25,8 +25,8 @@ pub mod defaults {
     pub const BODY: ByteSize = ByteSize::from_bytes(16 << 20);
     /// TCP and UDP sockets one instance may hold open when `limits.sockets` is not set.
     pub const SOCKETS: u32 = 64;
-    /// Bytes one run, call or request may write to stdout and stderr together when
-    /// `limits.output` is not set: 256 MiB.
+    /// Bytes one instance may write to stdout and stderr together when `limits.output` is
+    /// not set: 256 MiB.
     pub const OUTPUT: ByteSize = ByteSize::from_bytes(256 << 20);
 }
 
@@ -188,7 +188,8 @@ pub struct Limits {
     /// The largest HTTP body a component receives or sends: requests `serve` passes to it and
     /// responses it answers with, requests it sends out and responses it reads back.
     pub body: ByteSize,
-    /// Bytes one run, call or request may write to stdout and stderr together.
+    /// Bytes one instance (a run, a served request, a linked component's instance) may write
+    /// to stdout and stderr together.
     pub output: ByteSize,
 }
 
