@@ -266,9 +266,8 @@ impl CallSite {
         let policy = &callee.policy;
         let recorder = &callee.recorder;
         // The hot path: an allowed call that nothing records needs no copy of its decision.
-        let quiet = |d: &crate::authz::Decision| {
-            d.allowed && recorder.observer.is_none() && !recorder.writes(d)
-        };
+        let quiet =
+            |d: &crate::authz::Decision| d.allowed && !recorder.observes(d) && !recorder.writes(d);
         if !self.decided.get().is_some_and(quiet) {
             let decision = match self.decided.get() {
                 Some(d) => d.clone(),

@@ -36,6 +36,7 @@ const MAX_WASM_STACK: usize = 1 << 20;
 pub struct HostConfig {
     cache_dir: Option<PathBuf>,
     observer: Option<DecisionObserver>,
+    denials_only: bool,
     audit: Option<Arc<crate::audit::Auditor>>,
 }
 
@@ -65,6 +66,19 @@ impl HostConfig {
         observer: impl Fn(&grant::DecisionEvent) + Send + Sync + 'static,
     ) -> Self {
         self.observer = Some(Arc::new(observer));
+        self.denials_only = false;
+        self
+    }
+
+    /// Calls `observer` with every denial (and no allowed decision). Cheaper than
+    /// [`HostConfig::observe`] when only denials matter: allowed calls between linked
+    /// components then stay on their fast path.
+    pub fn observe_denials(
+        mut self,
+        observer: impl Fn(&grant::DecisionEvent) + Send + Sync + 'static,
+    ) -> Self {
+        self.observer = Some(Arc::new(observer));
+        self.denials_only = true;
         self
     }
 
@@ -321,6 +335,7 @@ impl Host {
             recorder: Recorder {
                 audit: config.audit,
                 observer: config.observer,
+                denials_only: config.denials_only,
             },
             ticker: stop,
             apps: Default::default(),

@@ -162,3 +162,40 @@ fn the_decision_cache_never_confuses_two_requests() {
     );
     assert!(!a.decide_uncached("api", &odd).allowed);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn observers_see_every_decision_or_only_denials() {
+    let sb = Sandbox::new();
+    std::fs::copy(guests::guest("vault-client"), sb.path("client.wasm")).unwrap();
+    std::fs::copy(guests::guest("vault"), sb.path("vault.wasm")).unwrap();
+    let p = Arc::new(load(
+        &sb,
+        "capgate: 1\nname: t\nversion: 1\ncomponents:\n  client:\n    component: client.wasm\n    stdio: { stdout: closed }\n    calls: [{ component: vault, interface: test:secrets/vault, functions: [add] }]\n  vault:\n    component: vault.wasm\n",
+    ));
+    for denials_only in [false, true] {
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let s = seen.clone();
+        let record = move |ev: &capgate::grant::DecisionEvent| {
+            s.lock().unwrap().push(ev.decision.allowed);
+        };
+        let config = if denials_only {
+            HostConfig::new().observe_denials(record)
+        } else {
+            HostConfig::new().observe(record)
+        };
+        let host = Host::new(config).unwrap();
+        let args = ["add", "add", "secret"].map(String::from);
+        // Two allowed calls, then one the policy does not grant, which traps the client.
+        let r = host.run(&p, "client", &args).await;
+        assert!(
+            matches!(r, Err(capgate::RunError::Trap { ref message, .. }) if message.contains("get-secret denied")),
+            "{r:?}"
+        );
+        let seen = seen.lock().unwrap().clone();
+        if denials_only {
+            assert_eq!(seen, [false]);
+        } else {
+            assert_eq!(seen, [true, true, false]);
+        }
+    }
+}

@@ -243,10 +243,7 @@ fn close(audit: &Option<Arc<Auditor>>) {
 }
 
 fn host(format: LogFormat, no_cache: bool, audit: Option<Arc<Auditor>>) -> Result<Host, CliError> {
-    let mut config = HostConfig::new().observe(move |ev| {
-        if ev.decision.allowed {
-            return;
-        }
+    let mut config = HostConfig::new().observe_denials(move |ev| {
         match format {
             LogFormat::Text => eprintln!("capgate: denied `{}` {} {}: {}", ev.component, ev.action, ev.resource, ev.decision.explain()),
             LogFormat::Json => eprintln!(

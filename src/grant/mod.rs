@@ -95,9 +95,16 @@ fn failed(why: String) -> Decision {
 pub(crate) struct Recorder {
     pub audit: Option<Arc<Auditor>>,
     pub observer: Option<DecisionObserver>,
+    /// The observer wants denials only.
+    pub denials_only: bool,
 }
 
 impl Recorder {
+    /// Whether the observer is to see `decision`.
+    pub(crate) fn observes(&self, decision: &Decision) -> bool {
+        self.observer.is_some() && !(self.denials_only && decision.allowed)
+    }
+
     /// Whether the audit log keeps `decision` (so values for it are worth preparing).
     pub(crate) fn writes(&self, decision: &Decision) -> bool {
         self.audit.as_ref().is_some_and(|a| a.keeps(decision))
@@ -117,7 +124,7 @@ impl Recorder {
             Some(a) => a.admit(policy, component, request, decision, sensitive),
             None => decision,
         };
-        if let Some(observer) = &self.observer {
+        if let Some(observer) = self.observer.as_ref().filter(|_| self.observes(&decision)) {
             observer(&DecisionEvent {
                 component: component.to_owned(),
                 action: request.action(),
