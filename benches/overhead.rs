@@ -457,6 +457,17 @@ struct Linked {
     _dir: tempfile::TempDir,
 }
 
+/// The functions of `test:secrets/vault` (tests/guests/wit/vault.wit).
+const VAULT_FUNCTIONS: [&str; 7] = [
+    "get-public",
+    "get-secret",
+    "read-file",
+    "env",
+    "crash",
+    "count",
+    "add",
+];
+
 /// The callee of the raw baseline: one instance in its own store, and its functions by name.
 struct RawCallee {
     store: wasmtime::Store<Raw>,
@@ -526,15 +537,7 @@ impl Linked {
             let instance = linker.instantiate_async(&mut store, &vault).await.unwrap();
             let parent = instance.get_export_index(&mut store, None, iface).unwrap();
             let mut funcs = std::collections::HashMap::new();
-            for name in [
-                "get-public",
-                "get-secret",
-                "read-file",
-                "env",
-                "crash",
-                "count",
-                "add",
-            ] {
+            for name in VAULT_FUNCTIONS {
                 let i = instance
                     .get_export_index(&mut store, Some(&parent), name)
                     .unwrap();
@@ -544,15 +547,7 @@ impl Linked {
         });
         let mut client_linker = linker.clone();
         let mut inst = client_linker.instance(iface).unwrap();
-        for name in [
-            "get-public",
-            "get-secret",
-            "read-file",
-            "env",
-            "crash",
-            "count",
-            "add",
-        ] {
+        for name in VAULT_FUNCTIONS {
             let (callee, name) = (callee.clone(), name.to_owned());
             inst.func_new_async(&name.clone(), move |_store, _ty, params, results| {
                 let (callee, name) = (callee.clone(), name.clone());

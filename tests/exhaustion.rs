@@ -282,15 +282,7 @@ fn components_with_thousands_of_imports_are_refused_clearly() {
     );
     sb.capgate(["sign", "artifact", "many.wasm", "--key", "keys/release.key"])
         .expect(0);
-    sb.capgate([
-        "run",
-        "--policy",
-        "policy.yaml",
-        "--trust",
-        "trust.yaml",
-        "--component",
-        "many",
-    ])
-    .expect(65)
-    .stderr_has("hostile:many/i");
+    run_probe(&sb, "many", &[])
+        .expect(65)
+        .stderr_has("hostile:many/i");
 }

@@ -25,6 +25,18 @@ fn start(sb: &Sandbox, extra: &[&str]) -> Server {
     serve(sb, &args)
 }
 
+/// Signs the demo policy with the policy key.
+fn sign_policy(sb: &Sandbox) {
+    sb.capgate([
+        "sign",
+        "policy",
+        "policies/image-service/policy.yaml",
+        "--key",
+        "keys/alice.key",
+    ])
+    .expect(0);
+}
+
 /// A W×H RGB test image with a gradient in every channel.
 fn test_png(w: u32, h: u32) -> (Vec<u8>, Vec<[u8; 3]>) {
     let pixels: Vec<[u8; 3]> = (0..w * h)
@@ -96,14 +108,7 @@ fn sandbox() -> Sandbox {
         sb.capgate(["sign", "artifact", f, "--key", "keys/release.key"])
             .expect(0);
     }
-    sb.capgate([
-        "sign",
-        "policy",
-        "policies/image-service/policy.yaml",
-        "--key",
-        "keys/alice.key",
-    ])
-    .expect(0);
+    sign_policy(&sb);
     sb
 }
 
@@ -391,14 +396,7 @@ fn request_bodies_past_limits_body_are_refused_and_the_server_goes_on() {
         ),
     );
     std::fs::remove_file(sb.path("policies/image-service/policy.yaml.sig")).unwrap();
-    sb.capgate([
-        "sign",
-        "policy",
-        "policies/image-service/policy.yaml",
-        "--key",
-        "keys/alice.key",
-    ])
-    .expect(0);
+    sign_policy(&sb);
     let server = start(&sb, &[]);
 
     // Announced too large: refused before any guest runs.

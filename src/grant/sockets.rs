@@ -35,8 +35,12 @@ impl SocketCount {
         }
     }
 
-    /// Forgets sockets the guest has dropped, then says whether one more fits.
+    /// Whether one more socket fits. Sockets the guest has dropped are forgotten only when the
+    /// count looks full, so creating a socket below the limit does not scan them all.
     fn room(&mut self, table: &ResourceTable) -> bool {
+        if self.tcp.len() + self.udp.len() < self.max {
+            return true;
+        }
         self.tcp
             .retain(|&rep| table.get(&Resource::<TcpSocket>::new_borrow(rep)).is_ok());
         self.udp
