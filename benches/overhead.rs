@@ -4,6 +4,7 @@
 //!
 //! Each figure is the median over 21 samples; each sample times a batch of iterations long
 //! enough (about 20 ms) for the clock to be exact.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::hint::black_box;
 use std::path::Path;
@@ -421,11 +422,11 @@ impl Hello {
 }
 
 fn instantiation(h: &Hello) -> Row {
-    h.rt.block_on(h.host.instantiate_only(&h.policy, "hello"))
+    h.rt.block_on(async { h.host.prepare(&h.policy, "hello", &[]).await.map(drop) })
         .unwrap();
     let (ours, baseline) = paired(
         || {
-            h.rt.block_on(h.host.instantiate_only(&h.policy, "hello"))
+            h.rt.block_on(async { h.host.prepare(&h.policy, "hello", &[]).await.map(drop) })
                 .unwrap()
         },
         || {
@@ -512,10 +513,10 @@ impl Linked {
         );
         // Audited as `capgate run --audit` does by default (level `deny`: allowed calls are
         // decided and checked against the level, denials written).
-        let sink =
-            JsonlSink::open(dir.path().join("audit.jsonl"), JsonlOptions::default()).unwrap();
-        let auditor = capgate::audit::Auditor::new(Arc::new(sink));
-        let host = capgate::Host::new(capgate::HostConfig::new().audit(Arc::new(auditor))).unwrap();
+        let host = capgate::Host::new(
+            capgate::HostConfig::new().audit_log(dir.path().join("audit.jsonl")),
+        )
+        .unwrap();
 
         // The baseline: the same two components under raw wasmtime, the client's `vault`
         // imports forwarded to the vault's store with the dynamic API and no checks.
@@ -647,7 +648,7 @@ fn curves() {
                 black_box(p.authority().decide_uncached("c0", black_box(&req)));
             },
             || {
-                black_box(p.authority().decide_whole("c0", black_box(&req)));
+                black_box(p.authority().decide_reference("c0", black_box(&req)));
             },
         );
         let cached = median(|| {

@@ -1,5 +1,6 @@
 //! Embedding capgate: a host application that verifies a signed policy, runs one of its
-//! components, and collects the denials.
+//! components, and collects the denials. The host applies the policy's `audit` section itself
+//! (its log, level, durability and failure mode), exactly as `capgate run` does.
 //!
 //! ```text
 //! cargo run --example embed -- POLICY.yaml TRUST.yaml STATE_DIR COMPONENT [ARGS...]
@@ -48,7 +49,10 @@ pub async fn run(
         }
     }))?;
 
-    let exit = host.run(&policy, component, args).await?;
+    let exit = host.run(&policy, component, args).await;
+    // Seal the audit log (its final checkpoint) whether or not the run succeeded.
+    host.close()?;
+    let exit = exit?;
     let denials = std::mem::take(&mut *denials.lock().unwrap_or_else(|e| e.into_inner()));
     Ok(Outcome { exit, denials })
 }

@@ -1,7 +1,8 @@
 //! capgate runs WebAssembly components under signed, capability-based policies.
 //!
 //! Data flows one way: verified bytes ([`signing`]) → parsed policy ([`policy`]) → compiled
-//! authorisation ([`authz`]) → running components → decisions. Signing and trust live in the
+//! authorisation ([`authz`]) → running components ([`Host`]) → decisions, each recorded in the
+//! [`audit`] log before it is enforced. Signing and trust live in the
 //! [`signing`] crate (re-exported here), which has no WebAssembly runtime dependency so build
 //! pipelines can sign without it.
 //!
@@ -26,7 +27,10 @@
 //!         eprintln!("{} {} {}: {}", event.component, event.action, event.resource, event.decision.explain());
 //!     }
 //! }))?;
+//! // The policy's `audit` section (log, level, durability, failure mode) is applied by the
+//! // host; `close` seals the log with its final checkpoint.
 //! let exit = host.run(&policy, "app", &["--verbose".to_owned()]).await?;
+//! host.close()?;
 //! # let _ = exit;
 //! # Ok(()) }
 //! ```
@@ -36,38 +40,34 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+// The modules, in the order data flows through them; each imports only from the ones above
+// it (`tests/layering.rs` checks this):
+//
+//   policy    bytes of a verified bundle → parsed `Policy` (pure: reads no file)
+//   authz     `Policy` → compiled `Authority`; `Request` → `Decision` (pure)
+//   verified  signatures → parse → resolved against the filesystem → compiled: `VerifiedPolicy`
+//   audit     decisions → tamper-evident records; logs read back, verified and replayed
+//   gate      the one route from an enforcement point to a decision: decide, record, return
+//   runtime   engine, stores, limits, WASI adapters, calls between components, `serve`
+//   inspect   a component's imports against a policy's grants
 pub mod audit;
 pub mod authz;
+pub mod danger;
 #[cfg(feature = "runtime")]
-mod broker;
-#[cfg(feature = "runtime")]
-pub mod grant;
-#[cfg(feature = "runtime")]
-mod host;
+mod gate;
 #[cfg(feature = "runtime")]
 pub mod inspect;
 pub mod policy;
 #[cfg(feature = "runtime")]
-pub mod serve;
+mod runtime;
 mod verified;
 
 #[cfg(feature = "runtime")]
-pub use host::{Host, HostConfig, RunError};
+pub use gate::DecisionEvent;
+#[cfg(feature = "runtime")]
+pub use runtime::serve::serve;
+#[cfg(feature = "runtime")]
+pub use runtime::{Cause, Host, HostConfig, LimitHit, Prepared, RunError};
 pub use verified::VerifiedPolicy;
-
-/// Loading policies without signatures. For local development only.
-pub mod danger {
-    use std::path::Path;
-
-    use crate::VerifiedPolicy;
-    use crate::policy::PolicyError;
-
-    /// Loads a policy and its artifacts **without checking any signature** and without
-    /// rollback protection. Digest pins and expiry are still enforced.
-    pub fn load_unsigned_policy(path: &Path) -> Result<VerifiedPolicy, PolicyError> {
-        let bundle = capgate_signing::danger::unverified_policy(path)?;
-        VerifiedPolicy::from_bundle(bundle, None)
-    }
-}
 
 pub use capgate_signing as signing;

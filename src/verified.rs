@@ -17,7 +17,7 @@ use crate::authz::{Authority, Identity};
 use crate::policy::{self, Policy, PolicyError};
 
 /// The largest component artifact capgate will read.
-pub const MAX_ARTIFACT_BYTES: u64 = 512 * 1024 * 1024;
+pub(crate) const MAX_ARTIFACT_BYTES: u64 = 512 * 1024 * 1024;
 
 /// A policy whose signatures, freshness and artifacts have all been checked, compiled and
 /// ready to run.
@@ -59,7 +59,7 @@ impl VerifiedPolicy {
         trust: Option<&TrustRoot>,
     ) -> Result<Self, PolicyError> {
         let provenance = bundle.provenance().clone();
-        let policy = policy::parse(&bundle)?;
+        let policy = resolve(policy::parse(&bundle)?)?;
         let mut artifacts = BTreeMap::new();
         for (name, c) in &policy.components {
             let bytes = read_artifact(&c.artifact)?;
@@ -79,7 +79,7 @@ impl VerifiedPolicy {
                     let req = if c.signed_by.is_empty() {
                         trust.role(Role::Artifact)
                     } else {
-                        trust.any_of(&c.signed_by).map_err(|missing| PolicyError::Invalid {
+                        trust.any_of(&c.signed_by).map_err(|capgate_signing::UnknownKey { name: missing, .. }| PolicyError::Invalid {
                             path: policy.path.clone(),
                             line: 0,
                             column: 0,
@@ -142,6 +142,49 @@ impl VerifiedPolicy {
     pub fn provenance(&self) -> &Provenance {
         &self.provenance
     }
+}
+
+/// Resolves a parsed policy against the filesystem: every artifact must be a file, every
+/// host directory is canonicalised (symlinks followed once, here) and must be a directory.
+/// Errors name the line of the policy that references the path.
+fn resolve(mut policy: Policy) -> Result<Policy, PolicyError> {
+    let file = policy.path.clone();
+    for (name, c) in &mut policy.components {
+        if !c.artifact.is_file() {
+            return Err(PolicyError::MissingFile {
+                path: file,
+                line: c.artifact_at.line,
+                column: c.artifact_at.column,
+                what: format!("component `{name}`: artifact"),
+                file: c.artifact.clone(),
+            });
+        }
+        for (i, f) in c.files.iter_mut().enumerate() {
+            let field = format!("{name}.files[{i}]");
+            f.host = match std::fs::canonicalize(&f.host) {
+                Ok(h) if h.is_dir() => h,
+                Ok(h) => {
+                    return Err(PolicyError::Invalid {
+                        path: file,
+                        line: f.at.line,
+                        column: f.at.column,
+                        message: format!("{field}: host path `{}` is not a directory", h.display()),
+                        hint: Some("grant the directory that contains it".into()),
+                    });
+                }
+                Err(_) => {
+                    return Err(PolicyError::MissingFile {
+                        path: file,
+                        line: f.at.line,
+                        column: f.at.column,
+                        what: format!("{field}: host directory"),
+                        file: f.host.clone(),
+                    });
+                }
+            };
+        }
+    }
+    Ok(policy)
 }
 
 fn read_artifact(path: &PathBuf) -> Result<Vec<u8>, PolicyError> {

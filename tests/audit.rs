@@ -1,5 +1,6 @@
 //! The audit log: every kind of decision from real guest runs, the tamper table, replay,
 //! concurrency, failure modes, rotation and the tracing sink.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
@@ -354,7 +355,7 @@ fn write_log(sb: &Sandbox, every: u64) -> PathBuf {
     .unwrap();
     let auditor = Auditor::new(sink).level(AuditLevel::All);
     for r in requests() {
-        auditor.decide(&policy, "app", &r);
+        common::decide_and_record(&auditor, &policy, "app", &r);
     }
     auditor.close().unwrap();
     path
@@ -621,7 +622,12 @@ fn many_threads_deciding_at_once_make_one_consistent_chain() {
             std::thread::spawn(move || {
                 let reqs = requests();
                 for i in 0..EACH {
-                    auditor.decide(&policy, "app", &reqs[(t + i) % reqs.len()]);
+                    common::decide_and_record(
+                        &auditor,
+                        &policy,
+                        "app",
+                        &reqs[(t + i) % reqs.len()],
+                    );
                 }
             })
         })
@@ -652,7 +658,7 @@ fn fail_closed_denies_what_cannot_be_recorded_and_continue_leaves_a_gap() {
     // Fail-closed: every write to a full device fails, so an allowed request is denied.
     let closed =
         Auditor::new(JsonlSink::deferred(&link, JsonlOptions::default())).level(AuditLevel::All);
-    let d = closed.decide(&policy, "app", &redis);
+    let d = common::decide_and_record(&closed, &policy, "app", &redis);
     assert!(!d.allowed, "{d:?}");
     assert!(
         d.errors[0].contains("the audit record could not be written")
@@ -662,7 +668,7 @@ fn fail_closed_denies_what_cannot_be_recorded_and_continue_leaves_a_gap() {
     // Control: the same request with a writable log is allowed and recorded.
     let memory = Arc::new(MemorySink::new(None));
     let ok = Auditor::new(memory.clone()).level(AuditLevel::All);
-    assert!(ok.decide(&policy, "app", &redis).allowed);
+    assert!(common::decide_and_record(&ok, &policy, "app", &redis).allowed);
     assert_eq!(memory.lines().len(), 2);
 
     // Continue: the decisions stand while the log cannot be written...
@@ -670,12 +676,12 @@ fn fail_closed_denies_what_cannot_be_recorded_and_continue_leaves_a_gap() {
         .level(AuditLevel::All)
         .on_failure(OnFailure::Continue);
     for _ in 0..3 {
-        assert!(cont.decide(&policy, "app", &redis).allowed);
+        assert!(common::decide_and_record(&cont, &policy, "app", &redis).allowed);
     }
     assert_eq!(cont.missed(), 3);
     // ...and once it can, a gap record says how many were lost, before the next record.
     std::fs::remove_file(&link).unwrap();
-    assert!(cont.decide(&policy, "app", &redis).allowed);
+    assert!(common::decide_and_record(&cont, &policy, "app", &redis).allowed);
     cont.close().unwrap();
     let recs = records(&link);
     let kinds: Vec<&str> = recs
@@ -769,10 +775,7 @@ components:
     assert_eq!(records(&sb.path("ok.jsonl")).len(), 2);
 
     // Continue: the guest runs, the host says records were lost.
-    sb.write("policy.yaml", policy("continue"));
-    std::fs::remove_file(sb.path("policy.yaml.sig")).unwrap();
-    sb.capgate(["sign", "policy", "policy.yaml", "--key", "keys/alice.key"])
-        .expect(0);
+    common::resign_policy(&sb, &policy("continue"));
     run(&log)
         .expect(0)
         .stdout_has("ok:")
@@ -796,7 +799,7 @@ fn rotation_carries_the_chain_across_files_and_a_reopened_log_continues_it() {
         .unwrap();
         let auditor = Auditor::new(sink).level(AuditLevel::All);
         for r in requests().iter().cycle().take(60) {
-            auditor.decide(&policy, "app", r);
+            common::decide_and_record(&auditor, &policy, "app", r);
         }
         auditor.close().unwrap();
     }
@@ -858,7 +861,7 @@ mod tracing_sink {
 
     /// A subscriber that keeps each event's target, level and fields.
     #[derive(Clone, Default)]
-    pub struct Collect(pub Arc<Mutex<Vec<String>>>);
+    pub(crate) struct Collect(pub(crate) Arc<Mutex<Vec<String>>>);
 
     struct Fields(String);
 
@@ -895,14 +898,16 @@ fn the_tracing_sink_hands_decisions_to_the_hosts_subscriber() {
     let collect = tracing_sink::Collect::default();
     let auditor = Auditor::new(audit::TracingSink).level(AuditLevel::All);
     tracing::subscriber::with_default(collect.clone(), || {
-        auditor.decide(
+        common::decide_and_record(
+            &auditor,
             &policy,
             "app",
             &Request::Lookup {
                 name: "db.internal".into(),
             },
         );
-        auditor.decide(
+        common::decide_and_record(
+            &auditor,
             &policy,
             "app",
             &Request::Lookup {

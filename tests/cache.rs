@@ -1,5 +1,6 @@
 //! The compilation cache holds native code that runs without further checks, so capgate uses
 //! it only when it is private to the user.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 

@@ -1,12 +1,13 @@
 //! The escape table: a hostile guest (`tests/guests/probe`) run through the real `capgate run`
 //! under a signed policy. Every row asserts the exact outcome, and every denial has a positive
 //! control showing the same grant works when the request is inside it.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Run, Sandbox, pong_server, run_probe, run_probe_env, signed_probe_policy};
+use common::{Run, Sandbox, err, ok, pong_server, run_probe, run_probe_env, signed_probe_policy};
 
 struct Fixture {
     sb: Sandbox,
@@ -61,28 +62,6 @@ impl Fixture {
     }
 }
 
-#[track_caller]
-fn ok(r: &Run, want: &str) {
-    r.expect(0);
-    assert_eq!(
-        r.stdout.trim(),
-        format!("ok: {want}"),
-        "stderr: {}",
-        r.stderr
-    );
-}
-
-#[track_caller]
-fn denied(r: &Run, kind: &str) {
-    r.expect(0);
-    assert!(
-        r.stdout.starts_with(&format!("err: {kind}")),
-        "expected a `{kind}` error, got: {}\nstderr: {}",
-        r.stdout,
-        r.stderr
-    );
-}
-
 #[test]
 fn files_escape_table() {
     let f = fixture();
@@ -100,23 +79,23 @@ fn files_escape_table() {
     );
 
     // Break-out attempts through paths.
-    denied(
+    err(
         &f.probe(&["read", "/data/../outside.txt"]),
         "PermissionDenied",
     );
-    denied(
+    err(
         &f.probe(&["read", "/data/sub/../../../../outside.txt"]),
         "PermissionDenied",
     );
-    denied(&f.probe(&["read", "/data/link"]), "PermissionDenied");
+    err(&f.probe(&["read", "/data/link"]), "PermissionDenied");
     let abs = f.probe(&["read", &f.sb.path("outside.txt").display().to_string()]);
     assert!(
         abs.stdout.starts_with("err: "),
         "absolute host path: {}",
         abs.stdout
     );
-    denied(&f.probe(&["read", "/etc/passwd"]), "NotFound");
-    denied(&f.probe(&["read-nul", "/data/a"]), "InvalidInput");
+    err(&f.probe(&["read", "/etc/passwd"]), "NotFound");
+    err(&f.probe(&["read-nul", "/data/a"]), "InvalidInput");
 
     // A symlink the guest creates cannot lead out either: an absolute target is refused when
     // it is created, and so is a relative one that climbs out (its target is decided like any

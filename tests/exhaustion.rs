@@ -3,6 +3,7 @@
 //! directions, and components with thousands of imports. Each is stopped or refused with an
 //! error naming the limit, each has a control showing the same operation works below it, and
 //! the server keeps serving afterwards.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 

@@ -1,7 +1,9 @@
 //! Replays every input that once crashed a fuzz target (`fuzz/regressions/TARGET/`), and the
 //! committed seed corpus (`fuzz/corpus/TARGET/`), through the fuzz targets' own harness.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 #[path = "../fuzz/harness.rs"]
+#[allow(unreachable_pub)]
 mod harness;
 
 use std::path::Path;

@@ -1,5 +1,6 @@
 //! The guest build harness works: `tests/guests/` builds for wasm32-wasip2 into real
 //! components, and one of them runs under wasmtime with WASI and prints what it should.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 

@@ -2,6 +2,7 @@
 //! loopback: the allowed URL is reached; another port, host, path, method, an unlisted DNS
 //! name, and a name resolving to loopback without a loopback grant are all denied while the
 //! server is up.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 

@@ -1,4 +1,5 @@
 //! `capgate inspect`: a component's imports and exports, compared with a policy's grants.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 

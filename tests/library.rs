@@ -1,5 +1,6 @@
 //! The library API as a host application uses it: load a policy, decide requests, run guests
 //! on one `Host`, and keep serving after a guest hits a limit.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
@@ -121,9 +122,9 @@ async fn one_host_survives_hostile_guests_and_keeps_serving() {
     ));
     let host = Host::new(HostConfig::new()).unwrap();
     for (op, limit) in [
-        ("alloc", capgate::grant::LimitHit::Memory),
-        ("spin", capgate::grant::LimitHit::Timeout),
-        ("recurse", capgate::grant::LimitHit::Stack),
+        ("alloc", capgate::LimitHit::Memory),
+        ("spin", capgate::LimitHit::Timeout),
+        ("recurse", capgate::LimitHit::Stack),
     ] {
         match host.run(&policy, "probe", &[op.to_owned()]).await {
             Err(capgate::RunError::Limit { limit: hit, .. }) => assert_eq!(hit, limit, "{op}"),
@@ -175,7 +176,7 @@ async fn observers_see_every_decision_or_only_denials() {
     for denials_only in [false, true] {
         let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
         let s = seen.clone();
-        let record = move |ev: &capgate::grant::DecisionEvent| {
+        let record = move |ev: &capgate::DecisionEvent| {
             s.lock().unwrap().push(ev.decision.allowed);
         };
         let config = if denials_only {
@@ -198,4 +199,53 @@ async fn observers_see_every_decision_or_only_denials() {
             assert_eq!(seen, [true, true, false]);
         }
     }
+}
+
+#[test]
+fn components_without_a_timeout_or_fuel_get_the_documented_defaults_unless_danger_says_otherwise() {
+    use capgate::policy::defaults;
+    let sb = Sandbox::new();
+    sb.write("app.wasm", b"\0asm");
+    let policy = load(
+        &sb,
+        "capgate: 1\nname: t\nversion: 1\ncomponents:\n  plain:\n    component: app.wasm\n  own:\n    component: app.wasm\n    limits: { timeout: 2s, fuel: 5000 }\n",
+    );
+    let host = Host::new(HostConfig::new()).unwrap();
+    let plain = host.limits(&policy, "plain").unwrap();
+    assert_eq!(plain.timeout, Some(defaults::TIMEOUT));
+    assert_eq!(plain.fuel, Some(defaults::FUEL));
+    assert_eq!(defaults::TIMEOUT.to_string(), "1m");
+    // The policy's own limits win over the defaults.
+    let own = host.limits(&policy, "own").unwrap();
+    assert_eq!(own.timeout.unwrap().to_string(), "2s");
+    assert_eq!(own.fuel, Some(5000));
+    // Only `danger` removes the defaults, and never a limit the policy sets.
+    let bare = Host::new(capgate::danger::no_default_limits(HostConfig::new())).unwrap();
+    assert_eq!(bare.limits(&policy, "plain").unwrap().timeout, None);
+    assert_eq!(bare.limits(&policy, "plain").unwrap().fuel, None);
+    assert_eq!(bare.limits(&policy, "own").unwrap().fuel, Some(5000));
+    assert!(host.limits(&policy, "nobody").is_none());
+}
+
+#[test]
+fn the_library_refuses_a_compilation_cache_others_can_write() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let sb = Sandbox::new();
+    let open = sb.path("open-cache");
+    std::fs::create_dir(&open).unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+    match Host::new(HostConfig::new().cache_dir(&open)) {
+        Err(e @ capgate::RunError::Cache { .. }) => {
+            assert!(
+                e.to_string().contains("its mode is 777; it must be 700"),
+                "{e}"
+            );
+        }
+        other => panic!("expected the cache to be refused, got {other:?}"),
+    }
+    // Control: a private directory (created 0700 when missing) is accepted.
+    let private = sb.path("private-cache");
+    Host::new(HostConfig::new().cache_dir(&private)).unwrap();
+    let mode = std::fs::metadata(&private).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700);
 }

@@ -1,5 +1,6 @@
 //! Linked components: calls between components go through capgate's broker, which authorises
 //! each call, keeps each component's grants in its own store, and isolates faults.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 

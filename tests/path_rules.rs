@@ -1,10 +1,11 @@
 //! Cedar rules on paths, enforced by the filesystem adapter on every path-taking call: a
 //! forbidden subpath is denied however it is spelt or reached, while its siblings in the same
 //! mount stay allowed; every decision reaches the audit log.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
-use common::{Run, Sandbox, run_probe, signed_probe_policy};
+use common::{Run, Sandbox, ok, run_probe, signed_probe_policy};
 
 const RULES: &str = r#"@id("no-private")
 forbid (principal, action in [Action::"fs.read", Action::"fs.write"], resource)
@@ -42,25 +43,8 @@ components:
 }
 
 #[track_caller]
-fn ok(r: &Run, want: &str) {
-    r.expect(0);
-    assert_eq!(
-        r.stdout.trim(),
-        format!("ok: {want}"),
-        "stderr: {}",
-        r.stderr
-    );
-}
-
-#[track_caller]
 fn refused(r: &Run) {
-    r.expect(0);
-    assert!(
-        r.stdout.starts_with("err: PermissionDenied"),
-        "expected a refusal, got: {}\nstderr: {}",
-        r.stdout,
-        r.stderr
-    );
+    common::err(r, "PermissionDenied");
     assert!(!r.stdout.contains("the-secret"));
 }
 

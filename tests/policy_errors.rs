@@ -1,5 +1,6 @@
 //! Bad input: one broken policy per error kind, through `capgate policy check`, each with the
 //! exact message (file, line, column, what was expected, hint) and exit code it produces.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
@@ -303,17 +304,14 @@ fn a_broken_new_version_does_not_lock_out_the_working_one() {
     common::signed_probe_policy(&sb, good);
     common::run_probe(&sb, "probe", &["exit", "0"]).expect(0);
     // Version 2 is signed but does not load (an unknown key): it is refused...
-    sb.write("policy.yaml", "capgate: 1\nname: roll\nversion: 2\ncomponents:\n  probe:\n    component: probe.wasm\n    netwrk: {}\n");
-    let _ = std::fs::remove_file(sb.path("policy.yaml.sig"));
-    sb.capgate(["sign", "policy", "policy.yaml", "--key", "keys/alice.key"])
-        .expect(0);
+    common::resign_policy(
+        &sb,
+        "capgate: 1\nname: roll\nversion: 2\ncomponents:\n  probe:\n    component: probe.wasm\n    netwrk: {}\n",
+    );
     common::run_probe(&sb, "probe", &["exit", "0"])
         .expect(65)
         .stderr_has("unknown field `netwrk`");
     // ...and not recorded, so version 1 still runs.
-    sb.write("policy.yaml", good);
-    let _ = std::fs::remove_file(sb.path("policy.yaml.sig"));
-    sb.capgate(["sign", "policy", "policy.yaml", "--key", "keys/alice.key"])
-        .expect(0);
+    common::resign_policy(&sb, good);
     common::run_probe(&sb, "probe", &["exit", "0"]).expect(0);
 }

@@ -166,6 +166,7 @@ impl SignatureFile {
             files: &self.files,
         };
         // INVARIANT: serialising a struct of strings and integers to JSON cannot fail.
+        #[allow(clippy::expect_used)]
         let body = serde_json::to_vec(&statement).expect("statement serialises");
         pae(kind.payload_type(), &body)
     }
@@ -232,6 +233,7 @@ impl SignatureFile {
     /// Writes this file as pretty JSON, atomically.
     pub fn save(&self, path: &Path) -> Result<(), Error> {
         // INVARIANT: this type serialises to JSON infallibly (strings, integers, vectors).
+        #[allow(clippy::expect_used)]
         let mut text = serde_json::to_string_pretty(self).expect("signature file serialises");
         text.push('\n');
         crate::error::write_file(path, text.as_bytes())

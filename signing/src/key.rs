@@ -94,6 +94,7 @@ impl PublicKey {
     }
 
     /// The SPKI PEM text of this key.
+    #[allow(clippy::expect_used)]
     pub fn to_pem(&self) -> String {
         // INVARIANT: encoding a valid 32-byte Ed25519 key as SPKI cannot fail.
         self.key

@@ -48,7 +48,7 @@ pub use error::{Digests, Error, ErrorClass, Shortfall, SignatureProblem};
 pub use key::{KeyId, ParseKeyIdError, PublicKey, SecretKey};
 pub use policy::{PolicyBundle, PolicyHeader, PolicyVerifier, Provenance, sign_policy};
 pub use state::StateStore;
-pub use trust::{Requirement, Role, TrustRoot};
+pub use trust::{Requirement, Role, TrustRoot, UnknownKey};
 
 /// Admitting unsigned inputs. For local development only: nothing here checks a signature.
 pub mod danger {

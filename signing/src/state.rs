@@ -83,6 +83,7 @@ impl StateStore {
         state.format = 1;
         state.versions.insert(name.to_owned(), version);
         // INVARIANT: a map of strings to integers serialises to JSON infallibly.
+        #[allow(clippy::expect_used)]
         let text = serde_json::to_string_pretty(&state).expect("state serialises");
         crate::error::write_file(&self.path(), text.as_bytes())
         // The lock is released when `lock` drops.

@@ -282,9 +282,11 @@ impl TrustRoot {
 
     /// One valid signature by any of the named keys (a policy's `signed_by`). Unknown names
     /// are an error naming them.
-    pub fn any_of(&self, names: &[String]) -> Result<Requirement, String> {
+    pub fn any_of(&self, names: &[String]) -> Result<Requirement, UnknownKey> {
         if let Some(missing) = names.iter().find(|n| !self.keys.contains_key(*n)) {
-            return Err(missing.clone());
+            return Err(UnknownKey {
+                name: missing.clone(),
+            });
         }
         let quoted: Vec<String> = names.iter().map(|n| format!("`{n}`")).collect();
         Ok(self.requirement(format!("`signed_by` {{{}}}", quoted.join(", ")), names, 1))
@@ -363,4 +365,13 @@ impl TrustRoot {
             }),
         })
     }
+}
+
+/// A key name the trust root does not have.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("key `{name}` is not in the trust root")]
+#[non_exhaustive]
+pub struct UnknownKey {
+    /// The name asked for.
+    pub name: String,
 }

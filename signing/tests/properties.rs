@@ -1,4 +1,5 @@
 //! Property tests: any single-byte change to signed content, or to a signature, is detected.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use capgate_signing::{PayloadKind, Role, SecretKey, TrustRoot, VerifiedArtifact, sign_artifact};
 use proptest::prelude::*;

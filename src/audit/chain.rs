@@ -23,7 +23,7 @@ pub fn checkpoint_message(seq: u64, ts: &str, head: &Sha256) -> Vec<u8> {
 
 /// Signs checkpoints.
 pub struct Checkpointer {
-    key: SecretKey,
+    key: std::sync::Arc<SecretKey>,
     every: u64,
 }
 
@@ -39,9 +39,9 @@ impl std::fmt::Debug for Checkpointer {
 impl Checkpointer {
     /// Signs a checkpoint with `key` after every `every` records (at least 1), and when the
     /// log is closed.
-    pub fn new(key: SecretKey, every: u64) -> Self {
+    pub fn new(key: impl Into<std::sync::Arc<SecretKey>>, every: u64) -> Self {
         Self {
-            key,
+            key: key.into(),
             every: every.max(1),
         }
     }
@@ -57,7 +57,7 @@ pub(crate) struct Head {
 }
 
 impl Head {
-    pub fn genesis() -> Self {
+    pub(super) fn genesis() -> Self {
         Self {
             next_seq: 0,
             prev: Sha256::from_bytes([0; 32]),
@@ -83,12 +83,12 @@ struct Line<'a, B: Serialize> {
 }
 
 impl Chain {
-    pub fn new(head: Head, signer: Option<Checkpointer>) -> Self {
+    pub(super) fn new(head: Head, signer: Option<Checkpointer>) -> Self {
         Self { head, signer }
     }
 
     /// Appends one line for `body` to `out` and advances the chain.
-    pub fn push<B: Serialize>(&mut self, out: &mut Vec<u8>, ts: &str, body: &B) {
+    pub(super) fn push<B: Serialize>(&mut self, out: &mut Vec<u8>, ts: &str, body: &B) {
         let start = out.len();
         let line = Line {
             seq: self.head.next_seq,
@@ -108,7 +108,7 @@ impl Chain {
     }
 
     /// A decision or gap record, followed by a checkpoint when one is due.
-    pub fn push_record<B: Serialize>(&mut self, out: &mut Vec<u8>, ts: &str, body: &B) {
+    pub(super) fn push_record<B: Serialize>(&mut self, out: &mut Vec<u8>, ts: &str, body: &B) {
         self.push(out, ts, body);
         self.head.since += 1;
         if self
@@ -121,7 +121,7 @@ impl Chain {
     }
 
     /// The record that opens a file: which chain it continues and how it is signed.
-    pub fn push_start(&mut self, out: &mut Vec<u8>, ts: &str) {
+    pub(super) fn push_start(&mut self, out: &mut Vec<u8>, ts: &str) {
         let mut body = serde_json::Map::new();
         body.insert("type".into(), "start".into());
         body.insert("capgate".into(), env!("CARGO_PKG_VERSION").into());
@@ -136,7 +136,7 @@ impl Chain {
 
     /// A signed checkpoint over the current head, if this chain signs and anything was
     /// recorded since the last one.
-    pub fn push_checkpoint(&mut self, out: &mut Vec<u8>, ts: &str) {
+    pub(super) fn push_checkpoint(&mut self, out: &mut Vec<u8>, ts: &str) {
         let Some(signer) = &self.signer else { return };
         if self.head.since == 0 {
             return;

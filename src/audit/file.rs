@@ -7,20 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use super::chain::{Chain, Checkpointer, Head};
 use super::record::{Entry, timestamp};
-use super::{AuditError, AuditSink, Sha256};
-
-/// When records reach the disk.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Durability {
-    /// Each record is written and `fdatasync`ed before its decision takes effect.
-    Always,
-    /// Each record is handed to the operating system before its decision takes effect (so a
-    /// crash of the process loses nothing), and synced to disk every 64 records, at rotation
-    /// and at close. A power failure can lose records not yet synced.
-    #[default]
-    Batch,
-}
+use super::{AuditError, AuditSink, Durability, Sha256};
 
 /// Records written between syncs in [`Durability::Batch`].
 const BATCH: u32 = 64;

@@ -21,15 +21,18 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 pub use capgate_signing::Sha256;
 pub use chain::{CHECKPOINT_PAYLOAD_TYPE, Checkpointer, checkpoint_message};
-pub use file::{Durability, JsonlOptions, JsonlSink};
+pub use file::{JsonlOptions, JsonlSink};
 pub use read::{
     Broken, Change, LineKind, LogLine, LogReader, Verified, replay, verify, verify_lines,
 };
-pub use record::{DecisionRecord, Entry, Gap, GapTag, PolicyRef, Verdict, parse_ts, timestamp};
+pub use record::{
+    BadTimestamp, DecisionRecord, Entry, Gap, GapTag, MalformedRecord, PolicyRef, Verdict,
+    parse_ts, timestamp,
+};
 
 use crate::VerifiedPolicy;
 use crate::authz::{Decision, Request};
-pub use crate::policy::AuditLevel;
+pub use crate::policy::{AuditLevel, Durability, OnFailure};
 
 /// Why a record could not be written.
 #[derive(Debug, thiserror::Error)]
@@ -67,17 +70,6 @@ pub trait AuditSink: Send + Sync {
     fn close(&self) -> Result<(), AuditError> {
         Ok(())
     }
-}
-
-/// What happens to a decision whose record cannot be written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum OnFailure {
-    /// The decision becomes a deny, naming the audit error.
-    #[default]
-    FailClosed,
-    /// The decision stands; a gap record is written when the sink recovers.
-    Continue,
 }
 
 struct Lost {
@@ -160,12 +152,18 @@ impl Auditor {
         self.missed_total.load(Ordering::Relaxed)
     }
 
-    /// Decides `request` for `component` under `policy` and records the decision; the
-    /// decision returned is the one to enforce (a deny if fail-closed and it could not be
-    /// recorded).
-    pub fn decide(&self, policy: &VerifiedPolicy, component: &str, request: &Request) -> Decision {
-        let decision = policy.authority().decide(component, request);
-        self.admit(policy, component, request, decision, &[])
+    /// Records `decision`, already made on `request` by `component` under `policy`, and
+    /// returns the decision to enforce: a deny if the log is fail-closed and the record could
+    /// not be written. This is the audit stage alone; a running host's enforcement points
+    /// reach it only through their gate, which decides, records and enforces in one step.
+    pub fn record(
+        &self,
+        policy: &VerifiedPolicy,
+        component: &str,
+        request: &Request,
+        decision: Decision,
+    ) -> Decision {
+        self.admit(policy, component, request, decision, Vec::new())
     }
 
     /// Whether the level asks for `decision` to be written.
@@ -181,7 +179,7 @@ impl Auditor {
         component: &str,
         request: &Request,
         decision: Decision,
-        sensitive: &[(&'static str, &[u8])],
+        sensitive: Vec<(&'static str, Vec<u8>)>,
     ) -> Decision {
         if !self.keeps(&decision) {
             return decision;

@@ -104,7 +104,11 @@ impl DecisionRecord {
     }
 
     /// The request this record was made for, rebuilt from its action, resource and context.
-    pub fn request(&self) -> Result<Request, String> {
+    pub fn request(&self) -> Result<Request, MalformedRecord> {
+        self.rebuild().map_err(MalformedRecord)
+    }
+
+    fn rebuild(&self) -> Result<Request, String> {
         let ctx = |key: &str| {
             self.context
                 .get(key)
@@ -266,11 +270,28 @@ pub(crate) fn format_ts(t: time::OffsetDateTime) -> String {
         .unwrap_or_else(|_| "1970-01-01T00:00:00.000000Z".to_owned())
 }
 
+/// A record whose fields do not make a request (what is wrong, in words).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct MalformedRecord(String);
+
+/// A timestamp that is not RFC 3339.
+#[derive(Debug, thiserror::Error)]
+#[error("`{text}` is not an RFC 3339 timestamp ({source}); for example 2026-11-24T18:00:00Z")]
+pub struct BadTimestamp {
+    text: String,
+    #[source]
+    source: time::error::Parse,
+}
+
 /// Parses a timestamp as `audit query --since/--until` and the log take it (any RFC 3339).
-pub fn parse_ts(s: &str) -> Result<time::OffsetDateTime, String> {
-    time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).map_err(|e| {
-        format!("`{s}` is not an RFC 3339 timestamp ({e}); for example 2026-11-24T18:00:00Z")
-    })
+pub fn parse_ts(s: &str) -> Result<time::OffsetDateTime, BadTimestamp> {
+    time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).map_err(
+        |source| BadTimestamp {
+            text: s.to_owned(),
+            source,
+        },
+    )
 }
 
 #[cfg(test)]
@@ -343,8 +364,13 @@ mod tests {
     fn a_record_with_a_broken_resource_says_what_is_wrong() {
         let mut rec = record_of(&Request::Lookup { name: "x".into() });
         rec.action = "net.connect".into();
-        assert!(rec.request().unwrap_err().contains("tcp://"));
+        assert!(rec.request().unwrap_err().to_string().contains("tcp://"));
         rec.action = "fs.delete".into();
-        assert!(rec.request().unwrap_err().contains("not an action"));
+        assert!(
+            rec.request()
+                .unwrap_err()
+                .to_string()
+                .contains("not an action")
+        );
     }
 }

@@ -30,6 +30,7 @@ pub struct Identity {
 
 /// The `Component` entity of `name` with `id`'s attributes. Built on a component's first
 /// uncached decision: Cedar sets up its extensions the first time it evaluates an attribute.
+#[allow(clippy::expect_used)]
 pub(super) fn principal(name: &str, id: &Identity) -> Entity {
     let attrs = HashMap::from([
         (
@@ -124,6 +125,7 @@ fn invalid(
     }
 }
 
+#[allow(clippy::expect_used)]
 pub(crate) fn schema() -> Schema {
     // INVARIANT: SCHEMA is a constant that a unit test parses; it cannot fail at run time.
     Schema::from_cedarschema_str(SCHEMA)
@@ -134,6 +136,7 @@ pub(crate) fn schema() -> Schema {
 fn component_uid(name: &str) -> EntityUid {
     static COMPONENT: std::sync::OnceLock<EntityTypeName> = std::sync::OnceLock::new();
     // INVARIANT: `Component` is a valid type name; any string is a valid entity id.
+    #[allow(clippy::expect_used)]
     let ty =
         COMPONENT.get_or_init(|| EntityTypeName::from_str("Component").expect("valid type name"));
     EntityUid::from_type_name_and_id(ty.clone(), EntityId::new(name))
@@ -178,6 +181,7 @@ fn grant_clauses(c: &ComponentPolicy) -> Vec<(String, &'static str)> {
     out
 }
 
+#[allow(clippy::expect_used)]
 fn grant_policy(component: &str, id: &str, action: &str) -> CedarPolicy {
     // Component names and grant ids contain only [a-z0-9-.[\]], so no escaping is needed.
     let text = format!(
@@ -191,20 +195,47 @@ pub(super) fn compile(
     policy: &Policy,
     identity: impl Fn(&str) -> Identity,
 ) -> Result<Compiled, PolicyError> {
+    let (mut all, grants) = grant_policies(policy);
+    let (rules, origins) = parse_rules(policy, &mut all)?;
+    validate_rules(policy, &all, &rules, &origins)?;
+    let slices = grants
+        .into_iter()
+        .map(|(name, own)| {
+            let slice = slice(&name, own, &rules, identity(&name));
+            (name, slice)
+        })
+        .collect();
+    Ok(Compiled {
+        slices,
+        lints: lint_rules(policy, &rules, &origins),
+    })
+}
+
+/// Each component's grants as Cedar `permit`s, by component, and all of them in one set.
+fn grant_policies(policy: &Policy) -> (PolicySet, BTreeMap<String, Vec<CedarPolicy>>) {
     let mut all = PolicySet::new();
-    let mut grants: BTreeMap<String, Vec<CedarPolicy>> = BTreeMap::new();
+    let mut grants = BTreeMap::new();
     for (name, c) in &policy.components {
         let ps = grant_clauses(c)
             .into_iter()
             .map(|(id, action)| grant_policy(name, &id, action))
             .collect::<Vec<_>>();
         for p in &ps {
-            // INVARIANT: grant ids are unique (component name + list + index).
-            all.add(p.clone()).expect("grant ids are unique");
+            // Grant ids are unique (component name + list + index), so adding cannot fail.
+            let _ = all.add(p.clone());
         }
         grants.insert(name.clone(), ps);
     }
+    (all, grants)
+}
 
+/// The rules files' policies, each renamed to its `@id` and added to `all`, with where each
+/// was written. A rule without an `@id`, a reused id or a template is an error naming its
+/// file, line and column.
+fn parse_rules(
+    policy: &Policy,
+    all: &mut PolicySet,
+) -> Result<(Vec<CedarPolicy>, HashMap<String, RuleOrigin>), PolicyError> {
     let mut rules: Vec<CedarPolicy> = Vec::new();
     let mut origins: HashMap<String, RuleOrigin> = HashMap::new();
     for src in &policy.rules {
@@ -282,14 +313,22 @@ pub(super) fn compile(
         }
     }
 
-    // Grant policies are generated in shapes the tests validate against the schema, so only
-    // rules need validating here; a policy without rules never parses the schema.
-    let result = if rules.is_empty() {
-        None
-    } else {
-        Some(Validator::new(schema()).validate(&all, ValidationMode::Strict))
-    };
-    if let Some(e) = result.as_ref().and_then(|r| r.validation_errors().next()) {
+    Ok((rules, origins))
+}
+
+/// Grant policies are generated in shapes the tests validate against the schema, so only
+/// rules need validating here; a policy without rules never parses the schema.
+fn validate_rules(
+    policy: &Policy,
+    all: &PolicySet,
+    rules: &[CedarPolicy],
+    origins: &HashMap<String, RuleOrigin>,
+) -> Result<(), PolicyError> {
+    if rules.is_empty() {
+        return Ok(());
+    }
+    let result = Validator::new(schema()).validate(all, ValidationMode::Strict);
+    if let Some(e) = result.validation_errors().next() {
         let id = AsRef::<str>::as_ref(e.policy_id()).to_owned();
         let (path, text, base) = match origins.get(&id) {
             Some(o) => (o.path.clone(), o.text.as_str(), o.offset),
@@ -302,40 +341,44 @@ pub(super) fn compile(
         return Err(invalid(&path, text, base + within, format!("rule does not type-check against the schema: {e}"), Some("see policies/capgate.cedarschema for the entities, actions and context of each action".into())));
     }
 
+    Ok(())
+}
+
+/// One component's slice: its grants, and the rules whose principal could be it.
+fn slice(name: &str, own: Vec<CedarPolicy>, rules: &[CedarPolicy], identity: Identity) -> Slice {
+    let mut set = PolicySet::new();
+    let mut own_rules = PolicySet::new();
+    // Ids were checked unique across every grant and rule, so adding cannot fail.
+    for p in own {
+        let _ = set.add(p);
+    }
+    let me = component_uid(name);
+    for r in rules {
+        let applies = match r.principal_constraint() {
+            PrincipalConstraint::Eq(uid) => uid == me,
+            _ => true,
+        };
+        if applies {
+            let _ = set.add(r.clone());
+            let _ = own_rules.add(r.clone());
+        }
+    }
+    Slice {
+        all: set,
+        rules: own_rules,
+        identity,
+    }
+}
+
+/// Rules that are legal but probably mistakes: a rule naming a component the policy lacks.
+fn lint_rules(
+    policy: &Policy,
+    rules: &[CedarPolicy],
+    origins: &HashMap<String, RuleOrigin>,
+) -> Vec<Lint> {
     let mut lints = Vec::new();
     let names: BTreeSet<&str> = policy.components.keys().map(String::as_str).collect();
-    let mut slices = BTreeMap::new();
-    for (name, own) in grants {
-        let mut set = PolicySet::new();
-        for p in own {
-            // INVARIANT: ids were checked unique across `all` above.
-            set.add(p).expect("unique ids");
-        }
-        let mut own_rules = PolicySet::new();
-        if !rules.is_empty() {
-            let me = component_uid(&name);
-            for r in &rules {
-                let applies = match r.principal_constraint() {
-                    PrincipalConstraint::Eq(uid) => uid == me,
-                    _ => true,
-                };
-                if applies {
-                    set.add(r.clone()).expect("unique ids");
-                    own_rules.add(r.clone()).expect("unique ids");
-                }
-            }
-        }
-        let principal = identity(&name);
-        slices.insert(
-            name,
-            Slice {
-                all: set,
-                rules: own_rules,
-                identity: principal,
-            },
-        );
-    }
-    for r in &rules {
+    for r in rules {
         if let PrincipalConstraint::Eq(uid) = r.principal_constraint()
             && uid.type_name().to_string() == "Component"
             && !names.contains(uid.id().unescaped())
@@ -354,7 +397,7 @@ pub(super) fn compile(
             });
         }
     }
-    Ok(Compiled { slices, lints })
+    lints
 }
 
 #[cfg(test)]

@@ -142,7 +142,9 @@ impl Authority {
         &self.lints
     }
 
-    /// Decides whether `component` may do `request`.
+    /// Decides whether `component` may do `request`. Pure: it records nothing and enforces
+    /// nothing. Running guests reach decisions only through the host's gate, which records
+    /// each one before it is enforced; this is for what-if questions and tests.
     pub fn decide(&self, component: &str, request: &Request) -> Decision {
         let Some(slice) = self.slices.get(component) else {
             return Decision::failure(format!("no component `{component}` in this policy"));
@@ -168,7 +170,8 @@ impl Authority {
     /// The cached decision for this request, if there is one. Never evaluates Cedar, so it is
     /// safe to call anywhere, including on a wasmtime fiber stack (where Cedar's stack guard
     /// cannot measure the stack and refuses to evaluate).
-    pub fn cached(&self, component: &str, request: &Request) -> Option<Decision> {
+    #[cfg_attr(not(feature = "runtime"), allow(dead_code))]
+    pub(crate) fn cached(&self, component: &str, request: &Request) -> Option<Decision> {
         let slice = self.slices.get(component)?;
         slice
             .cache
@@ -178,7 +181,8 @@ impl Authority {
             .cloned()
     }
 
-    /// Decides without the cache (what `decide` does on a miss).
+    /// Decides without the cache (what `decide` does on a miss), and without filling it: for
+    /// what-if questions (replaying a log under another policy) and for measuring.
     pub fn decide_uncached(&self, component: &str, request: &Request) -> Decision {
         match self.slices.get(component) {
             Some(slice) => self.evaluate(slice, request),
@@ -197,7 +201,7 @@ impl Authority {
     /// grants are matched here and only the rules go to Cedar; the two are combined as Cedar
     /// combines policies (any satisfied forbid denies; otherwise any satisfied permit allows;
     /// an evaluation error denies). The result is the decision Cedar reaches over the grants'
-    /// permits and the rules together ([`Authority::decide_whole`]), which a property test
+    /// permits and the rules together ([`Authority::decide_reference`]), which a property test
     /// checks, at a cost that does not grow with the number of grants.
     fn evaluate(&self, slice: &Slice, request: &Request) -> Decision {
         let grants = request.matching_grants(&slice.component);
@@ -235,10 +239,11 @@ impl Authority {
         }
     }
 
-    /// Decides `request` by handing Cedar the grants' permits and the rules together, as
-    /// `decide` is specified to. Slower with many grants; for tests and benchmarks.
-    #[doc(hidden)]
-    pub fn decide_whole(&self, component: &str, request: &Request) -> Decision {
+    /// The reference decision: hands Cedar the grants' permits and the rules together, which
+    /// is how [`Authority::decide`] is specified. `decide` matches grants natively and must
+    /// always agree with this (a property test checks it); this one is slower with many
+    /// grants. For checking and measuring, never needed to enforce.
+    pub fn decide_reference(&self, component: &str, request: &Request) -> Decision {
         let Some(slice) = self.slices.get(component) else {
             return Decision::failure(format!("no component `{component}` in this policy"));
         };

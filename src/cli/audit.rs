@@ -91,7 +91,7 @@ pub(super) struct Filter {
 }
 
 fn parse_time(s: &str) -> Result<time::OffsetDateTime, String> {
-    audit::parse_ts(s)
+    audit::parse_ts(s).map_err(|e| e.to_string())
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

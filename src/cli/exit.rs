@@ -10,7 +10,7 @@ use super::LogFormat;
 /// The process exit codes capgate uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
-pub enum Exit {
+pub(crate) enum Exit {
     /// Bad command line.
     Usage = 64,
     /// Invalid policy, rules, key, signature file or component.
@@ -46,7 +46,7 @@ impl Exit {
 
 /// An error on its way to stderr.
 #[derive(Debug)]
-pub struct CliError {
+pub(crate) struct CliError {
     /// The exit code.
     pub exit: Exit,
     message: String,
@@ -54,7 +54,7 @@ pub struct CliError {
 
 impl CliError {
     /// An error with this exit code and message.
-    pub fn new(exit: Exit, message: impl Into<String>) -> Self {
+    pub(crate) fn new(exit: Exit, message: impl Into<String>) -> Self {
         Self {
             exit,
             message: message.into(),
@@ -62,7 +62,7 @@ impl CliError {
     }
 
     /// Writes the error to stderr in `format`.
-    pub fn print(&self, format: LogFormat) {
+    pub(crate) fn print(&self, format: LogFormat) {
         match format {
             LogFormat::Text => eprintln!("error: {}", self.message),
             LogFormat::Json => eprintln!(
@@ -110,6 +110,7 @@ impl From<capgate::RunError> for CliError {
             R::Trap { .. } | R::Limit { .. } => Exit::GuestFault,
             R::Invalid { .. } | R::Instantiate { .. } | R::Link { .. } => Exit::DataErr,
             R::NoSuchComponent { .. } | R::Call { .. } => Exit::Usage,
+            R::Audit { .. } => Exit::CantCreate,
             _ => Exit::Software,
         };
         Self::new(exit, e.to_string())

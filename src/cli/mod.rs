@@ -15,12 +15,12 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-pub use exit::{CliError, Exit};
+pub(crate) use exit::{CliError, Exit};
 
 /// Run WebAssembly components under signed, capability-based policies.
 #[derive(Debug, Parser)]
 #[command(name = "capgate", version, about, long_about = None, disable_help_subcommand = true)]
-pub struct Cli {
+pub(crate) struct Cli {
     /// How errors and results are printed.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -31,7 +31,7 @@ pub struct Cli {
 
 /// Output format for errors and results.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
+pub(crate) enum LogFormat {
     /// One or two lines a person can act on.
     Text,
     /// One JSON object per line.
@@ -208,7 +208,7 @@ impl PolicyArgs {
 }
 
 /// A successful command's report: a line for people, fields for `--log-format json`.
-pub struct Report {
+pub(crate) struct Report {
     text: String,
     json: serde_json::Value,
 }
@@ -223,7 +223,7 @@ impl Report {
 }
 
 /// Parses `std::env::args`, runs the command and returns the process exit code.
-pub fn main() -> ExitCode {
+pub(crate) fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {

@@ -3,7 +3,6 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use capgate::audit::{Auditor, Checkpointer, JsonlOptions, JsonlSink, OnFailure};
 use capgate::signing::{SecretKey, StateStore, TrustRoot};
 use capgate::{Host, HostConfig, VerifiedPolicy};
 use serde_json::json;
@@ -55,73 +54,17 @@ pub(super) fn load(src: &Source<'_>, record: bool) -> Result<VerifiedPolicy, Cli
     })
 }
 
-/// The default compilation cache: `$XDG_CACHE_HOME/capgate`, else `~/.cache/capgate`,
-/// provided it is private to this user (see [`private_dir`]).
+/// The default compilation cache: `$XDG_CACHE_HOME/capgate`, else `~/.cache/capgate`.
 fn default_cache_dir() -> Option<PathBuf> {
     let from = |v: &str| {
         std::env::var_os(v)
             .filter(|s| !s.is_empty())
             .map(PathBuf::from)
     };
-    let dir = from("XDG_CACHE_HOME")
+    from("XDG_CACHE_HOME")
         .map(|d| d.join("capgate"))
         .or_else(|| from("HOME").map(|h| h.join(".cache/capgate")))
-        .filter(|p| p.is_absolute())?;
-    match private_dir(&dir) {
-        Ok(()) => Some(dir),
-        Err(why) => {
-            eprintln!(
-                "warning: not using the compilation cache `{}`: {why}",
-                dir.display()
-            );
-            None
-        }
-    }
-}
-
-/// Compiled code from the cache runs as native code without further checks, so the cache must
-/// be writable by this user alone: created with mode 0700, and refused if another user owns it
-/// or group or others can reach it.
-fn private_dir(dir: &Path) -> Result<(), String> {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _, PermissionsExt as _};
-        if !dir.exists() {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(dir)
-                .map_err(|e| e.to_string())?;
-        }
-        let meta = std::fs::symlink_metadata(dir).map_err(|e| e.to_string())?;
-        if !meta.is_dir() {
-            return Err("it is not a directory".into());
-        }
-        // The owner of a file we create is this process's effective user.
-        let probe = dir.join(".owner");
-        let me = std::fs::File::create(&probe)
-            .and_then(|f| f.metadata())
-            .map_err(|e| e.to_string())?
-            .uid();
-        if meta.uid() != me {
-            return Err(format!(
-                "it belongs to user {}, not to this user ({me})",
-                meta.uid()
-            ));
-        }
-        if meta.permissions().mode() & 0o077 != 0 {
-            return Err(format!(
-                "its mode is {:o}; it must be 700 (run `chmod 700` on it)",
-                meta.permissions().mode() & 0o777
-            ));
-        }
-        Ok(())
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = dir;
-        Err("a private cache directory cannot be checked on this platform".into())
-    }
+        .filter(|p| p.is_absolute())
 }
 
 pub(super) struct RunArgs<'a> {
@@ -131,47 +74,33 @@ pub(super) struct RunArgs<'a> {
     pub format: LogFormat,
 }
 
-/// The audit log of a run: `--audit`, else the policy's `audit.log`; `None` if neither.
-fn auditor(src: &Source<'_>, policy: &VerifiedPolicy) -> Result<Option<Arc<Auditor>>, CliError> {
-    let spec = &policy.policy().audit;
-    let Some(path) = src.audit.map(Path::to_owned).or_else(|| spec.log.clone()) else {
-        if src.audit_key.is_some() {
+/// The host's audit settings from the command line: `--audit FILE` in place of the policy's
+/// `audit.log`, `--audit-key KEY` for checkpoints, and this host's salt. The policy's `audit`
+/// section itself is applied by the library.
+fn audit_config(
+    src: &Source<'_>,
+    policy: &VerifiedPolicy,
+    mut config: HostConfig,
+) -> Result<HostConfig, CliError> {
+    let has_log = src.audit.is_some() || policy.policy().audit.log.is_some();
+    if let Some(k) = src.audit_key {
+        if !has_log {
             return Err(CliError::new(
                 Exit::Usage,
                 "`--audit-key` needs an audit log: pass `--audit FILE` or set `audit.log` in the policy",
             ));
         }
-        return Ok(None);
-    };
-    let checkpoints = match src.audit_key {
-        None => None,
-        Some(k) => {
-            let key = SecretKey::load(k)?;
-            warn_if_not_audit_key(src, &key);
-            Some(Checkpointer::new(key, spec.checkpoint_every))
-        }
-    };
-    let options = JsonlOptions {
-        durability: spec.durability,
-        rotate: spec.rotate.map(|r| r.bytes()),
-        checkpoints,
-    };
-    let sink = match spec.on_failure {
-        OnFailure::FailClosed => JsonlSink::open(&path, options).map_err(|e| {
-            CliError::new(
-                Exit::CantCreate,
-                format!("{e} (the policy's `audit.on_failure` is fail-closed, so nothing runs without its log)"),
-            )
-        })?,
-        OnFailure::Continue => JsonlSink::deferred(&path, options),
-    };
-    let mut auditor = Auditor::new(sink)
-        .level(spec.level)
-        .on_failure(spec.on_failure);
-    if let Some(salt) = audit_salt(src) {
-        auditor = auditor.salt(salt);
+        let key = SecretKey::load(k)?;
+        warn_if_not_audit_key(src, &key);
+        config = config.audit_key(key);
     }
-    Ok(Some(Arc::new(auditor)))
+    if let Some(path) = src.audit {
+        config = config.audit_log(path);
+    }
+    if has_log && let Some(salt) = audit_salt(src) {
+        config = config.audit_salt(salt);
+    }
+    Ok(config)
 }
 
 /// Warns when checkpoints would be signed by a key the trust root's `audit` role does not
@@ -227,23 +156,26 @@ fn audit_salt(src: &Source<'_>) -> Option<[u8; 32]> {
     }
 }
 
-/// Closes the audit log (final checkpoint); a failure is reported, not fatal.
-fn close(audit: &Option<Arc<Auditor>>) {
-    if let Some(a) = audit {
-        if let Err(e) = a.close() {
-            eprintln!("warning: {e}");
-        }
-        if a.missed() > 0 {
-            eprintln!(
-                "warning: {} audit record(s) could not be written (failure mode `continue`)",
-                a.missed()
-            );
-        }
+/// Closes the host's audit logs (final checkpoint); a failure is reported, not fatal.
+fn close(host: &Host) {
+    let missed = host.missed_audit_records();
+    if let Err(e) = host.close() {
+        eprintln!("warning: {e}");
+    }
+    if missed > 0 {
+        eprintln!(
+            "warning: {missed} audit record(s) could not be written (failure mode `continue`)"
+        );
     }
 }
 
-fn host(format: LogFormat, no_cache: bool, audit: Option<Arc<Auditor>>) -> Result<Host, CliError> {
-    let mut config = HostConfig::new().observe_denials(move |ev| {
+fn host(
+    src: &Source<'_>,
+    policy: &VerifiedPolicy,
+    format: LogFormat,
+    no_cache: bool,
+) -> Result<Host, CliError> {
+    let config = HostConfig::new().observe_denials(move |ev| {
         match format {
             LogFormat::Text => eprintln!("capgate: denied `{}` {} {}: {}", ev.component, ev.action, ev.resource, ev.decision.explain()),
             LogFormat::Json => eprintln!(
@@ -252,11 +184,13 @@ fn host(format: LogFormat, no_cache: bool, audit: Option<Arc<Auditor>>) -> Resul
             ),
         }
     });
+    let config = audit_config(src, policy, config)?;
     if !no_cache && let Some(dir) = default_cache_dir() {
-        config = config.cache_dir(dir);
-    }
-    if let Some(a) = audit {
-        config = config.audit(a);
+        match Host::new(config.clone().cache_dir(&dir)) {
+            Ok(host) => return Ok(host),
+            Err(e @ capgate::RunError::Cache { .. }) => eprintln!("warning: {e}"),
+            Err(e) => return Err(e.into()),
+        }
     }
     Ok(Host::new(config)?)
 }
@@ -279,11 +213,10 @@ fn runtime(serving: bool) -> Result<tokio::runtime::Runtime, CliError> {
 
 pub(super) fn run(src: &Source<'_>, a: &RunArgs<'_>) -> Result<i32, CliError> {
     let policy = Arc::new(load(src, true)?);
-    let audit = auditor(src, &policy)?;
-    let host = host(a.format, a.no_cache, audit.clone())?;
+    let host = host(src, &policy, a.format, a.no_cache)?;
     let result = pick_component(&host, &policy, a.component)
         .and_then(|name| Ok(runtime(false)?.block_on(host.run(&policy, &name, a.args))?));
-    close(&audit);
+    close(&host);
     result
 }
 
@@ -295,8 +228,7 @@ pub(super) fn serve(
     format: LogFormat,
 ) -> Result<Report, CliError> {
     let policy = Arc::new(load(src, true)?);
-    let audit = auditor(src, &policy)?;
-    let host = Arc::new(host(format, no_cache, audit.clone())?);
+    let host = Arc::new(host(src, &policy, format, no_cache)?);
     let result = runtime(true)?.block_on(async {
         let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| {
             CliError::new(
@@ -315,10 +247,10 @@ pub(super) fn serve(
             stop_signal().await;
             eprintln!("capgate: shutting down; letting requests in flight finish");
         };
-        capgate::serve::serve(host, policy.clone(), component, listener, shutdown).await?;
+        capgate::serve(host.clone(), policy.clone(), component, listener, shutdown).await?;
         Ok(Report::new("capgate: stopped", json!({ "stopped": true })))
     });
-    close(&audit);
+    close(&host);
     result
 }
 
@@ -347,11 +279,10 @@ pub(super) fn call(
     no_cache: bool,
 ) -> Result<Report, CliError> {
     let policy = Arc::new(load(src, true)?);
-    let audit = auditor(src, &policy)?;
-    let host = host(LogFormat::Text, no_cache, audit.clone())?;
+    let host = host(src, &policy, LogFormat::Text, no_cache)?;
     let results = runtime(false)
         .and_then(|rt| Ok(rt.block_on(host.call(&policy, component, function, args))?));
-    close(&audit);
+    close(&host);
     let results = results?;
     Ok(Report::new(
         results.join("\n"),

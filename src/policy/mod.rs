@@ -11,5 +11,9 @@ pub mod pattern;
 pub mod units;
 
 pub use error::PolicyError;
-pub use model::*;
+pub use model::{
+    Access, AuditLevel, AuditSpec, CallGrant, ComponentPolicy, Durability, FileGrant, GrantId,
+    HttpGrant, Input, Limits, LookupGrant, Network, OnFailure, Output, Policy, RulesSource,
+    SocketGrant, Stdio, defaults,
+};
 pub use parse::parse;

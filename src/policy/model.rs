@@ -11,7 +11,14 @@ use super::units::{ByteSize, Span};
 
 /// Defaults for limits a policy does not set. Listed once here and in `docs/policy.md`.
 pub mod defaults {
-    use super::ByteSize;
+    use super::{ByteSize, Span};
+
+    /// Wall-clock time one run, served request or call may take when `limits.timeout` is not
+    /// set: 60 seconds.
+    pub const TIMEOUT: Span = Span::from_secs(60);
+    /// Fuel one run, served request or call may burn when `limits.fuel` is not set: 10^11,
+    /// roughly a minute of busy computation.
+    pub const FUEL: u64 = 100_000_000_000;
 
     /// Linear memory a component may grow to when `limits.memory` is not set: 256 MiB.
     pub const MEMORY: ByteSize = ByteSize::from_bytes(256 << 20);
@@ -51,6 +58,22 @@ impl std::fmt::Display for GrantId {
     }
 }
 
+/// Where in the policy file a value was written: 1-based line and column (0 when unknown).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Origin {
+    pub(crate) line: u64,
+    pub(crate) column: u64,
+}
+
+impl Origin {
+    pub(crate) fn of(at: &serde_saphyr::Location) -> Self {
+        Self {
+            line: at.line(),
+            column: at.column(),
+        }
+    }
+}
+
 /// How a directory is mounted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -67,12 +90,15 @@ pub enum Access {
 pub struct FileGrant {
     /// The grant's id.
     pub id: GrantId,
-    /// The host directory, absolute, resolved when the policy loaded.
+    /// The host directory, absolute: joined to the policy's directory when parsed, then
+    /// resolved (symlinks followed, checked to be a directory) when the policy is loaded.
     pub host: PathBuf,
     /// Where the guest sees it: an absolute, normalised path.
     pub guest: String,
     /// Read-only or read-write.
     pub access: Access,
+    /// Where the grant is written.
+    pub(crate) at: Origin,
 }
 
 /// A socket grant.
@@ -175,9 +201,11 @@ pub struct Stdio {
 pub struct Limits {
     /// Maximum linear memory.
     pub memory: ByteSize,
-    /// Wall-clock time one run or call may take.
+    /// Wall-clock time one run or call may take, as the policy sets it; a host applies
+    /// [`defaults::TIMEOUT`] when it is `None`.
     pub timeout: Option<Span>,
-    /// Fuel (roughly, wasm instructions) one run or call may burn.
+    /// Fuel (roughly, wasm instructions) one run or call may burn, as the policy sets it; a
+    /// host applies [`defaults::FUEL`] when it is `None`.
     pub fuel: Option<u64>,
     /// Concurrent instances.
     pub instances: u32,
@@ -216,6 +244,8 @@ pub struct ComponentPolicy {
     pub name: String,
     /// The artifact path, resolved against the policy file's directory.
     pub artifact: PathBuf,
+    /// Where the artifact path is written.
+    pub(crate) artifact_at: Origin,
     /// A digest pin, if given.
     pub sha256: Option<Sha256>,
     /// Trust-root key names, one of which must have signed the artifact; empty means the
@@ -252,6 +282,30 @@ pub enum AuditLevel {
     All,
 }
 
+/// When records reach the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Durability {
+    /// Each record is written and `fdatasync`ed before its decision takes effect.
+    Always,
+    /// Each record is handed to the operating system before its decision takes effect (so a
+    /// crash of the process loses nothing), and synced to disk every 64 records, at rotation
+    /// and at close. A power failure can lose records not yet synced.
+    #[default]
+    Batch,
+}
+
+/// What happens to a decision whose record cannot be written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnFailure {
+    /// The decision becomes a deny, naming the audit error.
+    #[default]
+    FailClosed,
+    /// The decision stands; a gap record is written when the sink recovers.
+    Continue,
+}
+
 /// The policy's `audit` section.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
@@ -261,9 +315,9 @@ pub struct AuditSpec {
     /// Where, resolved against the policy file's directory.
     pub log: Option<PathBuf>,
     /// When records reach the disk.
-    pub durability: crate::audit::Durability,
+    pub durability: Durability,
     /// What happens to a decision whose record cannot be written.
-    pub on_failure: crate::audit::OnFailure,
+    pub on_failure: OnFailure,
     /// Records between signed checkpoints (when a checkpoint key is given).
     pub checkpoint_every: u64,
     /// Rotate the log file once it reaches this size.

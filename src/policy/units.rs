@@ -88,6 +88,11 @@ impl fmt::Display for ByteSize {
 pub struct Span(Duration);
 
 impl Span {
+    /// A span of `secs` seconds.
+    pub const fn from_secs(secs: u64) -> Self {
+        Self(Duration::from_secs(secs))
+    }
+
     /// The duration.
     pub fn duration(self) -> Duration {
         self.0
@@ -125,9 +130,7 @@ impl FromStr for Span {
             return Err(err(Some("a limit of zero would stop every guest".into())));
         }
         if d > Duration::from_secs(7 * 24 * 3600) {
-            return Err(err(Some(
-                "the longest limit is a week (`168h`); omit `timeout` for none".into(),
-            )));
+            return Err(err(Some("the longest limit is a week (`168h`)".into())));
         }
         Ok(Self(d))
     }

@@ -4,6 +4,7 @@
 //! components committed under `tests/guests/prebuilt/` are used and a line on stderr says so.
 //! If neither is possible the test fails and says how to install the target: a guest test
 //! never skips silently.
+#![allow(unreachable_pub)]
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

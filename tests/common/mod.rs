@@ -1,4 +1,5 @@
 //! Helpers shared by the integration tests: the real `capgate` binary, temp dirs, key files.
+#![allow(unreachable_pub)]
 #![allow(dead_code)]
 
 pub mod guests;
@@ -128,6 +129,49 @@ impl Sandbox {
 }
 
 /// Flips the lowest bit of byte `i` of a file.
+/// The guest exited 0 and printed `ok: WANT` (the probe's report of a call that worked).
+#[track_caller]
+#[allow(dead_code)]
+pub fn ok(r: &Run, want: &str) {
+    r.expect(0);
+    assert_eq!(
+        r.stdout.trim(),
+        format!("ok: {want}"),
+        "stderr: {}",
+        r.stderr
+    );
+}
+
+/// The guest exited 0 and printed an error of `kind` (the probe's report of a call that
+/// failed as the guest saw it: `PermissionDenied`, `ErrorCode::...`).
+#[track_caller]
+#[allow(dead_code)]
+pub fn err(r: &Run, kind: &str) {
+    r.expect(0);
+    assert!(
+        r.stdout.starts_with(&format!("err: {kind}")),
+        "expected a `{kind}` error, got: {}\nstderr: {}",
+        r.stdout,
+        r.stderr
+    );
+}
+
+/// Decides `request` for `component` under `policy` and records it with `auditor`, as a
+/// host's gate does: the decision returned is the one to enforce.
+pub fn decide_and_record(
+    auditor: &capgate::audit::Auditor,
+    policy: &capgate::VerifiedPolicy,
+    component: &str,
+    request: &capgate::authz::Request,
+) -> capgate::authz::Decision {
+    auditor.record(
+        policy,
+        component,
+        request,
+        policy.authority().decide(component, request),
+    )
+}
+
 pub fn flip_byte(path: &Path, i: usize) {
     let mut b = std::fs::read(path).unwrap();
     b[i] ^= 1;
@@ -207,6 +251,16 @@ pub fn signed_policy(sb: &Sandbox, guests: &[&str], policy: &str) {
             .expect(0);
     }
     sb.write("policy.yaml", policy);
+    sb.capgate(["sign", "policy", "policy.yaml", "--key", "keys/alice.key"])
+        .expect(0);
+}
+
+/// Replaces `policy.yaml` with `policy` and signs it afresh with the `alice` key of
+/// [`signed_policy`] (the old signature covered the old text).
+#[allow(dead_code)]
+pub fn resign_policy(sb: &Sandbox, policy: &str) {
+    sb.write("policy.yaml", policy);
+    let _ = std::fs::remove_file(sb.path("policy.yaml.sig"));
     sb.capgate(["sign", "policy", "policy.yaml", "--key", "keys/alice.key"])
         .expect(0);
 }

@@ -19,8 +19,12 @@ use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
-use crate::grant::body::Capped;
-use crate::host::{Host, RunError, State};
+use super::error::{RunError, no_such};
+use super::host::Host;
+use super::store::{self, State};
+use super::wasi::body::Capped;
+use crate::gate::Gate;
+use crate::policy::Limits;
 use crate::verified::VerifiedPolicy;
 
 /// How long requests in flight may run after shutdown begins.
@@ -28,7 +32,8 @@ const GRACE: Duration = Duration::from_secs(10);
 
 struct Served {
     host: Arc<Host>,
-    policy: Arc<VerifiedPolicy>,
+    gate: Gate,
+    limits: Limits,
     component: String,
     pre: ProxyPre<State>,
     permits: Arc<tokio::sync::Semaphore>,
@@ -55,10 +60,7 @@ impl Served {
     ) -> hyper::Response<HyperOutgoingBody> {
         // The permit travels with the guest's task, which may outlive the response head while
         // it streams the body: `limits.instances` bounds running guests, not open responses.
-        let limit = self.policy.policy().components[&self.component]
-            .limits
-            .body
-            .bytes();
+        let limit = self.limits.body.bytes();
         let announced = req
             .headers()
             .get(hyper::header::CONTENT_LENGTH)
@@ -91,15 +93,8 @@ impl Served {
         req: hyper::Request<Capped<hyper::body::Incoming>>,
         permit: tokio::sync::OwnedSemaphorePermit,
     ) -> Result<hyper::Response<HyperOutgoingBody>, String> {
-        let spec = &self.policy.policy().components[&self.component];
-        let mut store = crate::host::new_store(
-            self.host.engine(),
-            &self.policy,
-            self.host.recorder(),
-            spec,
-            &[],
-        )
-        .map_err(|e| e.to_string())?;
+        let mut store = store::new_store(self.host.engine(), &self.gate, &self.limits, &[])
+            .map_err(|e| e.to_string())?;
         let (sender, receiver) = tokio::sync::oneshot::channel();
         let request = store
             .data_mut()
@@ -116,21 +111,16 @@ impl Served {
             .instantiate_async(&mut store)
             .await
             .map_err(|e| e.root_cause().to_string())?;
-        let limits = spec.limits;
+        let limits = self.limits;
         let component = self.component.clone();
         let task = tokio::spawn(async move {
             let _permit = permit;
             let call = proxy
                 .wasi_http_incoming_handler()
                 .call_handle(&mut store, request, out);
-            let r = crate::host::backstop(&limits, call).await;
+            let r = store::backstop(&limits, call).await;
             r.map_err(|e| {
-                crate::host::describe_failure(
-                    &component,
-                    &limits,
-                    e,
-                    store.data().limiter_refused(),
-                )
+                store::describe_failure(&component, &limits, e, store.data().limiter_refused())
             })
         });
         match receiver.await {
@@ -155,38 +145,28 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RunError> {
-    let spec =
-        policy
-            .policy()
-            .components
-            .get(component)
-            .ok_or_else(|| RunError::NoSuchComponent {
-                name: component.to_owned(),
-                policy: policy.policy().name.clone(),
-                known: policy
-                    .policy()
-                    .components
-                    .keys()
-                    .cloned()
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            })?;
+    let limits = host
+        .limits(&policy, component)
+        .ok_or_else(|| no_such(&policy, component))?;
     let (compiled, linker) = host.linked(&policy, component)?;
+    let gate = host.gate(&policy, component)?;
     let not_a_handler = |e: wasmtime::Error| RunError::Instantiate {
         component: component.to_owned(),
         message: format!(
             "it cannot serve HTTP (it must export `wasi:http/incoming-handler`): {}",
             e.root_cause()
         ),
+        source: Some(e.into()),
     };
     let pre = ProxyPre::new(linker.instantiate_pre(&compiled).map_err(not_a_handler)?)
         .map_err(not_a_handler)?;
     let served = Arc::new(Served {
         host: host.clone(),
-        policy: policy.clone(),
+        gate,
+        limits,
         component: component.to_owned(),
         pre,
-        permits: Arc::new(tokio::sync::Semaphore::new(spec.limits.instances as usize)),
+        permits: Arc::new(tokio::sync::Semaphore::new(limits.instances as usize)),
     });
     let mut connections = tokio::task::JoinSet::new();
     tokio::pin!(shutdown);

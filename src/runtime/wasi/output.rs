@@ -17,7 +17,7 @@ use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError, StreamResult};
 /// The error a guest's stdio write traps with once the budget is spent.
 #[derive(Debug, thiserror::Error)]
 #[error("the guest wrote more than {limit} bytes to stdout and stderr")]
-pub struct OutputExceeded {
+pub(crate) struct OutputExceeded {
     /// `limits.output`, in bytes.
     pub limit: u64,
 }
@@ -30,7 +30,7 @@ pub(crate) struct Budget {
 }
 
 impl Budget {
-    pub fn new(limit: u64) -> Self {
+    pub(crate) fn new(limit: u64) -> Self {
         Self {
             used: Arc::new(AtomicU64::new(0)),
             limit,

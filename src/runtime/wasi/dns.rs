@@ -6,22 +6,17 @@
 //! wasmtime-wasi has no lookup hook, so this module shadows the interface in the linker with a
 //! wrapper that decides first and then delegates to wasmtime-wasi's own implementation.
 
-use std::sync::Arc;
-
 use wasmtime::component::{HasData, Resource};
 use wasmtime_wasi::p2::bindings::sockets::ip_name_lookup as dns;
 use wasmtime_wasi::p2::bindings::sockets::network;
 use wasmtime_wasi::p2::{DynPollable, SocketError};
 
-use super::Recorder;
 use crate::authz::Request;
-use crate::verified::VerifiedPolicy;
+use crate::gate::Gate;
 
 /// Who is asking, for the lookup decision.
 pub(crate) struct LookupGuard {
-    pub policy: Arc<VerifiedPolicy>,
-    pub recorder: Recorder,
-    pub component: String,
+    pub(crate) gate: Gate,
 }
 
 /// wasmtime-wasi's sockets view, with the lookup decision in front of it.
@@ -45,15 +40,10 @@ impl dns::Host for FilteredDns<'_> {
         // use is checked at connect.
         let name = match url::Host::parse(&name) {
             Ok(url::Host::Domain(domain)) => {
-                let g = self.guard;
                 let request = Request::Lookup {
                     name: domain.clone(),
                 };
-                let decision = super::decide_now(&g.policy, &g.component, &request);
-                let decision = g
-                    .recorder
-                    .record(&g.policy, &g.component, &request, decision, &[]);
-                if !decision.allowed {
+                if !self.guard.gate.decide_blocking(&request).allowed {
                     return Err(network::ErrorCode::PermanentResolverFailure.into());
                 }
                 domain

@@ -19,7 +19,7 @@ pub(crate) struct Capped<B> {
 
 impl<B> Capped<B> {
     /// A request body: `HttpRequestBodySize` past the limit.
-    pub fn request(inner: B, limit: u64) -> Self {
+    pub(crate) fn request(inner: B, limit: u64) -> Self {
         Self {
             inner,
             seen: 0,
@@ -29,7 +29,7 @@ impl<B> Capped<B> {
     }
 
     /// A response body: `HttpResponseBodySize` past the limit.
-    pub fn response(inner: B, limit: u64) -> Self {
+    pub(crate) fn response(inner: B, limit: u64) -> Self {
         Self {
             inner,
             seen: 0,

@@ -16,9 +16,11 @@ use wasmtime::component::types::{ComponentItem, Type};
 use wasmtime::component::{Component, Instance, Linker, Val};
 use wasmtime::{Engine, Store};
 
-use crate::authz::Request;
-use crate::grant::{self, Recorder};
-use crate::host::{RunError, State};
+use super::error::RunError;
+use super::limits::Fallback;
+use super::store::{self, State};
+use crate::authz::{Decision, Request};
+use crate::gate::{Gate, Recorder};
 use crate::verified::VerifiedPolicy;
 
 /// One resolved import: `caller` imports `import`, provided by `callee`'s export `export`.
@@ -240,7 +242,8 @@ pub(crate) struct Callee {
 /// One imported function of a caller, bound to its callee.
 struct CallSite {
     callee: Arc<Callee>,
-    caller: String,
+    /// The caller's gate: the caller is the one asking.
+    gate: Gate,
     /// The `call` request every call through this site makes.
     request: Request,
     /// This site's index among its callee's sites.
@@ -248,7 +251,7 @@ struct CallSite {
     /// Its decision, once made. A call request carries no per-call context, and a site lives
     /// only as long as the verified policy it was linked for, so the first complete decision
     /// holds for every later call.
-    decided: std::sync::OnceLock<crate::authz::Decision>,
+    decided: std::sync::OnceLock<Decision>,
 }
 
 impl CallSite {
@@ -263,54 +266,19 @@ impl CallSite {
         else {
             unreachable!("a call site's request is a call");
         };
-        let policy = &callee.policy;
-        let recorder = &callee.recorder;
-        // The hot path: an allowed call that nothing records needs no copy of its decision.
-        let quiet =
-            |d: &crate::authz::Decision| d.allowed && !recorder.observes(d) && !recorder.writes(d);
-        if !self.decided.get().is_some_and(quiet) {
-            let decision = match self.decided.get() {
-                Some(d) => d.clone(),
-                None => {
-                    let d = match policy.authority().cached(&self.caller, &self.request) {
-                        Some(d) => d,
-                        None => {
-                            grant::decide_decision(
-                                policy.clone(),
-                                self.caller.clone(),
-                                self.request.clone(),
-                            )
-                            .await
-                        }
-                    };
-                    // A decision that could not be made completely is not kept.
-                    if d.errors.is_empty() {
-                        let _ = self.decided.set(d.clone());
-                    }
-                    d
-                }
-            };
-            // The arguments are formatted (and hashed) only for a decision the log will keep.
-            let args = if recorder.writes(&decision) {
-                format!("{params:?}")
-            } else {
-                String::new()
-            };
-            let decision = recorder.record(
-                policy,
-                &self.caller,
-                &self.request,
-                decision,
-                &[("args", args.as_bytes())],
+        // The arguments are formatted (and hashed) only for a decision the log will keep.
+        let args = || vec![("args", format!("{params:?}").into_bytes())];
+        if let Err(denied) = self
+            .gate
+            .decide_kept(&self.decided, &self.request, args)
+            .await
+        {
+            wasmtime::bail!(
+                "capgate: call from `{}` to `{}` {export}#{function} {}",
+                self.gate.component(),
+                callee.name,
+                denied.explain()
             );
-            if !decision.allowed {
-                wasmtime::bail!(
-                    "capgate: call from `{}` to `{}` {export}#{function} {}",
-                    self.caller,
-                    callee.name,
-                    decision.explain()
-                );
-            }
         }
         callee
             .invoke(
@@ -328,7 +296,7 @@ impl CallSite {
                 };
                 wasmtime::format_err!(
                     "capgate: call from `{}` to `{}` {export}#{function} failed: {why}",
-                    self.caller,
+                    self.gate.component(),
                     callee.name
                 )
             })
@@ -354,15 +322,9 @@ impl Callee {
         let live = match slot.as_mut() {
             Some(live) => live,
             None => {
-                let spec = &self.policy.policy().components[&self.name];
-                let mut store = crate::host::new_store(
-                    &self.engine,
-                    &self.policy,
-                    &self.recorder,
-                    spec,
-                    &[],
-                )
-                .map_err(|e| Fault(format!("cannot start component `{}`: {e}", self.name)))?;
+                let gate = Gate::new(self.policy.clone(), &self.name, self.recorder.clone());
+                let mut store = store::new_store(&self.engine, &gate, &self.limits, &[])
+                    .map_err(|e| Fault(format!("cannot start component `{}`: {e}", self.name)))?;
                 let instance = self
                     .linker
                     .instantiate_async(&mut store, &self.component)
@@ -382,7 +344,7 @@ impl Callee {
                 })
             }
         };
-        crate::host::arm_limits(&mut live.store, &self.limits);
+        store::arm_limits(&mut live.store, &self.limits);
         let cached = match site {
             Some(i) => live.by_site.get(i).copied().flatten(),
             None => live
@@ -433,16 +395,17 @@ impl Callee {
         // fault, or a caller that gives up (dropping this future), leaves the slot empty, so
         // no one ever gets an instance stopped halfway.
         // INVARIANT: `live` was borrowed from `slot` above, so the slot holds an instance.
+        #[allow(clippy::expect_used)]
         let mut live = slot.take().expect("the instance is in its slot");
         let call = func.call_async(&mut live.store, args, out);
-        let outcome = crate::host::backstop(&limits, call).await;
+        let outcome = store::backstop(&limits, call).await;
         match outcome {
             Ok(()) => {
                 *slot = Some(live);
                 Ok(fresh)
             }
             Err(e) => {
-                let why = crate::host::describe_failure(
+                let why = store::describe_failure(
                     &self.name,
                     &limits,
                     e,
@@ -539,11 +502,13 @@ pub(crate) enum InvokeError {
 /// What building linkers and callees needs: the host's WASI linker, the engine, the policy,
 /// the decision recorder and the resolved graph.
 pub(crate) struct Wiring<'a> {
-    pub base: &'a Linker<State>,
-    pub engine: &'a Engine,
-    pub policy: &'a Arc<VerifiedPolicy>,
-    pub recorder: &'a Recorder,
-    pub graph: &'a Graph,
+    pub(crate) base: &'a Linker<State>,
+    pub(crate) engine: &'a Engine,
+    pub(crate) policy: &'a Arc<VerifiedPolicy>,
+    pub(crate) recorder: &'a Recorder,
+    pub(crate) graph: &'a Graph,
+    /// The host's time and fuel limits for components whose policy sets none.
+    pub(crate) fallback: &'a Fallback,
 }
 
 impl Wiring<'_> {
@@ -566,7 +531,9 @@ impl Wiring<'_> {
             recorder: self.recorder.clone(),
             live: tokio::sync::Mutex::new(None),
             sites: std::sync::atomic::AtomicUsize::new(0),
-            limits: self.policy.policy().components[name].limits,
+            limits: self
+                .fallback
+                .apply(self.policy.policy().components[name].limits),
         });
         callees.insert(name.to_owned(), c.clone());
         Ok(c)
@@ -598,7 +565,7 @@ impl Wiring<'_> {
                 // Everything a call needs that does not change between calls is built once.
                 let site = Arc::new(CallSite {
                     callee: callee.clone(),
-                    caller: name.to_owned(),
+                    gate: Gate::new(self.policy.clone(), name, self.recorder.clone()),
                     request: Request::Call {
                         component: link.callee.clone(),
                         interface: link.export.clone(),

@@ -24,11 +24,16 @@ use wasmtime_wasi::filesystem::{Descriptor, WasiFilesystemCtxView};
 use wasmtime_wasi::p2::bindings::filesystem::{preopens, types};
 use wasmtime_wasi::p2::{DynInputStream, DynOutputStream, FsError, FsResult};
 
-use super::Recorder;
 use crate::authz::{Request, normalise};
-use crate::verified::VerifiedPolicy;
+use crate::gate::Gate;
 
 use types::{ErrorCode, HostDescriptor};
+
+mod paths;
+
+#[cfg(target_os = "linux")]
+use paths::rel_in;
+use paths::{guest_path, normalise_rel, opens_for_write, resolve};
 
 /// A directory descriptor the guest holds: which mount it is in, and (where the kernel cannot
 /// be asked) where in it.
@@ -42,9 +47,7 @@ struct Tracked {
 
 /// The per-store state of the adapter.
 pub(crate) struct FsGuard {
-    pub policy: Arc<VerifiedPolicy>,
-    pub recorder: Recorder,
-    pub component: String,
+    gate: Gate,
     /// Directory descriptors by resource index.
     dirs: HashMap<u32, Tracked>,
     /// Each mount's root, by guest path.
@@ -56,16 +59,9 @@ pub(crate) struct FsGuard {
 }
 
 impl FsGuard {
-    pub fn new(
-        policy: Arc<VerifiedPolicy>,
-        recorder: Recorder,
-        component: String,
-        max_open: u32,
-    ) -> Self {
+    pub(crate) fn new(gate: Gate, max_open: u32) -> Self {
         Self {
-            policy,
-            recorder,
-            component,
+            gate,
             dirs: HashMap::new(),
             roots: HashMap::new(),
             open: std::collections::HashSet::new(),
@@ -187,13 +183,8 @@ impl GuardedFs<'_> {
     /// wasmtime-wasi answers for a read-only mount) and `access` when a rule or a failure
     /// denied it.
     async fn decide(&mut self, path: String, write: bool) -> FsResult<()> {
-        let g = &*self.guard;
         let request = Request::File { write, path };
-        let decision =
-            super::decide_decision(g.policy.clone(), g.component.clone(), request.clone()).await;
-        let decision = g
-            .recorder
-            .record(&g.policy, &g.component, &request, decision, &[]);
+        let decision = self.guard.gate.decide(&request).await;
         if decision.allowed {
             Ok(())
         } else if decision.reasons.is_empty() && decision.errors.is_empty() {
@@ -244,77 +235,6 @@ impl GuardedFs<'_> {
             None => Err(denied()),
         }
     }
-}
-
-/// The guest's absolute path for `rel` then `path` under `mount`, normalised.
-fn guest_path(mount: &str, rel: &Path, path: &Path) -> String {
-    normalise(&format!(
-        "{mount}/{}/{}",
-        rel.to_string_lossy(),
-        path.to_string_lossy()
-    ))
-}
-
-fn normalise_rel(p: &Path) -> String {
-    normalise(&format!("/{}", p.to_string_lossy()))
-}
-
-/// Where `file` is relative to `root`, as the kernel reports both now.
-#[cfg(target_os = "linux")]
-fn rel_in(root: &File, file: &File) -> Option<PathBuf> {
-    use std::os::fd::AsRawFd as _;
-    let at = |f: &File| std::fs::read_link(format!("/proc/self/fd/{}", f.as_raw_fd())).ok();
-    let (root, path) = (at(root)?, at(file)?);
-    if path.to_string_lossy().ends_with(" (deleted)") {
-        return None;
-    }
-    path.strip_prefix(&root).ok().map(Path::to_owned)
-}
-
-/// Resolves `path` beneath `dir`, following every symlink (the last one only with
-/// [`Last::Follow`]). `None` when its parent does not exist, so the call itself will fail.
-fn resolve(dir: &File, path: &str, last: Last) -> std::io::Result<Option<PathBuf>> {
-    use cap_primitives::fs::{FollowSymlinks, canonicalize, stat};
-    let trimmed = path.trim_end_matches('/');
-    let (parent, name) = match trimmed.rsplit_once('/') {
-        Some((p, n)) => (if p.is_empty() { "/" } else { p }, n),
-        None => (".", trimmed),
-    };
-    let whole = |p: &str| match canonicalize(dir, Path::new(if p.is_empty() { "." } else { p })) {
-        Ok(r) => Ok(Some(r)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e),
-    };
-    if name.is_empty() || name == "." || name == ".." {
-        return whole(trimmed);
-    }
-    let Some(parent) = whole(parent)? else {
-        return Ok(None);
-    };
-    let joined = parent.join(name);
-    if last == Last::NoFollow {
-        return Ok(Some(joined));
-    }
-    match canonicalize(dir, Path::new(trimmed)) {
-        Ok(r) => Ok(Some(r)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            // Missing: fine to create, unless it is a symlink to something missing.
-            match stat(dir, &joined, FollowSymlinks::No) {
-                Ok(m) if m.file_type().is_symlink() => Err(std::io::Error::new(
-                    std::io::ErrorKind::PermissionDenied,
-                    "a dangling symlink is not followed",
-                )),
-                _ => Ok(Some(joined)),
-            }
-        }
-        Err(e) => Err(e),
-    }
-}
-
-fn opens_for_write(oflags: types::OpenFlags, flags: types::DescriptorFlags) -> bool {
-    oflags.intersects(types::OpenFlags::CREATE | types::OpenFlags::TRUNCATE)
-        || flags
-            .intersects(types::DescriptorFlags::WRITE | types::DescriptorFlags::MUTATE_DIRECTORY)
 }
 
 impl preopens::Host for GuardedFs<'_> {

@@ -27,7 +27,7 @@ pub(crate) struct SocketCount {
 }
 
 impl SocketCount {
-    pub fn new(max: u32) -> Self {
+    pub(crate) fn new(max: u32) -> Self {
         Self {
             tcp: HashSet::new(),
             udp: HashSet::new(),

@@ -16,19 +16,16 @@ use std::time::Duration;
 use http_body_util::BodyExt as _;
 use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpHooks};
 
-use super::Recorder;
 use super::body::Capped;
-use crate::authz::{Decision, Request};
+use crate::authz::Request;
+use crate::gate::{Gate, Sensitive};
 use crate::policy::pattern::{HostPattern, HttpScheme, canonical_ip, is_internal};
-use crate::verified::VerifiedPolicy;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The `wasi:http` hooks of one component's store.
 pub(crate) struct HttpGuard {
-    pub policy: Arc<VerifiedPolicy>,
-    pub recorder: Recorder,
-    pub component: String,
+    pub(crate) gate: Gate,
 }
 
 type SendResult = Result<
@@ -46,19 +43,13 @@ impl WasiHttpHooks for HttpGuard {
         options: Option<RequestOptions>,
         _response_errors: Box<dyn Future<Output = Result<(), Error>> + Send>,
     ) -> Box<dyn Future<Output = SendResult> + Send> {
-        let (policy, observer, component) = (
-            self.policy.clone(),
-            self.recorder.clone(),
-            self.component.clone(),
-        );
-        Box::new(async move { guarded_send(policy, observer, component, request, options).await })
+        let gate = self.gate.clone();
+        Box::new(async move { guarded_send(gate, request, options).await })
     }
 }
 
 async fn guarded_send(
-    policy: Arc<VerifiedPolicy>,
-    recorder: Recorder,
-    component: String,
+    gate: Gate,
     mut request: http::Request<WasiBody>,
     options: Option<RequestOptions>,
 ) -> SendResult {
@@ -92,29 +83,31 @@ async fn guarded_send(
     } else {
         None
     };
-    let query = uri.query().map(str::as_bytes);
-    let sensitive: &[(&'static str, &[u8])] = match &query {
-        Some(q) => &[("query", q)],
-        None => &[],
-    };
-    let record = |d: Decision| recorder.record(&policy, &component, &req, d, sensitive);
+    let query = uri.query().map(|q| q.as_bytes().to_vec());
+    let sensitive = || -> Sensitive { query.iter().map(|q| ("query", q.clone())).collect() };
     if let Some(why) = malformed {
-        record(Decision::failure(why));
+        gate.refuse(&req, why, sensitive);
         return Err(Error::HttpRequestUriInvalid);
     }
     let bare_host = canonical.unwrap_or_default();
-    let decision = super::decide_decision(policy.clone(), component.clone(), req.clone()).await;
-    if !decision.allowed {
-        record(decision);
+    let pending = gate.begin(&req).await;
+    if !pending.decision().allowed {
+        pending.finish(sensitive);
         return Err(Error::HttpRequestDenied);
     }
 
     // The SSRF guard: resolve, then keep only addresses the allowing grants may reach.
-    let spec = &policy.policy().components[&component];
+    let spec = &gate.policy().policy().components[gate.component()];
     let grants: Vec<&HostPattern> = spec
         .http
         .iter()
-        .filter(|g| decision.reasons.iter().any(|r| r == g.id.as_str()))
+        .filter(|g| {
+            pending
+                .decision()
+                .reasons
+                .iter()
+                .any(|r| r == g.id.as_str())
+        })
         .map(|g| g.url.host())
         .collect();
     let candidates: Vec<SocketAddr> = match bare_host.parse::<IpAddr>() {
@@ -122,7 +115,7 @@ async fn guarded_send(
         Err(_) => match tokio::net::lookup_host((bare_host.as_str(), port)).await {
             Ok(addrs) => addrs.collect(),
             Err(_) => {
-                record(decision);
+                pending.finish(sensitive);
                 return Err(Error::DestinationNotFound);
             }
         },
@@ -135,22 +128,18 @@ async fn guarded_send(
         })
         .collect();
     let Some(&addr) = vetted.first() else {
-        let denied = Decision {
-            allowed: false,
-            reasons: decision.reasons.clone(),
-            errors: vec![format!(
-                "SSRF guard: `{bare_host}` resolves only to internal addresses ({}) and no grant names them",
-                candidates
-                    .iter()
-                    .map(|a| a.ip().to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )],
-        };
-        record(denied);
+        let why = format!(
+            "SSRF guard: `{bare_host}` resolves only to internal addresses ({}) and no grant names them",
+            candidates
+                .iter()
+                .map(|a| a.ip().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        pending.overrule(why, sensitive);
         return Err(Error::DestinationIpProhibited);
     };
-    if !record(decision).allowed {
+    if !pending.finish(sensitive).allowed {
         return Err(Error::HttpRequestDenied);
     }
 

@@ -1,0 +1,170 @@
+//! [`HostConfig`]: what a host application may set, each setting starting from the safe side.
+//!
+//! Nothing here weakens what a policy says: the policy's `audit` section is applied by the
+//! [`Host`](super::Host) itself (a log path, a sink, a checkpoint key or a salt given here only
+//! say *where* and *how* its records go), a compilation cache must be private to this user,
+//! and components whose policy sets no timeout or fuel get the documented defaults. Giving
+//! any of that up takes a call in [`crate::danger`].
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use capgate_signing::SecretKey;
+
+use super::limits::Fallback;
+use crate::audit::AuditSink;
+use crate::gate::{DecisionEvent, DecisionObserver};
+
+/// Settings of a [`Host`](super::Host).
+#[derive(Clone)]
+pub struct HostConfig {
+    pub(super) cache_dir: Option<PathBuf>,
+    pub(super) observer: Option<DecisionObserver>,
+    pub(super) denials_only: bool,
+    pub(super) audit_log: Option<PathBuf>,
+    pub(super) audit_sink: Option<Arc<dyn AuditSink>>,
+    pub(super) audit_key: Option<Arc<SecretKey>>,
+    pub(super) audit_salt: Option<[u8; 32]>,
+    pub(crate) fallback: Fallback,
+}
+
+impl Default for HostConfig {
+    fn default() -> Self {
+        Self {
+            cache_dir: None,
+            observer: None,
+            denials_only: false,
+            audit_log: None,
+            audit_sink: None,
+            audit_key: None,
+            audit_salt: None,
+            fallback: Fallback::SAFE,
+        }
+    }
+}
+
+impl std::fmt::Debug for HostConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HostConfig")
+            .field("cache_dir", &self.cache_dir)
+            .field("audit_log", &self.audit_log)
+            .field("fallback", &self.fallback)
+            .finish_non_exhaustive()
+    }
+}
+
+impl HostConfig {
+    /// Defaults: no compilation cache; decisions not observed; each policy's `audit` section
+    /// applied as written (its log, level, durability and failure mode); components whose
+    /// policy sets no `timeout` or `fuel` get [`defaults::TIMEOUT`](crate::policy::defaults::TIMEOUT)
+    /// and [`defaults::FUEL`](crate::policy::defaults::FUEL).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Caches compiled components in `dir`, keyed by their bytes. Compiled code from the
+    /// cache runs as native code without further checks, so [`Host::new`](super::Host::new)
+    /// refuses a directory that another user owns or that group or others can reach (and
+    /// creates a missing one with mode 0700).
+    pub fn cache_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.cache_dir = Some(dir.into());
+        self
+    }
+
+    /// Calls `observer` with every decision made for running guests, after it is recorded.
+    pub fn observe(mut self, observer: impl Fn(&DecisionEvent) + Send + Sync + 'static) -> Self {
+        self.observer = Some(Arc::new(observer));
+        self.denials_only = false;
+        self
+    }
+
+    /// Calls `observer` with every denial (and no allowed decision). Cheaper than
+    /// [`HostConfig::observe`] when only denials matter: allowed calls between linked
+    /// components then stay on their fast path.
+    pub fn observe_denials(
+        mut self,
+        observer: impl Fn(&DecisionEvent) + Send + Sync + 'static,
+    ) -> Self {
+        self.observer = Some(Arc::new(observer));
+        self.denials_only = true;
+        self
+    }
+
+    /// Writes audit records to the file `path` instead of the policy's `audit.log` (for a
+    /// policy that has none, too). The policy's level, durability and failure mode still
+    /// apply. This is the CLI's `--audit FILE`.
+    pub fn audit_log(mut self, path: impl Into<PathBuf>) -> Self {
+        self.audit_log = Some(path.into());
+        self
+    }
+
+    /// Hands audit records to `sink` instead of a file (for a host that ships them itself).
+    /// The policy's level and failure mode still apply: a fail-closed policy denies what
+    /// `sink` cannot take. Takes precedence over [`HostConfig::audit_log`].
+    pub fn audit_sink(mut self, sink: impl AuditSink + 'static) -> Self {
+        self.audit_sink = Some(Arc::new(sink));
+        self
+    }
+
+    /// Signs audit checkpoints with `key` (one that the trust root's `audit` role holds, for
+    /// `capgate audit verify` to accept them). The CLI's `--audit-key KEY`.
+    pub fn audit_key(mut self, key: SecretKey) -> Self {
+        self.audit_key = Some(Arc::new(key));
+        self
+    }
+
+    /// The secret salt of the hashes of sensitive values in audit records; without it, each
+    /// log gets a random one (so hashes cannot be compared across runs).
+    pub fn audit_salt(mut self, salt: [u8; 32]) -> Self {
+        self.audit_salt = Some(salt);
+        self
+    }
+}
+
+/// Checks that `dir` is fit to hold compiled code: private to this user (created with mode
+/// 0700 if missing, refused if another user owns it or group or others can reach it). The
+/// error says what is wrong and how to fix it.
+pub(crate) fn check_private_dir(dir: &Path) -> Result<(), String> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _, PermissionsExt as _};
+        if !dir.is_absolute() {
+            return Err("it is not an absolute path".into());
+        }
+        if !dir.exists() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|e| e.to_string())?;
+        }
+        let meta = std::fs::symlink_metadata(dir).map_err(|e| e.to_string())?;
+        if !meta.is_dir() {
+            return Err("it is not a directory".into());
+        }
+        // The owner of a file we create is this process's effective user.
+        let probe = dir.join(".owner");
+        let me = std::fs::File::create(&probe)
+            .and_then(|f| f.metadata())
+            .map_err(|e| e.to_string())?
+            .uid();
+        if meta.uid() != me {
+            return Err(format!(
+                "it belongs to user {}, not to this user ({me})",
+                meta.uid()
+            ));
+        }
+        if meta.permissions().mode() & 0o077 != 0 {
+            return Err(format!(
+                "its mode is {:o}; it must be 700 (run `chmod 700` on it)",
+                meta.permissions().mode() & 0o777
+            ));
+        }
+        Ok(())
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = dir;
+        Err("a private cache directory cannot be checked on this platform".into())
+    }
+}

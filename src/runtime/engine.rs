@@ -1,0 +1,90 @@
+//! The wasmtime engine with capgate's settings, and the WASI linker with every adapter in
+//! front of wasmtime-wasi's own implementation.
+//!
+//! The linker is built once per host. wasmtime-wasi's filesystem, name lookup and socket
+//! creation are shadowed here by the adapters of [`super::wasi`], each of which decides
+//! through its store's [`Gate`](crate::gate::Gate); nothing else is shadowed.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use wasmtime::component::Linker;
+use wasmtime::{Config, Engine};
+
+use super::error::RunError;
+use super::store::{self, MAX_WASM_STACK, State, TICK};
+use super::wasi::{dns::FilteredDnsData, fs::GuardedFsData, sockets::CountedSocketsData};
+
+/// An engine with epoch interruption, fuel and a bounded wasm stack, caching compiled code in
+/// `cache` if given (which must already have passed the privacy check).
+pub(super) fn engine(cache: Option<&Path>) -> Result<Engine, RunError> {
+    let mut c = Config::new();
+    c.epoch_interruption(true)
+        .consume_fuel(true)
+        .max_wasm_stack(MAX_WASM_STACK);
+    if let Some(dir) = cache {
+        let mut cc = wasmtime::CacheConfig::new();
+        cc.with_directory(dir);
+        let cache = wasmtime::Cache::new(cc).map_err(|e| {
+            RunError::engine(&format!("compilation cache in `{}`", dir.display()), e)
+        })?;
+        c.cache(Some(cache));
+    }
+    Engine::new(&c).map_err(|e| RunError::engine("the engine", e))
+}
+
+/// The WASI linker: wasmtime-wasi and wasi:http, with capgate's adapters in front of the
+/// filesystem, name lookup and socket creation.
+pub(super) fn linker(engine: &Engine) -> Result<Linker<State>, RunError> {
+    use wasmtime_wasi::p2::bindings::{filesystem, sockets};
+    let setup = |e: wasmtime::Error| RunError::engine("the WASI linker", e);
+    let mut linker = Linker::new(engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(setup)?;
+    wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).map_err(setup)?;
+    linker.allow_shadowing(true);
+    // Name lookup: each name decided (see `wasi::dns`).
+    sockets::ip_name_lookup::add_to_linker::<State, FilteredDnsData>(
+        &mut linker,
+        store::filtered_dns,
+    )
+    .map_err(setup)?;
+    // Socket creation: counted against `limits.sockets` (see `wasi::sockets`).
+    sockets::tcp_create_socket::add_to_linker::<State, CountedSocketsData>(
+        &mut linker,
+        store::counted_sockets,
+    )
+    .map_err(setup)?;
+    sockets::udp_create_socket::add_to_linker::<State, CountedSocketsData>(
+        &mut linker,
+        store::counted_sockets,
+    )
+    .map_err(setup)?;
+    // Every filesystem call: decided per path (see `wasi::fs`).
+    filesystem::types::add_to_linker::<State, GuardedFsData>(&mut linker, store::guarded_fs)
+        .map_err(setup)?;
+    filesystem::preopens::add_to_linker::<State, GuardedFsData>(&mut linker, store::guarded_fs)
+        .map_err(setup)?;
+    linker.allow_shadowing(false);
+    Ok(linker)
+}
+
+/// Starts the thread that advances `engine`'s epoch every tick until `stop` is set or the
+/// engine is dropped.
+pub(super) fn start_ticker(engine: &Engine) -> Result<Arc<AtomicBool>, RunError> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let (e, s) = (engine.weak(), stop.clone());
+    std::thread::Builder::new()
+        .name("capgate-epoch".into())
+        .spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                std::thread::sleep(TICK);
+                match e.upgrade() {
+                    Some(engine) => engine.increment_epoch(),
+                    None => break,
+                }
+            }
+        })
+        .map_err(|e| RunError::engine("the epoch thread", e))?;
+    Ok(stop)
+}
