@@ -162,21 +162,9 @@ impl Gate {
         }
     }
 
-    /// Decides `request` for an enforcement point that has more to check before it acts (the
-    /// SSRF guard resolves the name an allowed request names). The decision is recorded when
-    /// the [`Pending`] is finished, overruled or dropped, so it is recorded exactly once on
-    /// every path, cancellation included.
-    pub(crate) async fn begin(&self, request: &Request) -> Pending<'_> {
-        Pending {
-            gate: self,
-            request: request.clone(),
-            decision: self.evaluate(request).await,
-            recorded: false,
-        }
-    }
-
-    /// Records a deny the enforcement point reached without asking the authority (a request
-    /// too malformed to decide), and returns it.
+    /// Records a deny the enforcement point reached itself (a request too malformed to
+    /// decide, an address the SSRF guard refused after the grants allowed the request, a path
+    /// that changed while it was decided), and returns it.
     pub(crate) fn refuse(
         &self,
         request: &Request,
@@ -230,59 +218,6 @@ impl Gate {
             });
         }
         decision
-    }
-}
-
-/// A decision made and not yet recorded; see [`Gate::begin`].
-#[must_use = "a pending decision is enforced only once it is finished"]
-pub(crate) struct Pending<'g> {
-    gate: &'g Gate,
-    request: Request,
-    decision: Decision,
-    recorded: bool,
-}
-
-impl Pending<'_> {
-    /// The authority's decision, for the checks that follow it. Not to be enforced: only
-    /// what [`Pending::finish`] or [`Pending::overrule`] returns has been recorded.
-    pub(crate) fn decision(&self) -> &Decision {
-        &self.decision
-    }
-
-    /// Records the authority's decision and returns it, to enforce.
-    pub(crate) fn finish(mut self, sensitive: impl FnOnce() -> Sensitive) -> Decision {
-        let d = self.take();
-        self.gate.record(&self.request, d, sensitive)
-    }
-
-    /// Records `why` as a deny in place of the authority's decision (the grants that matched
-    /// stay named) and returns it, to enforce.
-    pub(crate) fn overrule(
-        mut self,
-        why: String,
-        sensitive: impl FnOnce() -> Sensitive,
-    ) -> Decision {
-        let d = self.take();
-        let denial = Decision {
-            allowed: false,
-            reasons: d.reasons,
-            errors: vec![why],
-        };
-        self.gate.record(&self.request, denial, sensitive)
-    }
-
-    fn take(&mut self) -> Decision {
-        self.recorded = true;
-        std::mem::replace(&mut self.decision, Decision::failure("already recorded"))
-    }
-}
-
-impl Drop for Pending<'_> {
-    fn drop(&mut self) {
-        if !self.recorded {
-            let d = self.take();
-            self.gate.record(&self.request, d, Vec::new);
-        }
     }
 }
 

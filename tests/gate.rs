@@ -128,3 +128,53 @@ async fn every_enforcement_point_records_each_decision_once_in_the_log_and_the_o
     seqs.dedup();
     assert_eq!(seqs.len(), n);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn policies_sharing_one_log_share_its_writer_and_a_closed_host_reopens_it() {
+    let sb = Sandbox::new();
+    let port = pong_server("127.0.0.1:0").unwrap().port();
+    let closed = pong_server("127.0.0.1:0").unwrap().port();
+    std::fs::copy(common::guests::guest("probe"), sb.path("probe.wasm")).unwrap();
+    sb.write(
+        "policy.yaml",
+        format!(
+            "capgate: 1\nname: shared\nversion: 1\naudit: {{ level: all, log: audit.jsonl }}\ncomponents:\n  probe:\n    component: probe.wasm\n    stdio: {{ stdout: closed }}\n    network: {{ connect: [tcp://127.0.0.1:{port}] }}\n"
+        ),
+    );
+    // Two verifications of the same file are two policies to the host, with one log.
+    let load = || Arc::new(capgate::danger::load_unsigned_policy(&sb.path("policy.yaml")).unwrap());
+    let (first, second) = (load(), load());
+    let host = Host::new(HostConfig::new()).unwrap();
+    let connect = |p: u16| vec!["connect".to_owned(), format!("127.0.0.1:{p}")];
+    assert_eq!(host.run(&first, "probe", &connect(port)).await.unwrap(), 0);
+    assert_eq!(
+        host.run(&second, "probe", &connect(closed)).await.unwrap(),
+        0
+    );
+    host.close().unwrap();
+    // After `close`, a run opens the log again and continues its chain.
+    assert_eq!(host.run(&first, "probe", &connect(port)).await.unwrap(), 0);
+    host.close().unwrap();
+
+    let decisions: Vec<(String, String)> = std::fs::read_to_string(sb.path("audit.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|r| r.get("action").is_some())
+        .map(|r| {
+            (
+                r["resource"].as_str().unwrap().to_owned(),
+                r["decision"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        decisions,
+        [
+            (format!("tcp://127.0.0.1:{port}"), "allow".to_owned()),
+            (format!("tcp://127.0.0.1:{closed}"), "deny".to_owned()),
+            (format!("tcp://127.0.0.1:{port}"), "allow".to_owned()),
+        ]
+    );
+    sb.capgate(["audit", "verify", "audit.jsonl"]).expect(0);
+}

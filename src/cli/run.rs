@@ -185,14 +185,20 @@ fn host(
         }
     });
     let config = audit_config(src, policy, config)?;
-    if !no_cache && let Some(dir) = default_cache_dir() {
-        match Host::new(config.clone().cache_dir(&dir)) {
-            Ok(host) => return Ok(host),
-            Err(e @ capgate::RunError::Cache { .. }) => eprintln!("warning: {e}"),
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Ok(Host::new(config)?)
+    let host = match default_cache_dir().filter(|_| !no_cache) {
+        Some(dir) => match Host::new(config.clone().cache_dir(&dir)) {
+            Err(e @ capgate::RunError::Cache { .. }) => {
+                eprintln!("warning: {e}");
+                Host::new(config)?
+            }
+            other => other?,
+        },
+        None => Host::new(config)?,
+    };
+    // A fail-closed log that cannot be opened stops everything before a component is chosen,
+    // compiled or served.
+    host.open_audit(policy)?;
+    Ok(host)
 }
 
 /// The async runtime: one thread for `run` and `call` (one guest at a time, as `wasmtime run`

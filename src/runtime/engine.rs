@@ -69,9 +69,18 @@ pub(super) fn linker(engine: &Engine) -> Result<Linker<State>, RunError> {
     Ok(linker)
 }
 
-/// Starts the thread that advances `engine`'s epoch every tick until `stop` is set or the
-/// engine is dropped.
-pub(super) fn start_ticker(engine: &Engine) -> Result<Arc<AtomicBool>, RunError> {
+/// The thread that advances an engine's epoch; it stops when the last handle is dropped (or
+/// the engine is).
+pub(super) struct Ticker(Arc<AtomicBool>);
+
+impl Drop for Ticker {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Starts the thread that advances `engine`'s epoch every tick.
+pub(super) fn start_ticker(engine: &Engine) -> Result<Arc<Ticker>, RunError> {
     let stop = Arc::new(AtomicBool::new(false));
     let (e, s) = (engine.weak(), stop.clone());
     std::thread::Builder::new()
@@ -86,5 +95,5 @@ pub(super) fn start_ticker(engine: &Engine) -> Result<Arc<AtomicBool>, RunError>
             }
         })
         .map_err(|e| RunError::engine("the epoch thread", e))?;
-    Ok(stop)
+    Ok(Arc::new(Ticker(stop)))
 }

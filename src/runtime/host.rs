@@ -7,7 +7,7 @@
 //! fail-closed policy whose log cannot be opened runs nothing.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use wasmtime::component::{Component, Linker};
@@ -29,10 +29,13 @@ pub struct Host {
     engine: Engine,
     linker: Linker<State>,
     config: HostConfig,
-    ticker: Arc<AtomicBool>,
+    ticker: Arc<engine::Ticker>,
     /// Each policy's auditor (`None`: the policy keeps no log), by policy identity, opened the
     /// first time the host runs anything of that policy.
     auditors: Mutex<HashMap<u64, Option<Arc<Auditor>>>>,
+    /// The log files open, by path: policies (or versions of one policy) that write to the
+    /// same file share its one writer, which holds the file's lock.
+    files: Mutex<HashMap<PathBuf, Arc<JsonlSink>>>,
     /// Linked apps by (policy identity, root component): callees keep their instances across
     /// runs of the same verified policy on this host.
     apps: Mutex<HashMap<(u64, String), Arc<App>>>,
@@ -59,7 +62,6 @@ impl std::fmt::Debug for Host {
 
 impl Drop for Host {
     fn drop(&mut self) {
-        self.ticker.store(true, Ordering::Relaxed);
         // Logs not closed by `close` still get their final checkpoint.
         let _ = self.close();
     }
@@ -90,6 +92,7 @@ impl Host {
             config,
             ticker,
             auditors: Mutex::default(),
+            files: Mutex::default(),
             apps: Mutex::default(),
             callees: Mutex::default(),
         })
@@ -102,7 +105,7 @@ impl Host {
         let audit = match auditors.get(&policy.id()) {
             Some(a) => a.clone(),
             None => {
-                let a = self.open_audit(policy)?;
+                let a = self.new_auditor(policy)?;
                 auditors.insert(policy.id(), a.clone());
                 a
             }
@@ -115,7 +118,7 @@ impl Host {
     }
 
     /// The auditor the policy's `audit` section asks for, with this host's overrides.
-    fn open_audit(&self, policy: &VerifiedPolicy) -> Result<Option<Arc<Auditor>>, RunError> {
+    fn new_auditor(&self, policy: &VerifiedPolicy) -> Result<Option<Arc<Auditor>>, RunError> {
         let spec = &policy.policy().audit;
         let c = &self.config;
         let checkpoints = || {
@@ -131,12 +134,20 @@ impl Host {
                 rotate: spec.rotate.map(|r| r.bytes()),
                 checkpoints: checkpoints(),
             };
-            match spec.on_failure {
-                OnFailure::FailClosed => Auditor::new(
-                    JsonlSink::open(&path, options).map_err(|source| RunError::Audit { source })?,
-                ),
-                OnFailure::Continue => Auditor::new(JsonlSink::deferred(&path, options)),
-            }
+            let mut files = lock(&self.files);
+            let sink = match files.get(&path) {
+                Some(sink) => sink.clone(),
+                None => {
+                    let sink = Arc::new(match spec.on_failure {
+                        OnFailure::FailClosed => JsonlSink::open(&path, options)
+                            .map_err(|source| RunError::Audit { source })?,
+                        OnFailure::Continue => JsonlSink::deferred(&path, options),
+                    });
+                    files.insert(path, sink.clone());
+                    sink
+                }
+            };
+            Auditor::new(sink)
         } else {
             return Ok(None);
         };
@@ -147,13 +158,29 @@ impl Host {
         Ok(Some(Arc::new(auditor)))
     }
 
-    /// Closes every audit log this host opened (each ends with a final checkpoint). Runs
-    /// after `close` open the logs again. Dropping the host closes them too, ignoring errors.
+    /// Opens `policy`'s audit log now, as its `audit` section says, rather than on the first
+    /// run: a fail-closed log that cannot be opened is an error before anything else is done.
+    pub fn open_audit(&self, policy: &VerifiedPolicy) -> Result<(), RunError> {
+        self.recorder(policy).map(|_| ())
+    }
+
+    /// Closes every audit log this host opened (each ends with a final checkpoint) and forgets
+    /// the linked apps and callees that wrote to them. Call it once the runs, calls and
+    /// `serve` of this host are over; a later run opens the logs again and continues them.
+    /// Dropping the host closes them too, ignoring errors.
     pub fn close(&self) -> Result<(), RunError> {
+        lock(&self.apps).clear();
+        lock(&self.callees).clear();
         let auditors: Vec<_> = lock(&self.auditors).drain().collect();
+        let files: Vec<_> = lock(&self.files).drain().collect();
         let mut first = None;
         for a in auditors.into_iter().filter_map(|(_, a)| a) {
             if let Err(source) = a.close() {
+                first.get_or_insert(RunError::Audit { source });
+            }
+        }
+        for (_, sink) in files {
+            if let Err(source) = crate::audit::AuditSink::close(&*sink) {
                 first.get_or_insert(RunError::Audit { source });
             }
         }
@@ -353,6 +380,7 @@ impl Host {
             limits,
             command,
             store,
+            _ticker: self.ticker.clone(),
         })
     }
 
@@ -375,6 +403,9 @@ pub struct Prepared {
     limits: Limits,
     command: wasmtime_wasi::p2::bindings::Command,
     store: Store<State>,
+    /// Keeps the epoch advancing (so `limits.timeout` holds) even if the host is dropped
+    /// first.
+    _ticker: Arc<engine::Ticker>,
 }
 
 impl std::fmt::Debug for Prepared {
@@ -386,8 +417,10 @@ impl std::fmt::Debug for Prepared {
 }
 
 impl Prepared {
-    /// Runs the command. Returns the guest's exit status.
+    /// Runs the command, with its time and fuel limits armed afresh (instantiation does not
+    /// count against them, however long ago it was). Returns the guest's exit status.
     pub async fn run(mut self) -> Result<i32, RunError> {
+        store::arm_limits(&mut self.store, &self.limits);
         let call = self.command.wasi_cli_run().call_run(&mut self.store);
         match store::backstop(&self.limits, call).await {
             Ok(Ok(())) => Ok(0),

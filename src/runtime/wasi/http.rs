@@ -90,9 +90,10 @@ async fn guarded_send(
         return Err(Error::HttpRequestUriInvalid);
     }
     let bare_host = canonical.unwrap_or_default();
-    let pending = gate.begin(&req).await;
-    if !pending.decision().allowed {
-        pending.finish(sensitive);
+    // Recorded before the name is resolved: a request the log cannot take (fail-closed) sends
+    // no DNS query either.
+    let decision = gate.decide_with(&req, sensitive).await;
+    if !decision.allowed {
         return Err(Error::HttpRequestDenied);
     }
 
@@ -101,23 +102,14 @@ async fn guarded_send(
     let grants: Vec<&HostPattern> = spec
         .http
         .iter()
-        .filter(|g| {
-            pending
-                .decision()
-                .reasons
-                .iter()
-                .any(|r| r == g.id.as_str())
-        })
+        .filter(|g| decision.reasons.iter().any(|r| r == g.id.as_str()))
         .map(|g| g.url.host())
         .collect();
     let candidates: Vec<SocketAddr> = match bare_host.parse::<IpAddr>() {
         Ok(ip) => vec![SocketAddr::new(ip, port)],
         Err(_) => match tokio::net::lookup_host((bare_host.as_str(), port)).await {
             Ok(addrs) => addrs.collect(),
-            Err(_) => {
-                pending.finish(sensitive);
-                return Err(Error::DestinationNotFound);
-            }
+            Err(_) => return Err(Error::DestinationNotFound),
         },
     };
     let vetted: Vec<SocketAddr> = candidates
@@ -136,12 +128,10 @@ async fn guarded_send(
                 .collect::<Vec<_>>()
                 .join(", ")
         );
-        pending.overrule(why, sensitive);
+        // A second decision on the same request, the guard's own, recorded as such.
+        gate.refuse(&req, &why, sensitive);
         return Err(Error::DestinationIpProhibited);
     };
-    if !pending.finish(sensitive).allowed {
-        return Err(Error::HttpRequestDenied);
-    }
 
     let connect_timeout = options
         .and_then(|o| o.connect_timeout)
