@@ -118,10 +118,24 @@ fn each_broken_policy_gets_its_own_located_message() {
             "unknown variant `read-only-ish`",
         ),
         (
-            "relative guest path",
-            format!("{HEAD}{app}    files: [{{ host: static, guest: s }}]\n"),
+            "relative guest path leaving the working directory",
+            format!("{HEAD}{app}    files: [{{ host: static, guest: ../s }}]\n"),
             65,
-            "guest path `s` must be absolute (hint: write `/s`)",
+            "guest path `../s` may not contain `.` or `..`",
+        ),
+        (
+            "a relative and an absolute guest path for one place",
+            format!(
+                "{HEAD}{app}    files: [{{ host: static, guest: s }}, {{ host: static, guest: /s }}]\n"
+            ),
+            65,
+            "guest path `/s` is mounted twice",
+        ),
+        (
+            "working directory outside every mount",
+            format!("{HEAD}{app}    files: [{{ host: static, guest: /s }}]\n    cwd: /t\n"),
+            65,
+            "app.cwd: `/t` is not inside a directory the component is given",
         ),
         (
             "missing host directory",

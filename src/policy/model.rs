@@ -93,8 +93,12 @@ pub struct FileGrant {
     /// The host directory, absolute: joined to the policy's directory when parsed, then
     /// resolved (symlinks followed, checked to be a directory) when the policy is loaded.
     pub host: PathBuf,
-    /// Where the guest sees it: an absolute, normalised path.
+    /// Where decisions see it: an absolute, normalised path (`/NAME` for a relative
+    /// [`FileGrant::preopen`]).
     pub guest: String,
+    /// The name the guest is given for it: `guest` itself, or a relative name (`data`, `.`)
+    /// as the policy wrote it.
+    pub preopen: String,
     /// Read-only or read-write.
     pub access: Access,
     /// Where the grant is written.
@@ -253,6 +257,8 @@ pub struct ComponentPolicy {
     pub signed_by: Vec<String>,
     /// Preopened directories.
     pub files: Vec<FileGrant>,
+    /// The initial working directory (`wasi:cli/environment.initial-cwd`), inside a mount.
+    pub cwd: Option<String>,
     /// Environment variables with literal values.
     pub env: Vec<(String, String)>,
     /// Environment variables copied from the host by name (absent ones are skipped).

@@ -41,6 +41,7 @@ pub(super) fn component(
     };
 
     let files = grants::files(cx, dir, name, rc)?;
+    let cwd = grants::cwd(cx, name, rc.cwd.as_ref(), &files)?;
     let mut env = Vec::new();
     for (k, v) in &rc.env {
         if k.is_empty() || k.contains(['=', '\0']) {
@@ -83,6 +84,7 @@ pub(super) fn component(
         sha256,
         signed_by: rc.signed_by.iter().map(|s| s.value.clone()).collect(),
         files,
+        cwd,
         env,
         env_from_host,
         args: rc.args.clone(),

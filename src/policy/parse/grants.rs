@@ -13,7 +13,7 @@ use crate::policy::model::{
 };
 use crate::policy::pattern::{NamePattern, SocketPattern, Transport, UrlPattern};
 
-/// `files`: preopened directories, each mounted once at a normalised absolute guest path.
+/// `files`: preopened directories, each mounted once.
 pub(super) fn files(
     cx: &Ctx<'_>,
     dir: &Path,
@@ -24,7 +24,7 @@ pub(super) fn files(
     let mut guests = BTreeSet::new();
     for (i, f) in rc.files.iter().enumerate() {
         let field = format!("{name}.files[{i}]");
-        let guest = guest_path(&f.value.guest)
+        let (preopen, guest) = guest_path(&f.value.guest)
             .map_err(|(m, h)| cx.err(&f.referenced, format!("{field}: {m}"), h))?;
         if !guests.insert(guest.clone()) {
             return Err(cx.err(
@@ -39,6 +39,7 @@ pub(super) fn files(
             // is loaded; parsing reads no file.
             host: dir.join(&f.value.host),
             guest,
+            preopen,
             access: f.value.access,
             at: Origin::of(&f.referenced),
         });
@@ -217,16 +218,16 @@ fn sockets(
         .collect()
 }
 
-/// Validates a guest mount point: absolute, normalised, no `.`/`..`, no NUL.
-pub(super) fn guest_path(p: &str) -> Result<String, (String, Option<String>)> {
-    if !p.starts_with('/') {
-        return Err((
-            format!("guest path `{p}` must be absolute"),
-            Some(format!("write `/{p}`")),
-        ));
-    }
+/// Validates a guest mount point: the name the guest sees, and the absolute path decisions
+/// use for it. An absolute name must be normalised, without `.` or `..`. A relative one (as
+/// wasmtime's `--dir HOST::NAME` allows; `.` for the working directory) must be plain names
+/// joined by `/`; decisions see it as `/NAME` (`.` as `/`).
+pub(super) fn guest_path(p: &str) -> Result<(String, String), (String, Option<String>)> {
     if p.contains('\0') {
         return Err(("guest path contains a NUL byte".into(), None));
+    }
+    if p == "." {
+        return Ok((".".into(), "/".into()));
     }
     let parts: Vec<&str> = p.split('/').filter(|s| !s.is_empty()).collect();
     if parts.iter().any(|s| *s == "." || *s == "..") {
@@ -235,14 +236,59 @@ pub(super) fn guest_path(p: &str) -> Result<String, (String, Option<String>)> {
             None,
         ));
     }
-    let normal = format!("/{}", parts.join("/"));
-    if normal != p {
+    let absolute = p.starts_with('/');
+    let normal = match absolute {
+        true => format!("/{}", parts.join("/")),
+        false => parts.join("/"),
+    };
+    if normal != p || normal.is_empty() {
         return Err((
             format!("guest path `{p}` is not normalised"),
-            Some(format!("write `{normal}`")),
+            Some(format!(
+                "write `{}`",
+                if normal.is_empty() { "." } else { &normal }
+            )),
         ));
     }
-    Ok(normal)
+    let decided = match absolute {
+        true => normal.clone(),
+        false => format!("/{normal}"),
+    };
+    Ok((normal, decided))
+}
+
+/// `cwd`: the guest's initial working directory, absolute and inside one of its mounts.
+pub(super) fn cwd(
+    cx: &Ctx<'_>,
+    name: &str,
+    raw: Option<&Spanned<String>>,
+    files: &[FileGrant],
+) -> Result<Option<String>, PolicyError> {
+    let Some(c) = raw else {
+        return Ok(None);
+    };
+    let field = format!("{name}.cwd");
+    let (given, path) =
+        guest_path(&c.value).map_err(|(m, h)| cx.err(&c.referenced, format!("{field}: {m}"), h))?;
+    if !given.starts_with('/') {
+        return Err(cx.err(
+            &c.referenced,
+            format!("{field}: `{given}` must be absolute"),
+            Some(format!("write `/{given}`")),
+        ));
+    }
+    let inside = |m: &str| m == "/" || path == m || path.starts_with(&format!("{m}/"));
+    if !files
+        .iter()
+        .any(|f| f.preopen.starts_with('/') && inside(&f.guest))
+    {
+        return Err(cx.err(
+            &c.referenced,
+            format!("{field}: `{path}` is not inside a directory the component is given"),
+            Some("name a directory under one of its `files` mounts".into()),
+        ));
+    }
+    Ok(Some(path))
 }
 
 pub(super) fn valid_interface(s: &str) -> bool {

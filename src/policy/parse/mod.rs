@@ -59,6 +59,7 @@ struct RawAudit {
 #[serde(deny_unknown_fields)]
 struct RawComponent {
     component: Spanned<String>,
+    cwd: Option<Spanned<String>>,
     sha256: Option<Spanned<String>>,
     #[serde(default)]
     signed_by: Vec<Spanned<String>>,
@@ -317,15 +318,15 @@ mod tests {
 
     #[test]
     fn guest_paths() {
-        assert_eq!(guest_path("/static").unwrap(), "/static");
-        assert_eq!(guest_path("/").unwrap(), "/");
-        assert!(
-            guest_path("static")
-                .unwrap_err()
-                .1
-                .unwrap()
-                .contains("/static")
-        );
+        let both = |p: &str| guest_path(p).unwrap();
+        assert_eq!(both("/static"), ("/static".into(), "/static".into()));
+        assert_eq!(both("/"), ("/".into(), "/".into()));
+        // Relative names, as wasmtime's `--dir HOST::NAME`: decided as `/NAME`.
+        assert_eq!(both("static"), ("static".into(), "/static".into()));
+        assert_eq!(both("a/b"), ("a/b".into(), "/a/b".into()));
+        assert_eq!(both("."), (".".into(), "/".into()));
+        assert!(guest_path("../s").is_err());
+        assert!(guest_path("./s").is_err());
         assert!(guest_path("/a/../b").is_err());
         assert_eq!(
             guest_path("/a//b/").unwrap_err().1.as_deref(),

@@ -75,7 +75,10 @@ pub(crate) fn wasi_ctx(
             Access::ReadOnly => FsPerms::ReadOnly,
             Access::ReadWrite => FsPerms::ReadWrite,
         };
-        b.preopened_dir(handle_path(dir, &grant.host), &grant.guest, perms)?;
+        b.preopened_dir(handle_path(dir, &grant.host), &grant.preopen, perms)?;
+    }
+    if let Some(cwd) = &component.cwd {
+        b.initial_cwd(cwd);
     }
 
     let net = &component.network;

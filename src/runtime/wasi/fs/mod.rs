@@ -2,38 +2,93 @@
 //! policy (grants and Cedar rules on `Path`) before wasmtime-wasi's own implementation, which
 //! still confines each call beneath its preopen and enforces `read-only`, runs it.
 //!
-//! A rule about `/static/private/*` must hold however the guest spells the path, so each call
-//! is decided twice when the spellings differ: on the path as written (normalised), and on
-//! where it really leads, with every symlink inside the mount resolved beneath the directory
-//! (the last component too, when the call follows it). A dangling symlink that a call would
-//! follow is refused, since creating through it would land somewhere not decided. On Linux, a
-//! directory descriptor's position is read back from the kernel (`/proc/self/fd`) at each
-//! call, so a directory renamed after it was opened is judged where it is now; after an
-//! `open-at`, the opened file's real path is decided once more, closing the window between the
-//! check and the open against other writers.
+//! Decisions are on what is reached, not on strings:
+//!
+//! - A rule about `/static/private/*` must hold however the guest spells the path, so each
+//!   call is decided on the path as written (normalised) and on where it really leads, with
+//!   every symlink inside the mount resolved beneath the directory (the last component too,
+//!   when the call follows it, or when the path ends in `/` or `.`, which makes the kernel
+//!   follow it).
+//! - Each call is then run on the directory the decided path's parent is *now*, opened one
+//!   component at a time beneath the mount without following any symlink ([`GuardedFs::pin`]):
+//!   another writer of the host directory who swaps a symlink in between the decision and the
+//!   call makes the call fail instead of reaching somewhere undecided.
+//! - An open is decided for every access it grants (`read` and `write` for READ|WRITE;
+//!   `write` for CREATE, TRUNCATE, WRITE or MUTATE_DIRECTORY; `read` for anything else). A
+//!   call on the descriptor that needs an access its open was not decided for (setting the
+//!   times of a file opened for reading) is decided for that access when it is made.
+//! - Renaming a directory decides `fs.read` and `fs.write` on every entry below it, under its
+//!   old and its new name, so a rule on a subtree holds when a directory above the file moves;
+//!   a rename and a hard link decide both accesses on both names, since a new name for a file
+//!   gives its contents to whoever may use the new name.
+//!
+//! On Linux, a directory descriptor's position is read back from the kernel (`/proc/self/fd`)
+//! at each call, so a directory renamed after it was opened is judged where it is now; after an
+//! `open-at`, the opened file's real path is decided once more.
 //!
 //! What it cannot hide: listing an allowed directory shows the names of denied entries in it.
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, Weak};
 
 use wasmtime::component::{HasData, Resource};
 use wasmtime_wasi::filesystem::{Descriptor, WasiFilesystemCtxView};
 use wasmtime_wasi::p2::bindings::filesystem::{preopens, types};
-use wasmtime_wasi::p2::{DynInputStream, DynOutputStream, FsError, FsResult};
+use wasmtime_wasi::p2::{FsError, FsResult};
 
 use crate::authz::{Request, normalise};
 use crate::gate::Gate;
 
-use types::{ErrorCode, HostDescriptor};
+use types::ErrorCode;
 
+mod descriptor;
 mod paths;
 
 #[cfg(target_os = "linux")]
 use paths::rel_in;
-use paths::{guest_path, normalise_rel, opens_for_write, resolve};
+use paths::{Resolved, guest_path, normalise_rel, resolve, subtree};
+
+/// Entries below a directory that a rename decides one by one before moving it; a larger
+/// directory is not moved.
+const MAX_SUBTREE: usize = 10_000;
+
+/// What a call or an open reaches a file for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(super) struct Access {
+    read: bool,
+    write: bool,
+}
+
+impl Access {
+    const READ: Self = Self {
+        read: true,
+        write: false,
+    };
+    const WRITE: Self = Self {
+        read: false,
+        write: true,
+    };
+    const BOTH: Self = Self {
+        read: true,
+        write: true,
+    };
+
+    /// What an `open-at` with these flags gives access to.
+    fn of_open(oflags: types::OpenFlags, flags: types::DescriptorFlags) -> Self {
+        let write = oflags.intersects(types::OpenFlags::CREATE | types::OpenFlags::TRUNCATE)
+            || flags.intersects(
+                types::DescriptorFlags::WRITE | types::DescriptorFlags::MUTATE_DIRECTORY,
+            );
+        let read = flags.contains(types::DescriptorFlags::READ) || !write;
+        Self { read, write }
+    }
+
+    fn covers(self, need: Self) -> bool {
+        (self.read || !need.read) && (self.write || !need.write)
+    }
+}
 
 /// A directory descriptor the guest holds: which mount it is in, and (where the kernel cannot
 /// be asked) where in it.
@@ -45,6 +100,14 @@ struct Tracked {
     rel: PathBuf,
 }
 
+/// A descriptor opened by `open-at`: what its open was decided for, in which mount and on
+/// which path.
+struct Opened {
+    access: Access,
+    mount: String,
+    path: String,
+}
+
 /// The per-store state of the adapter.
 pub(crate) struct FsGuard {
     gate: Gate,
@@ -53,7 +116,7 @@ pub(crate) struct FsGuard {
     /// Each mount's root, by guest path.
     roots: HashMap<String, Arc<File>>,
     /// Descriptors opened by `open-at` and not yet dropped (each holds a host descriptor).
-    open: std::collections::HashSet<u32>,
+    opened: HashMap<u32, Opened>,
     /// `limits.files`.
     max_open: usize,
 }
@@ -64,7 +127,7 @@ impl FsGuard {
             gate,
             dirs: HashMap::new(),
             roots: HashMap::new(),
-            open: std::collections::HashSet::new(),
+            opened: HashMap::new(),
             max_open: max_open as usize,
         }
     }
@@ -72,8 +135,8 @@ impl FsGuard {
 
 /// wasmtime-wasi's filesystem view, with the adapter in front of it.
 pub(crate) struct GuardedFs<'a> {
-    pub inner: WasiFilesystemCtxView<'a>,
-    pub guard: &'a mut FsGuard,
+    pub(crate) inner: WasiFilesystemCtxView<'a>,
+    pub(crate) guard: &'a mut FsGuard,
 }
 
 /// Marker for the linker's `HasData`.
@@ -107,6 +170,33 @@ fn follows(flags: types::PathFlags) -> Last {
 
 fn denied() -> FsError {
     ErrorCode::Access.into()
+}
+
+/// A path-taking call, decided.
+struct Checked {
+    /// Where the call leads, relative to the mount.
+    rel: PathBuf,
+    /// Where the call leads, relative to the call's directory, symlinks resolved; `None` if
+    /// its parent does not exist (the call then fails by itself).
+    resolved: Option<PathBuf>,
+    /// The call follows a dangling symlink without creating anything: it fails by itself
+    /// with `no-entry`, as under wasmtime.
+    dangling: bool,
+    /// Whether the path ends in `/`, which the call keeps.
+    slash: bool,
+}
+
+/// A temporary descriptor for the directory a decided path's parent is now, and the final
+/// name to use with it; see [`GuardedFs::pin`].
+struct Pinned {
+    dir: Resource<Descriptor>,
+    name: String,
+}
+
+impl Pinned {
+    fn dir(&self) -> Resource<Descriptor> {
+        Resource::new_borrow(self.dir.rep())
+    }
 }
 
 impl GuardedFs<'_> {
@@ -146,12 +236,31 @@ impl GuardedFs<'_> {
         }
     }
 
-    /// Decides `path` (relative to `at`) for `write`: as written, and as resolved. Returns
-    /// the resolved path relative to the mount.
-    async fn check(&mut self, at: &At, path: &str, write: bool, last: Last) -> FsResult<PathBuf> {
+    /// Decides `path` (relative to `at`) for `access`: as written, and as resolved.
+    /// `creates`: the call may create the last component (through a dangling symlink, which
+    /// is refused).
+    async fn check(
+        &mut self,
+        at: &At,
+        path: &str,
+        access: Access,
+        last: Last,
+        creates: bool,
+    ) -> FsResult<Checked> {
+        // A trailing `/` or a final `.` makes the kernel follow the last component.
+        let last = if path.ends_with('/') || path.rsplit('/').next() == Some(".") {
+            Last::Follow
+        } else {
+            last
+        };
         let lexical = guest_path(&at.mount, &at.rel, Path::new(path));
-        let resolved = resolve(&at.dir, path, last).map_err(FsError::from)?;
+        let resolved = resolve(&at.dir, path, last, creates).map_err(FsError::from)?;
         let mut paths = vec![lexical];
+        let (resolved, dangling) = match resolved {
+            Resolved::Missing => (None, false),
+            Resolved::At(r) => (Some(r), false),
+            Resolved::Dangling(r) => (Some(r), true),
+        };
         if let Some(r) = &resolved {
             let full = guest_path(&at.mount, &at.rel.join(r), Path::new(""));
             if full != paths[0] {
@@ -159,24 +268,30 @@ impl GuardedFs<'_> {
             }
         }
         for p in paths {
-            self.decide(p, write).await?;
+            self.decide_access(&p, access).await?;
         }
-        Ok(resolved.map_or_else(|| at.rel.join(path), |r| at.rel.join(r)))
+        Ok(Checked {
+            rel: resolved
+                .as_ref()
+                .map_or_else(|| at.rel.join(path), |r| at.rel.join(r)),
+            resolved,
+            dangling,
+            slash: path.ends_with('/'),
+        })
     }
 
-    /// [`GuardedFs::check`] for a path relative to descriptor `fd`; nothing to decide for a
-    /// file descriptor (wasmtime-wasi answers path calls on files with `not-directory`).
-    async fn check_at(
-        &mut self,
-        fd: &Resource<Descriptor>,
-        path: &str,
-        write: bool,
-        last: Last,
-    ) -> FsResult<()> {
-        if let Some(at) = self.at(fd)? {
-            self.check(&at, path, write, last).await?;
-        }
-        Ok(())
+    /// Decides `access` on guest path `path`: `fs.read` and `fs.write`, each decided (and
+    /// recorded) even when the other is denied; the first denial is the error.
+    async fn decide_access(&mut self, path: &str, access: Access) -> FsResult<()> {
+        let read = match access.read {
+            true => self.decide(path.to_owned(), false).await,
+            false => Ok(()),
+        };
+        let write = match access.write {
+            true => self.decide(path.to_owned(), true).await,
+            false => Ok(()),
+        };
+        read.and(write)
     }
 
     /// One decision on a guest path; a deny is `not-permitted` when no grant matched (as
@@ -191,6 +306,181 @@ impl GuardedFs<'_> {
             Err(ErrorCode::NotPermitted.into())
         } else {
             Err(denied())
+        }
+    }
+
+    /// Records a refusal the adapter reached itself, and returns the error to give the guest.
+    fn refuse(&self, path: String, write: bool, why: &str) -> FsError {
+        self.guard
+            .gate
+            .refuse(&Request::File { write, path }, why, Vec::new);
+        denied()
+    }
+
+    /// The directory the decided path's parent is now, opened beneath `at` one component at a
+    /// time without following any symlink, as a temporary descriptor with `fd`'s permissions
+    /// (drop it with [`GuardedFs::unpin`]). `None` when the call is on the directory itself,
+    /// which needs no pin. A path whose parent did not exist, or that follows a dangling
+    /// symlink, is answered `no-entry` here, as the call would have been, rather than run
+    /// on a path that another writer could complete in the meantime. A symlink that appeared
+    /// on the way since the decision refuses the call.
+    fn pin(&mut self, fd: &Resource<Descriptor>, at: &At, c: &Checked) -> FsResult<Option<Pinned>> {
+        let Some(r) = c.resolved.as_ref().filter(|_| !c.dangling) else {
+            return Err(ErrorCode::NoEntry.into());
+        };
+        let (Some(parent), Some(name)) = (r.parent(), r.file_name().and_then(|n| n.to_str()))
+        else {
+            return Ok(None);
+        };
+        let (perms, mode) = match self.inner.table.get(fd)? {
+            Descriptor::Dir(d) => (d.perms, d.open_mode),
+            Descriptor::File(_) => return Ok(None),
+        };
+        let changed = |this: &Self| {
+            this.refuse(
+                guest_path(&at.mount, &c.rel, Path::new("")),
+                false,
+                "the path changed while the call was decided (another writer put a symlink or a file in its way)",
+            )
+        };
+        let mut dir = at.dir.try_clone().map_err(FsError::from)?;
+        for part in parent.components() {
+            match part {
+                Component::Normal(n) => {
+                    dir = cap_primitives::fs::open_dir_nofollow(&dir, Path::new(n))
+                        .map_err(|_| changed(self))?;
+                }
+                Component::CurDir => {}
+                _ => return Err(changed(self)),
+            }
+        }
+        let pinned = wasmtime_wasi::filesystem::Dir::new(dir, perms, mode, false);
+        let dir = self.inner.table.push(Descriptor::Dir(pinned))?;
+        let mut name = name.to_owned();
+        if c.slash {
+            name.push('/');
+        }
+        Ok(Some(Pinned { dir, name }))
+    }
+
+    fn unpin(&mut self, p: Pinned) {
+        let _ = self.inner.table.delete(p.dir);
+    }
+
+    /// Before moving directory `old` (resolved, relative to `at`'s directory) to `new_mount`
+    /// and `new_rel`: decides `fs.read` and `fs.write` on every entry below it, under its old
+    /// and its new name.
+    async fn check_subtree(
+        &mut self,
+        at: &At,
+        old: &Checked,
+        new_mount: &str,
+        new: &Checked,
+    ) -> FsResult<()> {
+        let Some(r) = &old.resolved else {
+            return Ok(());
+        };
+        let entries = match subtree(&at.dir, r, MAX_SUBTREE).map_err(FsError::from)? {
+            None => return Ok(()),
+            Some(Ok(entries)) => entries,
+            Some(Err(())) => {
+                return Err(self.refuse(
+                    guest_path(&at.mount, &old.rel, Path::new("")),
+                    true,
+                    &format!(
+                        "the directory has more than {MAX_SUBTREE} entries below it; each is decided before it is moved"
+                    ),
+                ));
+            }
+        };
+        for e in entries {
+            let from = guest_path(&at.mount, &old.rel.join(&e), Path::new(""));
+            let to = guest_path(new_mount, &new.rel.join(&e), Path::new(""));
+            self.decide_access(&from, Access::BOTH).await?;
+            self.decide_access(&to, Access::BOTH).await?;
+        }
+        Ok(())
+    }
+
+    /// A call on an open descriptor that needs an access its open was not decided for (times
+    /// set on a file opened for reading) is decided for that access now, on the path the
+    /// descriptor has now (Linux) or had when opened. A preopened directory itself is decided
+    /// on its mount path; a descriptor this adapter never saw is refused.
+    async fn within(&mut self, fd: &Resource<Descriptor>, need: Access) -> FsResult<()> {
+        match self.undecided(fd, need)? {
+            None => Ok(()),
+            Some((path, missing)) => self.decide_access(&path, missing).await,
+        }
+    }
+
+    /// [`GuardedFs::within`] for the synchronous stream calls.
+    fn within_now(&mut self, fd: &Resource<Descriptor>, need: Access) -> FsResult<()> {
+        let Some((path, missing)) = self.undecided(fd, need)? else {
+            return Ok(());
+        };
+        for write in [false, true] {
+            if (write && missing.write) || (!write && missing.read) {
+                let request = Request::File {
+                    write,
+                    path: path.clone(),
+                };
+                let decision = self.guard.gate.decide_blocking(&request);
+                if !decision.allowed {
+                    return Err(
+                        if decision.reasons.is_empty() && decision.errors.is_empty() {
+                            ErrorCode::NotPermitted.into()
+                        } else {
+                            denied()
+                        },
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// What of `need` the open of `fd` was not decided for, and the path to decide it on;
+    /// `None` if nothing is left to decide.
+    fn undecided(
+        &self,
+        fd: &Resource<Descriptor>,
+        need: Access,
+    ) -> FsResult<Option<(String, Access)>> {
+        let Some(o) = self.guard.opened.get(&fd.rep()) else {
+            return match self.at(fd)? {
+                Some(at) => Ok(Some((guest_path(&at.mount, &at.rel, Path::new("")), need))),
+                None => Err(denied()),
+            };
+        };
+        if o.access.covers(need) {
+            return Ok(None);
+        }
+        let missing = Access {
+            read: need.read && !o.access.read,
+            write: need.write && !o.access.write,
+        };
+        Ok(Some((
+            self.now_at(fd, o).unwrap_or_else(|| o.path.clone()),
+            missing,
+        )))
+    }
+
+    /// Where the descriptor opened as `o` is now, if the kernel can tell.
+    fn now_at(&self, fd: &Resource<Descriptor>, o: &Opened) -> Option<String> {
+        #[cfg(target_os = "linux")]
+        {
+            let file = match self.inner.table.get(fd).ok()? {
+                Descriptor::File(f) => f.file.clone(),
+                Descriptor::Dir(d) => d.dir.clone(),
+            };
+            let root = self.guard.roots.get(&o.mount)?;
+            let rel = rel_in(root, &file)?;
+            Some(guest_path(&o.mount, &rel, Path::new("")))
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            let _ = (fd, o);
+            None
         }
     }
 
@@ -216,7 +506,7 @@ impl GuardedFs<'_> {
         at: &At,
         opened: &Resource<Descriptor>,
         decided: &Path,
-        write: bool,
+        access: Access,
     ) -> FsResult<()> {
         let file = match self.inner.table.get(opened)? {
             Descriptor::File(f) => f.file.clone(),
@@ -228,8 +518,8 @@ impl GuardedFs<'_> {
         match rel_in(&root, &file) {
             Some(now) if normalise_rel(&now) == normalise_rel(decided) => Ok(()),
             Some(now) => {
-                self.decide(guest_path(&at.mount, &now, Path::new("")), write)
-                    .await
+                let path = guest_path(&at.mount, &now, Path::new(""));
+                self.decide_access(&path, access).await
             }
             // Not beneath the mount any more, or unknown: refuse.
             None => Err(denied()),
@@ -277,271 +567,5 @@ impl types::HostDirectoryEntryStream for GuardedFs<'_> {
 
     fn drop(&mut self, stream: Resource<types::DirectoryEntryStream>) -> wasmtime::Result<()> {
         types::HostDirectoryEntryStream::drop(&mut self.inner, stream)
-    }
-}
-
-impl HostDescriptor for GuardedFs<'_> {
-    async fn open_at(
-        &mut self,
-        fd: Resource<Descriptor>,
-        path_flags: types::PathFlags,
-        path: String,
-        oflags: types::OpenFlags,
-        flags: types::DescriptorFlags,
-    ) -> FsResult<Resource<Descriptor>> {
-        // `limits.files`: each open descriptor holds a descriptor of the host process.
-        if self.guard.open.len() >= self.guard.max_open {
-            return Err(ErrorCode::Quota.into());
-        }
-        let Some(at) = self.at(&fd)? else {
-            return self
-                .inner
-                .open_at(fd, path_flags, path, oflags, flags)
-                .await;
-        };
-        let write = opens_for_write(oflags, flags);
-        let decided = self.check(&at, &path, write, follows(path_flags)).await?;
-        let opened = self
-            .inner
-            .open_at(fd, path_flags, path, oflags, flags)
-            .await?;
-        #[cfg(target_os = "linux")]
-        if let Err(e) = self.recheck(&at, &opened, &decided, write).await {
-            self.inner.table.delete(opened)?;
-            return Err(e);
-        }
-        self.track(&opened, at.mount, decided);
-        self.guard.open.insert(opened.rep());
-        Ok(opened)
-    }
-
-    async fn stat_at(
-        &mut self,
-        fd: Resource<Descriptor>,
-        path_flags: types::PathFlags,
-        path: String,
-    ) -> FsResult<types::DescriptorStat> {
-        self.check_at(&fd, &path, false, follows(path_flags))
-            .await?;
-        self.inner.stat_at(fd, path_flags, path).await
-    }
-
-    async fn set_times_at(
-        &mut self,
-        fd: Resource<Descriptor>,
-        path_flags: types::PathFlags,
-        path: String,
-        atim: types::NewTimestamp,
-        mtim: types::NewTimestamp,
-    ) -> FsResult<()> {
-        self.check_at(&fd, &path, true, follows(path_flags)).await?;
-        self.inner
-            .set_times_at(fd, path_flags, path, atim, mtim)
-            .await
-    }
-
-    async fn metadata_hash_at(
-        &mut self,
-        fd: Resource<Descriptor>,
-        path_flags: types::PathFlags,
-        path: String,
-    ) -> FsResult<types::MetadataHashValue> {
-        self.check_at(&fd, &path, false, follows(path_flags))
-            .await?;
-        self.inner.metadata_hash_at(fd, path_flags, path).await
-    }
-
-    async fn readlink_at(&mut self, fd: Resource<Descriptor>, path: String) -> FsResult<String> {
-        self.check_at(&fd, &path, false, Last::NoFollow).await?;
-        self.inner.readlink_at(fd, path).await
-    }
-
-    async fn create_directory_at(
-        &mut self,
-        fd: Resource<Descriptor>,
-        path: String,
-    ) -> FsResult<()> {
-        self.check_at(&fd, &path, true, Last::NoFollow).await?;
-        self.inner.create_directory_at(fd, path).await
-    }
-
-    async fn remove_directory_at(
-        &mut self,
-        fd: Resource<Descriptor>,
-        path: String,
-    ) -> FsResult<()> {
-        self.check_at(&fd, &path, true, Last::NoFollow).await?;
-        self.inner.remove_directory_at(fd, path).await
-    }
-
-    async fn unlink_file_at(&mut self, fd: Resource<Descriptor>, path: String) -> FsResult<()> {
-        self.check_at(&fd, &path, true, Last::NoFollow).await?;
-        self.inner.unlink_file_at(fd, path).await
-    }
-
-    async fn rename_at(
-        &mut self,
-        fd: Resource<Descriptor>,
-        old_path: String,
-        new_fd: Resource<Descriptor>,
-        new_path: String,
-    ) -> FsResult<()> {
-        self.check_at(&fd, &old_path, true, Last::NoFollow).await?;
-        self.check_at(&new_fd, &new_path, true, Last::NoFollow)
-            .await?;
-        self.inner.rename_at(fd, old_path, new_fd, new_path).await
-    }
-
-    async fn link_at(
-        &mut self,
-        fd: Resource<Descriptor>,
-        old_path_flags: types::PathFlags,
-        old_path: String,
-        new_fd: Resource<Descriptor>,
-        new_path: String,
-    ) -> FsResult<()> {
-        // A new name for a file gives whoever may read the new name its contents: the old
-        // name must be writable as well as the new one.
-        self.check_at(&fd, &old_path, true, follows(old_path_flags))
-            .await?;
-        self.check_at(&new_fd, &new_path, true, Last::NoFollow)
-            .await?;
-        self.inner
-            .link_at(fd, old_path_flags, old_path, new_fd, new_path)
-            .await
-    }
-
-    async fn symlink_at(
-        &mut self,
-        fd: Resource<Descriptor>,
-        src_path: String,
-        dest_path: String,
-    ) -> FsResult<()> {
-        if let Some(at) = self.at(&fd)? {
-            self.check(&at, &dest_path, true, Last::NoFollow).await?;
-            // Where the link points, read from the link's directory: following it later is
-            // decided again, this refuses pointing into denied places to begin with.
-            let link_dir = Path::new(&dest_path)
-                .parent()
-                .map(Path::to_owned)
-                .unwrap_or_default();
-            let target = guest_path(&at.mount, &at.rel.join(link_dir), Path::new(&src_path));
-            self.decide(target, false).await?;
-        }
-        self.inner.symlink_at(fd, src_path, dest_path).await
-    }
-
-    fn drop(&mut self, fd: Resource<Descriptor>) -> wasmtime::Result<()> {
-        self.guard.dirs.remove(&fd.rep());
-        self.guard.open.remove(&fd.rep());
-        HostDescriptor::drop(&mut self.inner, fd)
-    }
-
-    // Calls on a descriptor already opened (and decided) pass straight through.
-
-    fn read_via_stream(
-        &mut self,
-        fd: Resource<Descriptor>,
-        offset: types::Filesize,
-    ) -> FsResult<Resource<DynInputStream>> {
-        self.inner.read_via_stream(fd, offset)
-    }
-
-    fn write_via_stream(
-        &mut self,
-        fd: Resource<Descriptor>,
-        offset: types::Filesize,
-    ) -> FsResult<Resource<DynOutputStream>> {
-        self.inner.write_via_stream(fd, offset)
-    }
-
-    fn append_via_stream(
-        &mut self,
-        fd: Resource<Descriptor>,
-    ) -> FsResult<Resource<DynOutputStream>> {
-        self.inner.append_via_stream(fd)
-    }
-
-    async fn advise(
-        &mut self,
-        fd: Resource<Descriptor>,
-        offset: types::Filesize,
-        len: types::Filesize,
-        advice: types::Advice,
-    ) -> FsResult<()> {
-        self.inner.advise(fd, offset, len, advice).await
-    }
-
-    async fn sync_data(&mut self, fd: Resource<Descriptor>) -> FsResult<()> {
-        self.inner.sync_data(fd).await
-    }
-
-    async fn get_flags(&mut self, fd: Resource<Descriptor>) -> FsResult<types::DescriptorFlags> {
-        self.inner.get_flags(fd).await
-    }
-
-    async fn get_type(&mut self, fd: Resource<Descriptor>) -> FsResult<types::DescriptorType> {
-        self.inner.get_type(fd).await
-    }
-
-    async fn set_size(&mut self, fd: Resource<Descriptor>, size: types::Filesize) -> FsResult<()> {
-        self.inner.set_size(fd, size).await
-    }
-
-    async fn set_times(
-        &mut self,
-        fd: Resource<Descriptor>,
-        atim: types::NewTimestamp,
-        mtim: types::NewTimestamp,
-    ) -> FsResult<()> {
-        self.inner.set_times(fd, atim, mtim).await
-    }
-
-    async fn read(
-        &mut self,
-        fd: Resource<Descriptor>,
-        len: types::Filesize,
-        offset: types::Filesize,
-    ) -> FsResult<(Vec<u8>, bool)> {
-        self.inner.read(fd, len, offset).await
-    }
-
-    async fn write(
-        &mut self,
-        fd: Resource<Descriptor>,
-        buf: Vec<u8>,
-        offset: types::Filesize,
-    ) -> FsResult<types::Filesize> {
-        self.inner.write(fd, buf, offset).await
-    }
-
-    async fn read_directory(
-        &mut self,
-        fd: Resource<Descriptor>,
-    ) -> FsResult<Resource<types::DirectoryEntryStream>> {
-        self.inner.read_directory(fd).await
-    }
-
-    async fn sync(&mut self, fd: Resource<Descriptor>) -> FsResult<()> {
-        self.inner.sync(fd).await
-    }
-
-    async fn stat(&mut self, fd: Resource<Descriptor>) -> FsResult<types::DescriptorStat> {
-        self.inner.stat(fd).await
-    }
-
-    async fn is_same_object(
-        &mut self,
-        a: Resource<Descriptor>,
-        b: Resource<Descriptor>,
-    ) -> wasmtime::Result<bool> {
-        self.inner.is_same_object(a, b).await
-    }
-
-    async fn metadata_hash(
-        &mut self,
-        fd: Resource<Descriptor>,
-    ) -> FsResult<types::MetadataHashValue> {
-        self.inner.metadata_hash(fd).await
     }
 }

@@ -57,6 +57,37 @@ fn main() {
         "rename" => report(std::fs::rename(a(2), a(3))),
         "hardlink" => report(std::fs::hard_link(a(2), a(3))),
         "set-times" => report(std::fs::File::open(a(2)).and_then(|f| f.set_modified(std::time::SystemTime::UNIX_EPOCH))),
+        // Descriptor calls after a read-only open.
+        "ro-set-size" => report(std::fs::File::open(a(2)).and_then(|f| f.set_len(0))),
+        "ro-sync" => report(std::fs::File::open(a(2)).and_then(|f| f.sync_all())),
+        // Opens that grant more than one access: read through them.
+        "open-rw" => report(std::fs::OpenOptions::new().read(true).write(true).open(a(2)).and_then(|mut f| {
+            let mut s = String::new();
+            f.read_to_string(&mut s).map(|_| s)
+        })),
+        "create-read" => report(std::fs::OpenOptions::new().read(true).write(true).create(true).open(a(2)).and_then(|mut f| {
+            let mut s = String::new();
+            f.read_to_string(&mut s).map(|_| s)
+        })),
+        "stat" => report(std::fs::metadata(a(2)).map(|m| m.len())),
+        "initial-cwd" => println!("ok: {:?}", wasi::cli::environment::initial_cwd()),
+        // Creates DIR/f0 .. DIR/f(N-1), each a new file: how many were created.
+        "create-many" => {
+            let n: usize = a(3).parse().unwrap_or(0);
+            let made = (0..n).filter(|i| std::fs::File::create_new(format!("{}/f{i}", a(2))).is_ok()).count();
+            println!("ok: {made}");
+        }
+        "lstat" => report(std::fs::symlink_metadata(a(2)).map(|m| m.is_dir())),
+        // Moves `FROM` to `TO`, reads `TO/FILE`, and moves it back: one run, three calls.
+        "rename-read" => {
+            let (from, to) = (a(2), a(3));
+            let moved = std::fs::rename(&from, &to);
+            let read = moved.as_ref().map_err(|e| std::io::Error::new(e.kind(), e.to_string())).and_then(|_| std::fs::read_to_string(format!("{to}/{}", a(4))));
+            if moved.is_ok() {
+                let _ = std::fs::rename(&to, &from);
+            }
+            report(read)
+        }
         "env" => match std::env::var(a(2)) {
             Ok(v) => println!("ok: {v}"),
             Err(e) => println!("err: {e}"),
