@@ -299,6 +299,8 @@ fn audit_append() -> Row {
             version: 1,
             sha256: p.policy().sha256.to_string(),
         },
+        count: None,
+        until: None,
     };
     let entry = Entry::Decision {
         ts: capgate::audit::timestamp(),

@@ -312,27 +312,41 @@ fn serve_under_load_answers_every_allowed_request_and_audits_every_denial() {
     );
     assert!(server.child.wait().unwrap().success());
     let stderr = drain.join().unwrap();
-    assert_eq!(
-        stderr.matches("denied `http-handler` call").count() as u64,
-        denied,
-        "every denial is reported on stderr too"
-    );
+    // Every denial is reported on stderr too: shown, or counted in a throttled
+    // "N more denials not shown" line.
+    let shown = stderr.matches("denied `http-handler` call").count() as u64;
+    let held: u64 = stderr.lines().filter_map(held_count).sum();
+    assert_eq!(shown + held, denied, "every denial is reported on stderr");
 
     // Every denial is in the log, and so is every allowed call (the policy records all).
     let log = std::fs::read_to_string(sb.path("audit.jsonl")).unwrap();
+    // Repeated identical denials are folded into one record with a `count`.
     let count = |function: &str, decision: &str| {
         log.lines()
             .filter(|l| {
                 l.contains(&format!("#{function}\""))
                     && l.contains(&format!("\"decision\":\"{decision}\""))
             })
-            .count() as u64
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["count"]
+                    .as_u64()
+                    .unwrap_or(1)
+            })
+            .sum::<u64>()
     };
     assert_eq!(count("admin-stats", "deny"), denied);
     assert_eq!(count("get-dimensions", "allow"), allowed);
     sb.capgate(["audit", "verify", "audit.jsonl", "--trust", "trust.yaml"])
         .expect(0)
         .stdout_has("checkpoint(s) signed by auditor, the last at the end of the log");
+}
+
+/// N, from a "capgate: N more denials not shown ..." line of stderr.
+fn held_count(line: &str) -> Option<u64> {
+    let (n, rest) = line.strip_prefix("capgate: ")?.split_once(' ')?;
+    rest.starts_with("more denials not shown")
+        .then(|| n.parse().ok())
+        .flatten()
 }
 
 /// Sends `body` as a chunked request (no length announced) and returns the status.

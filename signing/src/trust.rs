@@ -280,6 +280,13 @@ impl TrustRoot {
         self.requirement(format!("role `{role}`"), &names, threshold)
     }
 
+    /// Whether this trust root defines `role` (with at least one key).
+    pub fn has_role(&self, role: Role) -> bool {
+        self.roles
+            .get(&role)
+            .is_some_and(|(names, _)| !names.is_empty())
+    }
+
     /// One valid signature by any of the named keys (a policy's `signed_by`). Unknown names
     /// are an error naming them.
     pub fn any_of(&self, names: &[String]) -> Result<Requirement, UnknownKey> {

@@ -33,6 +33,11 @@ pub struct JsonlOptions {
     pub rotate: Option<u64>,
     /// Sign checkpoints with this key.
     pub checkpoints: Option<Checkpointer>,
+    /// Where this writer keeps the log's anchor: the `seq`, hash and length it left the file
+    /// at (see [`anchor_path`]). With one, a log that does not still hold the line the anchor
+    /// names (truncated, rewritten), or an existing log the anchor does not know, is refused
+    /// instead of continued.
+    pub anchor: Option<PathBuf>,
 }
 
 struct State {
@@ -57,6 +62,7 @@ struct State {
 /// a destination that recovers is written again, linked to what was written before.
 pub struct JsonlSink {
     path: PathBuf,
+    anchor: Option<PathBuf>,
     durability: Durability,
     rotate: Option<u64>,
     state: Mutex<State>,
@@ -79,7 +85,10 @@ impl JsonlSink {
     /// Opens (or creates) the log at `path` and writes a `start` record.
     pub fn open(path: impl Into<PathBuf>, options: JsonlOptions) -> Result<Self, AuditError> {
         let path = path.into();
-        let (file, len, head) = open_log(&path)?;
+        let (mut file, len, head) = open_log(&path)?;
+        if let Some(a) = &options.anchor {
+            check_anchor(&path, &mut file, len, a)?;
+        }
         let mut state = State {
             file: Some(Arc::new(file)),
             file_id: 1,
@@ -93,12 +102,17 @@ impl JsonlSink {
         state.chain.push_start(&mut out, &timestamp());
         let sink = Self {
             path,
+            anchor: options.anchor,
             durability: options.durability,
             rotate: options.rotate,
             state: Mutex::new(state),
             synced: Mutex::new((0, 0)),
         };
-        sink.write_locked(&mut sink.lock(), out, SyncWhen::Now)?;
+        {
+            let mut st = sink.lock();
+            sink.write_locked(&mut st, out, SyncWhen::Now)?;
+            sink.save_anchor(&st);
+        }
         Ok(sink)
     }
 
@@ -108,6 +122,7 @@ impl JsonlSink {
     pub fn deferred(path: impl Into<PathBuf>, options: JsonlOptions) -> Self {
         Self {
             path: path.into(),
+            anchor: options.anchor,
             durability: options.durability,
             rotate: options.rotate,
             state: Mutex::new(State {
@@ -139,6 +154,26 @@ impl JsonlSink {
             path: self.path.clone(),
             op,
             source,
+        }
+    }
+
+    /// Records where this writer has left the file (its last line's `seq` and hash, and the
+    /// file's length), if it keeps an anchor. Written whole and renamed into place; a failure
+    /// only leaves the previous anchor, which an honest log still holds.
+    fn save_anchor(&self, st: &State) {
+        let Some(anchor) = &self.anchor else { return };
+        let Some(seq) = st.chain.head.next_seq.checked_sub(1) else {
+            return;
+        };
+        let body = serde_json::json!({
+            "log": self.path.to_string_lossy(),
+            "seq": seq,
+            "hash": st.chain.head.prev.to_string(),
+            "len": st.len,
+        });
+        let tmp = anchor.with_extension("tmp");
+        if std::fs::write(&tmp, format!("{body}\n")).is_ok() {
+            let _ = std::fs::rename(&tmp, anchor);
         }
     }
 
@@ -212,13 +247,17 @@ impl JsonlSink {
     /// Reopens the log after a failure: it must be empty (the chain continues in it from a
     /// `start` record) or end with the last line this sink wrote.
     fn reopen(&self, st: &mut State) -> Result<(), AuditError> {
-        let (file, len, head) = open_log(&self.path)?;
+        let (mut file, len, head) = open_log(&self.path)?;
         if st.fresh {
+            if let Some(a) = &self.anchor {
+                check_anchor(&self.path, &mut file, len, a)?;
+            }
             st.chain.head = head.unwrap_or_else(Head::genesis);
             Self::install(st, file, len);
             let mut out = Vec::new();
             st.chain.push_start(&mut out, &timestamp());
             self.write_locked(st, out, SyncWhen::Now)?;
+            self.save_anchor(st);
             st.fresh = false;
             return Ok(());
         }
@@ -235,7 +274,9 @@ impl JsonlSink {
                 Self::install(st, file, len);
                 let mut out = Vec::new();
                 st.chain.push_start(&mut out, &timestamp());
-                self.write_locked(st, out, SyncWhen::Now).map(drop)
+                self.write_locked(st, out, SyncWhen::Now)?;
+                self.save_anchor(st);
+                Ok(())
             }
         }
     }
@@ -302,6 +343,9 @@ impl AuditSink for JsonlSink {
                     return Err(e);
                 }
             };
+            if due {
+                self.save_anchor(&st);
+            }
             let (id, end) = (st.file_id, st.len);
             let file = st.file.clone();
             // A rotation syncs the file it closes, so a record in it needs nothing more.
@@ -343,6 +387,7 @@ impl AuditSink for JsonlSink {
         {
             return Err(self.io("sync", e));
         }
+        self.save_anchor(&st);
         st.closed = true;
         st.file = None;
         Ok(())
@@ -410,6 +455,7 @@ fn open_log(path: &Path) -> Result<(File, u64, Option<Head>), AuditError> {
         .ok_or_else(|| {
             broken("its last line is not an audit record with a `seq`; this is not a capgate audit log, or it was damaged (check it with `capgate audit verify`)".into())
         })?;
+    let log = identity(&mut file).map_err(|e| io("read", e))?;
     Ok((
         file,
         len,
@@ -417,6 +463,111 @@ fn open_log(path: &Path) -> Result<(File, u64, Option<Head>), AuditError> {
             next_seq: seq + 1,
             prev: Sha256::of(last),
             since: 0,
+            log,
+            unsealed: false,
         }),
     ))
+}
+
+/// The identity of the log `file` holds: the hash of its first line if that is `seq` 0, or
+/// the `log` its first (`start`) line names when the file continues another.
+fn identity(file: &mut File) -> std::io::Result<Option<Sha256>> {
+    use std::io::BufRead as _;
+    file.seek(SeekFrom::Start(0))?;
+    let mut first = Vec::new();
+    std::io::BufReader::new(file.take(MAX_TAIL)).read_until(b'\n', &mut first)?;
+    let Some(line) = first.strip_suffix(b"\n") else {
+        return Ok(None);
+    };
+    let v: serde_json::Value = serde_json::from_slice(line).unwrap_or_default();
+    Ok(match v.get("seq").and_then(serde_json::Value::as_u64) {
+        Some(0) => Some(Sha256::of(line)),
+        _ => v
+            .get("log")
+            .and_then(serde_json::Value::as_str)
+            .and_then(|s| s.parse().ok()),
+    })
+}
+
+/// Where a writer keeping its anchors in `state_dir` keeps the one of the log at `log`: one
+/// file per log, named by the hash of the log's absolute path.
+pub fn anchor_path(state_dir: &Path, log: &Path) -> PathBuf {
+    let absolute = std::path::absolute(log).unwrap_or_else(|_| log.to_owned());
+    let name = Sha256::of(absolute.to_string_lossy().as_bytes()).to_string();
+    state_dir.join(format!("audit-anchor-{}.json", &name[..32]))
+}
+
+/// Checks that the log in `file` (`len` bytes) still holds the line the anchor at `anchor`
+/// names, where it names it. An existing log without an anchor is refused: this writer
+/// continues only logs it left.
+pub fn check_anchor(
+    path: &Path,
+    file: &mut File,
+    len: u64,
+    anchor: &Path,
+) -> Result<(), AuditError> {
+    let refuse = |message: String| AuditError::Log {
+        path: path.to_owned(),
+        message,
+    };
+    let text = match std::fs::read_to_string(anchor) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return match len {
+                0 => Ok(()),
+                _ => Err(refuse(format!(
+                    "this host has no record of writing this log (no anchor `{}`), so it will not continue it; check it with `capgate audit verify` and move it aside",
+                    anchor.display()
+                ))),
+            };
+        }
+        Err(e) => {
+            return Err(refuse(format!(
+                "cannot read its anchor `{}`: {e}",
+                anchor.display()
+            )));
+        }
+    };
+    let a: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+    let (Some(seq), Some(hash), Some(at)) = (
+        a.get("seq").and_then(serde_json::Value::as_u64),
+        a.get("hash").and_then(serde_json::Value::as_str),
+        a.get("len").and_then(serde_json::Value::as_u64),
+    ) else {
+        return Err(refuse(format!(
+            "its anchor `{}` is not readable",
+            anchor.display()
+        )));
+    };
+    if at > len {
+        return Err(refuse(format!(
+            "the log is shorter than this host left it: it wrote {at} bytes, through seq {seq}, and the file has {len}: it was truncated (check it with `capgate audit verify --state-dir`)"
+        )));
+    }
+    let from = at.saturating_sub(MAX_TAIL);
+    let io = |op, source| AuditError::Io {
+        path: path.to_owned(),
+        op,
+        source,
+    };
+    file.seek(SeekFrom::Start(from))
+        .map_err(|e| io("seek", e))?;
+    let mut tail = vec![0; (at - from) as usize];
+    file.read_exact(&mut tail).map_err(|e| io("read", e))?;
+    let found = tail
+        .strip_suffix(b"\n")
+        .map(|body| &body[body.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1)..]);
+    let held = found.is_some_and(|line| {
+        Sha256::of(line).to_string() == hash
+            && serde_json::from_slice::<serde_json::Value>(line)
+                .ok()
+                .and_then(|v| v.get("seq").and_then(serde_json::Value::as_u64))
+                == Some(seq)
+    });
+    if !held {
+        return Err(refuse(format!(
+            "the log no longer holds the line this host wrote last (seq {seq}, at byte {at}): it was truncated or rewritten (check it with `capgate audit verify --state-dir`)"
+        )));
+    }
+    Ok(())
 }

@@ -21,9 +21,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 pub use capgate_signing::Sha256;
 pub use chain::{CHECKPOINT_PAYLOAD_TYPE, Checkpointer, checkpoint_message};
-pub use file::{JsonlOptions, JsonlSink};
+pub use file::{JsonlOptions, JsonlSink, anchor_path, check_anchor};
 pub use read::{
-    Broken, Change, LineKind, LogLine, LogReader, Verified, replay, verify, verify_lines,
+    Broken, Change, LineKind, LogLine, LogReader, Proof, Verified, replay, verify, verify_lines,
 };
 pub use record::{
     BadTimestamp, DecisionRecord, Entry, Gap, GapTag, MalformedRecord, PolicyRef, Verdict,
@@ -79,6 +79,20 @@ struct Lost {
     error: String,
 }
 
+/// Identical denials repeated one after another, counted instead of written: the first is
+/// written as it happens, the repeats become one record with a count and a time range.
+struct Fold {
+    record: DecisionRecord,
+    count: u64,
+    from: String,
+    to: String,
+    started: std::time::Instant,
+}
+
+/// The longest a fold stays open, and the most denials it counts, before it is written.
+const FOLD_FOR: std::time::Duration = std::time::Duration::from_secs(1);
+const FOLD_MAX: u64 = 100_000;
+
 /// Records decisions in a sink, with a level, a failure mode and a salt for sensitive values.
 pub struct Auditor {
     sink: Box<dyn AuditSink>,
@@ -86,9 +100,12 @@ pub struct Auditor {
     on_failure: OnFailure,
     salt: [u8; 32],
     salt_id: String,
-    /// Records lost in `continue` mode since the last successful write.
+    /// Records lost since the last successful write (`continue` mode, or folded denials that
+    /// could not be written).
     lost: Mutex<Option<Lost>>,
     missed_total: AtomicU64,
+    /// Fold identical repeated denials (see [`Auditor::fold_repeats`]).
+    fold: Option<Mutex<Option<Fold>>>,
 }
 
 impl std::fmt::Debug for Auditor {
@@ -115,7 +132,18 @@ impl Auditor {
             salt_id: salt_id(&salt),
             lost: Mutex::new(None),
             missed_total: AtomicU64::new(0),
+            fold: None,
         }
+    }
+
+    /// Folds identical denials that follow one another (same component, action, resource,
+    /// reasons and errors): the first is written as it happens; the repeats are counted and
+    /// written as one record with `count` and `until` when a different decision comes, after
+    /// a second, after 100,000 of them, or at close. No decision disappears: the sum of the
+    /// records' counts is the number of decisions. Allowed decisions are never folded.
+    pub fn fold_repeats(mut self, on: bool) -> Self {
+        self.fold = on.then(|| Mutex::new(None));
+        self
     }
 
     /// Which decisions are recorded.
@@ -204,6 +232,34 @@ impl Auditor {
                 .collect(),
         );
         let ts = timestamp();
+        if let Some(fold) = &self.fold {
+            let mut fold = fold.lock().unwrap_or_else(|e| e.into_inner());
+            if !decision.allowed
+                && let Some(f) = fold.as_mut()
+                && f.record == record
+                && f.count < FOLD_MAX
+                && f.started.elapsed() < FOLD_FOR
+            {
+                if f.count == 0 {
+                    f.from = ts.clone();
+                }
+                f.count += 1;
+                f.to = ts;
+                return decision;
+            }
+            if let Some(f) = fold.take() {
+                self.flush(f);
+            }
+            if !decision.allowed {
+                *fold = Some(Fold {
+                    record: record.clone(),
+                    count: 0,
+                    from: String::new(),
+                    to: String::new(),
+                    started: std::time::Instant::now(),
+                });
+            }
+        }
         match self.write(Entry::Decision {
             ts: ts.clone(),
             record: Box::new(record),
@@ -246,10 +302,44 @@ impl Auditor {
         }
     }
 
+    /// Writes the repeats a fold counted, if any, as one record. Their decisions were denials,
+    /// already enforced; if the record cannot be written they are counted as lost, and a gap
+    /// record says so once the sink writes again.
+    fn flush(&self, f: Fold) {
+        if f.count == 0 {
+            return;
+        }
+        let mut record = f.record;
+        record.count = Some(f.count);
+        record.until = Some(f.to.clone());
+        let entry = Entry::Decision {
+            ts: f.from.clone(),
+            record: Box::new(record),
+        };
+        if let Err(e) = self.write(entry) {
+            self.missed_total.fetch_add(f.count, Ordering::Relaxed);
+            let mut lost = self.lost.lock().unwrap_or_else(|e| e.into_inner());
+            match lost.as_mut() {
+                Some(l) => {
+                    l.missed += f.count;
+                    l.to = f.to;
+                }
+                None => {
+                    *lost = Some(Lost {
+                        missed: f.count,
+                        from: f.from,
+                        to: f.to,
+                        error: e.to_string(),
+                    })
+                }
+            }
+        }
+    }
+
     /// Writes `entry`, preceded by a gap record if records were lost before it. No lock of
     /// the auditor's is held while the sink writes.
     fn write(&self, entry: Entry) -> Result<(), AuditError> {
-        if self.on_failure == OnFailure::Continue {
+        if self.on_failure == OnFailure::Continue || self.fold.is_some() {
             let pending = self.lost.lock().unwrap_or_else(|e| e.into_inner()).take();
             if let Some(l) = pending {
                 let ts = match &entry {
@@ -284,8 +374,14 @@ impl Auditor {
         self.sink.append(&entry)
     }
 
-    /// Closes the sink: a final checkpoint and a flush.
+    /// Closes the sink: the repeats a fold still counts, a final checkpoint and a flush.
     pub fn close(&self) -> Result<(), AuditError> {
+        if let Some(fold) = &self.fold {
+            let pending = fold.lock().unwrap_or_else(|e| e.into_inner()).take();
+            if let Some(f) = pending {
+                self.flush(f);
+            }
+        }
         self.sink.close()
     }
 }

@@ -48,6 +48,9 @@ pub enum LineKind {
     Start {
         /// The key id, if the writer signs checkpoints.
         checkpoints: Option<String>,
+        /// The log it belongs to (the hash of the log's first line), in a file that
+        /// continues another.
+        log: Option<Sha256>,
     },
     /// A signed checkpoint over `(seq, prev)`.
     Checkpoint {
@@ -186,13 +189,21 @@ fn parse_line(body: &[u8]) -> Result<LogLine, String> {
                 .map_err(|e| format!("the gap record is malformed: {e}"))?,
         ),
         Some("start") => {
-            only(&["type", "capgate", "checkpoints"])?;
+            only(&["type", "capgate", "checkpoints", "log"])?;
             LineKind::Start {
                 checkpoints: map
                     .get("checkpoints")
                     .and_then(|c| c.get("keyid"))
                     .and_then(Value::as_str)
                     .map(str::to_owned),
+                log: match map.get("log") {
+                    None => None,
+                    Some(v) => Some(
+                        v.as_str()
+                            .and_then(|s| s.parse().ok())
+                            .ok_or("the start record's `log` is not 64 hex digits")?,
+                    ),
+                },
             }
         }
         Some("checkpoint") => {
@@ -222,7 +233,7 @@ fn parse_line(body: &[u8]) -> Result<LogLine, String> {
 pub struct Verified {
     /// Lines read.
     pub records: u64,
-    /// Decision records.
+    /// Decisions recorded (a record that folds repeated denials counts each of them).
     pub decisions: u64,
     /// Gap records, and how many records they say were lost.
     pub gaps: u64,
@@ -237,8 +248,38 @@ pub struct Verified {
     /// Whether the last line is a verified checkpoint (nothing after it can have been cut off
     /// without breaking a signature).
     pub sealed: bool,
+    /// What the checkpoints prove.
+    pub proof: Proof,
     /// Things that verification could not rule out.
     pub warnings: Vec<String>,
+}
+
+/// What a log's checkpoints prove about its records.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Proof {
+    /// Every record is covered by a checkpoint the trust root's `audit` role signed: no
+    /// record can have been edited, removed, inserted or cut off without detection.
+    Proven,
+    /// Not every record is covered by a valid checkpoint, although checkpoints were to be
+    /// expected (the trust root has an `audit` role, or the log's writer declared a key).
+    Unproven {
+        /// The last `seq` a valid checkpoint covers (`None`: none does).
+        through: Option<u64>,
+        /// The last `seq` of the log.
+        last: u64,
+        /// Whether the log's writer declared a checkpoint key (so a log still being written
+        /// may end with records its next checkpoint will cover).
+        declared: bool,
+        /// Why this is not proven, in words.
+        why: String,
+    },
+    /// The log has no checkpoints and nothing said it should: the chain is intact, but whoever
+    /// can edit the file can rewrite it and recompute the chain (not tamper-evident).
+    #[default]
+    ChainOnly,
+    /// The log has checkpoints, but no trust root was given to check them.
+    Unchecked,
 }
 
 /// Verifies log files: the chain within and across them (they are ordered by their first
@@ -301,6 +342,10 @@ pub fn verify_lines(
     let mut signing_key: Option<(String, PathBuf, u64)> = None;
     let requirement = trust.map(|t| t.role(Role::Audit));
     let mut unchecked_checkpoints = 0u64;
+    // The log's identity: the hash of its first line, or what a continuing file's `start`
+    // names; checkpoints are signed over it.
+    let mut identity: Option<Sha256> = None;
+    let mut covered: Option<u64> = None;
     for l in lines {
         let l = l?;
         let bad = |message: String| Broken {
@@ -316,6 +361,7 @@ pub fn verify_lines(
                             "the first record (seq 0) must have `prev` of 64 zeros".into()
                         ));
                     }
+                    identity = Some(l.hash);
                 } else {
                     v.warnings.push(format!(
                         "the log starts at seq {} ({}:{}): it continues a file not given here, and the records before it were not checked",
@@ -351,24 +397,37 @@ pub fn verify_lines(
         v.seqs = Some((v.seqs.map_or(l.seq, |s| s.0), l.seq));
         v.sealed = false;
         match &l.kind {
-            LineKind::Decision(_) => v.decisions += 1,
+            LineKind::Decision(r) => v.decisions += r.decisions(),
             LineKind::Gap(g) => {
                 v.gaps += 1;
                 v.missed += g.missed;
             }
-            LineKind::Start { checkpoints } => {
+            LineKind::Start { checkpoints, log } => {
                 if let Some(k) = checkpoints {
                     signing_key = Some((k.clone(), l.file.clone(), l.line));
+                }
+                match (identity, log) {
+                    (None, Some(id)) => identity = Some(*id),
+                    (Some(mine), Some(id)) if mine != *id => {
+                        return Err(bad(format!(
+                            "this `start` record names log {}, but the records before it belong to log {}: files of two logs were joined",
+                            short(&id.to_string()),
+                            short(&mine.to_string())
+                        )));
+                    }
+                    _ => {}
                 }
             }
             LineKind::Checkpoint { signatures } => match (trust, &requirement) {
                 (Some(t), Some(req)) => {
-                    let message = checkpoint_message(l.seq, &l.ts, &l.prev);
+                    let log = identity.unwrap_or(Sha256::from_bytes([0; 32]));
+                    let message = checkpoint_message(&log, l.seq, &l.ts, &l.prev);
                     match t.check_signatures(&l.file, req, &message, signatures) {
                         Ok(names) => {
                             v.checkpoints += 1;
                             v.signers.extend(names);
                             v.sealed = true;
+                            covered = Some(l.seq);
                         }
                         Err(e) => {
                             return Err(bad(format!(
@@ -395,29 +454,52 @@ pub fn verify_lines(
             "{unchecked_checkpoints} checkpoint(s) not checked: no trust root was given (`--trust`)"
         ));
     }
-    match signing_key {
-        Some((key, file, line)) if !v.sealed && trust.is_some() => {
-            let msg = format!(
+    let expects_checkpoints = trust.is_some_and(|t| t.has_role(Role::Audit));
+    v.proof = if v.sealed {
+        Proof::Proven
+    } else if trust.is_none() {
+        if unchecked_checkpoints > 0 || signing_key.is_some() {
+            Proof::Unchecked
+        } else {
+            Proof::ChainOnly
+        }
+    } else if let Some((key, file, line)) = &signing_key {
+        Proof::Unproven {
+            through: covered,
+            last: last.seq,
+            declared: true,
+            why: format!(
                 "the log ends at {}:{} with records no checkpoint covers, although its writer signs checkpoints (key {}, declared at {}:{}): the end of the log may have been cut off",
                 last.file.display(),
                 last.line,
-                short(&key),
+                short(key),
                 file.display(),
                 line
-            );
-            if !live {
-                return Err(Broken {
-                    file: last.file.clone(),
-                    line: last.line,
-                    message: format!("{msg} (for a log still being written, pass `--live`)"),
-                });
-            }
-            v.warnings.push(msg);
+            ),
         }
-        None if v.checkpoints == 0 => v.warnings.push(
-            "the log has no checkpoints: its chain is intact, but records cut off at the end cannot be ruled out".into(),
-        ),
-        _ => {}
+    } else if expects_checkpoints {
+        Proof::Unproven {
+            through: covered,
+            last: last.seq,
+            declared: false,
+            why: "the log has no checkpoint, although the trust root's `audit` role says who signs this host's logs: its chain is intact, but anyone who can edit the file could have rewritten it and recomputed the chain".into(),
+        }
+    } else {
+        Proof::ChainOnly
+    };
+    if let Proof::Unproven {
+        why,
+        declared: true,
+        ..
+    } = &v.proof
+        && live
+    {
+        v.warnings.push(format!("{why} (accepted: `--live`)"));
+    }
+    if v.proof == Proof::ChainOnly {
+        v.warnings.push(
+            "the log has no checkpoints: its chain is intact, but records cut off at the end cannot be ruled out, and whoever can edit the file can rewrite it (chain only, not tamper-evident)".into(),
+        );
     }
     Ok(v)
 }

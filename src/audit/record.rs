@@ -73,9 +73,21 @@ pub struct DecisionRecord {
     pub errors: Vec<String>,
     /// The policy.
     pub policy: PolicyRef,
+    /// How many identical denials this record stands for, when repeats were folded into it
+    /// (absent: one). The record's `ts` is the first of them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<u64>,
+    /// The time of the last of the folded denials.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until: Option<String>,
 }
 
 impl DecisionRecord {
+    /// How many decisions this record stands for: `count` if repeats were folded, else one.
+    pub fn decisions(&self) -> u64 {
+        self.count.unwrap_or(1)
+    }
+
     /// The record of `decision` on `request`. `sensitive` values are written as salted hashes
     /// under their names in the context, never in clear.
     pub(crate) fn new(
@@ -100,6 +112,8 @@ impl DecisionRecord {
             reasons: decision.reasons.clone(),
             errors: decision.errors.clone(),
             policy,
+            count: None,
+            until: None,
         }
     }
 

@@ -24,6 +24,10 @@ pub(super) enum AuditCommand {
         /// not an error.
         #[arg(long)]
         live: bool,
+        /// The state directory of the host that writes the log: the log must still hold the
+        /// line that host wrote last (it was not cut off or rewritten since).
+        #[arg(long, value_name = "DIR", env = "CAPGATE_STATE_DIR")]
+        state_dir: Option<PathBuf>,
     },
     /// List decision records, filtered.
     Query {
@@ -123,7 +127,12 @@ impl Filter {
 
 pub(super) fn run(command: AuditCommand) -> Result<Report, CliError> {
     match command {
-        AuditCommand::Verify { logs, trust, live } => verify(&logs.logs, trust.as_deref(), live),
+        AuditCommand::Verify {
+            logs,
+            trust,
+            live,
+            state_dir,
+        } => verify(&logs.logs, trust.as_deref(), live, state_dir.as_deref()),
         AuditCommand::Query {
             logs,
             filter,
@@ -172,10 +181,11 @@ fn broken(b: Broken) -> CliError {
     CliError::new(Exit::NoPerm, format!("audit log refused: {b}"))
 }
 
-/// Every line of the logs in chain order (rotated files sorted by their first `seq`).
-fn lines(logs: &[PathBuf]) -> Result<Vec<LogLine>, CliError> {
+/// Every line of the logs in chain order (rotated files sorted by their first `seq`), read
+/// as it is used: memory stays bounded however large the logs are.
+fn stream(logs: &[PathBuf]) -> Result<impl Iterator<Item = Result<LogLine, Broken>>, CliError> {
     exists(logs)?;
-    let mut files: Vec<(u64, &Path)> = Vec::new();
+    let mut files: Vec<(u64, PathBuf)> = Vec::new();
     for f in logs {
         let first = open(f)?
             .next()
@@ -188,16 +198,14 @@ fn lines(logs: &[PathBuf]) -> Result<Vec<LogLine>, CliError> {
                     message: "the file is empty; an audit log starts with a `start` record".into(),
                 })
             })?;
-        files.push((first.seq, f.as_path()));
+        files.push((first.seq, f.clone()));
     }
     files.sort();
-    let mut out = Vec::new();
-    for (_, f) in files {
-        for l in open(f)? {
-            out.push(l.map_err(broken)?);
-        }
-    }
-    Ok(out)
+    let readers = files
+        .into_iter()
+        .map(|(_, f)| open(&f))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(readers.into_iter().flatten())
 }
 
 fn open(f: &Path) -> Result<LogReader, CliError> {
@@ -205,14 +213,51 @@ fn open(f: &Path) -> Result<LogReader, CliError> {
         .map_err(|e| CliError::new(Exit::IoErr, format!("cannot read `{}`: {e}", f.display())))
 }
 
-fn verify(logs: &[PathBuf], trust: Option<&Path>, live: bool) -> Result<Report, CliError> {
+fn verify(
+    logs: &[PathBuf],
+    trust: Option<&Path>,
+    live: bool,
+    state_dir: Option<&Path>,
+) -> Result<Report, CliError> {
     exists(logs)?;
     let trust = trust.map(TrustRoot::load).transpose()?;
+    let anchored = match state_dir {
+        Some(dir) => check_anchors(logs, dir)?,
+        None => Vec::new(),
+    };
     let v = audit::verify(logs, trust.as_ref(), live).map_err(broken)?;
     for w in &v.warnings {
         eprintln!("warning: {w}");
     }
     let (first, last) = v.seqs.unwrap_or_default();
+    // A log still being written may end with records its next checkpoint will cover; a log
+    // whose writer declared no key never will.
+    if let audit::Proof::Unproven {
+        through,
+        why,
+        declared,
+        ..
+    } = &v.proof
+        && (!live || !declared)
+    {
+        let proven = match through {
+            Some(t) => format!(
+                "records seq {first}..={t} are proven by checkpoints; seq {}..={last} are not",
+                t + 1
+            ),
+            None => format!("no record of seq {first}..={last} is proven by a checkpoint"),
+        };
+        return Err(CliError::new(
+            Exit::Unproven,
+            format!("audit log not proven: {proven}: {why}"),
+        ));
+    }
+    let proof = match &v.proof {
+        audit::Proof::Proven => "proven",
+        audit::Proof::Unproven { .. } => "unproven-live",
+        audit::Proof::Unchecked => "unchecked",
+        _ => "chain-only",
+    };
     let mut text = format!(
         "ok: {} records intact (seq {first}..={last}): {} decisions",
         v.records, v.decisions
@@ -235,27 +280,93 @@ fn verify(logs: &[PathBuf], trust: Option<&Path>, live: bool) -> Result<Report, 
             }
         ));
     }
+    text.push_str(match &v.proof {
+        audit::Proof::Proven => "; every record is proven by a checkpoint",
+        audit::Proof::Unproven { .. } => {
+            "; records after the last checkpoint are not proven yet (live)"
+        }
+        audit::Proof::Unchecked => "; checkpoints not checked (no `--trust`)",
+        _ => "; chain only (not tamper-evident)",
+    });
+    for (file, seq) in &anchored {
+        text.push_str(&format!(
+            "; `{}` still holds seq {seq}, where its writer left it",
+            file.display()
+        ));
+    }
     Ok(Report::new(
         text,
         json!({"ok": true, "records": v.records, "decisions": v.decisions, "gaps": v.gaps, "missed": v.missed,
                "checkpoints": v.checkpoints, "signers": v.signers, "first_seq": first, "last_seq": last,
-               "sealed": v.sealed, "warnings": v.warnings}),
+               "sealed": v.sealed, "proof": proof, "warnings": v.warnings}),
     ))
 }
 
+/// Checks each log file against the anchor its writer keeps in `state_dir`: the seq it holds
+/// there, for each file that has one. A file that no longer holds its anchored line is
+/// refused (77).
+fn check_anchors(logs: &[PathBuf], state_dir: &Path) -> Result<Vec<(PathBuf, u64)>, CliError> {
+    let mut out = Vec::new();
+    for log in logs {
+        let anchor = audit::anchor_path(state_dir, log);
+        if !anchor.exists() {
+            continue;
+        }
+        let mut file = std::fs::File::open(log).map_err(|e| {
+            CliError::new(Exit::IoErr, format!("cannot read `{}`: {e}", log.display()))
+        })?;
+        let len = file
+            .metadata()
+            .map_err(|e| {
+                CliError::new(Exit::IoErr, format!("cannot read `{}`: {e}", log.display()))
+            })?
+            .len();
+        audit::check_anchor(log, &mut file, len, &anchor)
+            .map_err(|e| CliError::new(Exit::NoPerm, format!("audit log refused: {e}")))?;
+        let seq = std::fs::read_to_string(&anchor)
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .and_then(|v| v.get("seq").and_then(serde_json::Value::as_u64))
+            .unwrap_or_default();
+        out.push((log.clone(), seq));
+    }
+    if out.is_empty() {
+        eprintln!(
+            "warning: `{}` has no anchor for {}: whether the log was cut off cannot be checked against its writer",
+            state_dir.display(),
+            if logs.len() == 1 {
+                "this log"
+            } else {
+                "these logs"
+            }
+        );
+    }
+    Ok(out)
+}
+
+/// The decision records `filter` keeps, with their lines, as the logs are read.
 fn decisions<'a>(
-    lines: &'a [LogLine],
+    lines: impl Iterator<Item = Result<LogLine, Broken>> + 'a,
     filter: &'a Filter,
-) -> impl Iterator<Item = (&'a LogLine, &'a audit::DecisionRecord)> {
-    lines.iter().filter_map(move |l| match &l.kind {
-        LineKind::Decision(r) if filter.keeps(l, r) => Some((l, &**r)),
-        _ => None,
+) -> impl Iterator<Item = Result<(LogLine, audit::DecisionRecord), CliError>> + 'a {
+    lines.filter_map(move |l| match l {
+        Err(b) => Some(Err(broken(b))),
+        Ok(mut l) => match std::mem::replace(
+            &mut l.kind,
+            LineKind::Start {
+                checkpoints: None,
+                log: None,
+            },
+        ) {
+            LineKind::Decision(r) if filter.keeps(&l, &r) => Some(Ok((l, *r))),
+            _ => None,
+        },
     })
 }
 
 fn query(logs: &[PathBuf], filter: &Filter, format: Format) -> Result<Report, CliError> {
-    let lines = lines(logs)?;
-    let rows: Vec<_> = decisions(&lines, filter).collect();
+    // Only the matching records are held (a table needs its widths).
+    let rows = decisions(stream(logs)?, filter).collect::<Result<Vec<_>, _>>()?;
     let json_rows: Vec<serde_json::Value> = rows
         .iter()
         .map(|(l, r)| {
@@ -294,7 +405,10 @@ fn query(logs: &[PathBuf], filter: &Filter, format: Format) -> Result<Report, Cl
                     l.ts.clone(),
                     r.component.clone(),
                     r.action.clone(),
-                    r.decision.to_string(),
+                    match r.count {
+                        Some(n) => format!("{} ×{n}", r.decision),
+                        None => r.decision.to_string(),
+                    },
                     r.resource.clone(),
                     if by.is_empty() {
                         "(no grant)".into()
@@ -316,9 +430,14 @@ fn query(logs: &[PathBuf], filter: &Filter, format: Format) -> Result<Report, Cl
     ))
 }
 
+/// A table, every cell made [`safe`](super::safe) to show: cells hold strings guests chose.
 fn render<const N: usize>(rows: &[[String; N]]) -> String {
+    let rows: Vec<[String; N]> = rows
+        .iter()
+        .map(|r| r.clone().map(|c| super::safe(&c).into_owned()))
+        .collect();
     let mut widths = [0usize; N];
-    for r in rows {
+    for r in &rows {
         for (w, c) in widths.iter_mut().zip(r) {
             *w = (*w).max(c.chars().count());
         }
@@ -344,31 +463,36 @@ fn render<const N: usize>(rows: &[[String; N]]) -> String {
 }
 
 fn summary(logs: &[PathBuf], filter: &Filter, top: usize) -> Result<Report, CliError> {
-    let lines = lines(logs)?;
     let mut counts: BTreeMap<(String, String, Verdict), u64> = BTreeMap::new();
     let mut denied: BTreeMap<(String, String, String), u64> = BTreeMap::new();
     let mut total = 0u64;
-    for (_, r) in decisions(&lines, filter) {
-        total += 1;
+    let gaps = std::cell::Cell::new(0u64);
+    let lines = stream(logs)?.inspect(|l| {
+        if let Ok(LogLine {
+            kind: LineKind::Gap(g),
+            ..
+        }) = l
+        {
+            gaps.set(gaps.get() + g.missed);
+        }
+    });
+    for row in decisions(lines, filter) {
+        let (_, r) = row?;
+        let n = r.decisions();
+        total += n;
         *counts
             .entry((r.component.clone(), r.action.clone(), r.decision))
-            .or_default() += 1;
+            .or_default() += n;
         if r.decision == Verdict::Deny {
             *denied
                 .entry((r.component.clone(), r.action.clone(), r.resource.clone()))
-                .or_default() += 1;
+                .or_default() += n;
         }
     }
     let mut top_denied: Vec<_> = denied.into_iter().collect();
     top_denied.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
     top_denied.truncate(top);
-    let gaps: u64 = lines
-        .iter()
-        .map(|l| match &l.kind {
-            LineKind::Gap(g) => g.missed,
-            _ => 0,
-        })
-        .sum();
+    let gaps = gaps.get();
 
     let mut table = vec![[
         "COMPONENT".to_owned(),
@@ -409,23 +533,28 @@ fn summary(logs: &[PathBuf], filter: &Filter, top: usize) -> Result<Report, CliE
 }
 
 fn replay(logs: &[PathBuf], src: &super::run::Source<'_>) -> Result<Report, CliError> {
-    let lines = lines(logs)?;
     let policy = super::run::load(src, false)?;
     let name = &policy.policy().name;
-    let decisions = lines
-        .iter()
-        .filter(|l| matches!(l.kind, LineKind::Decision(_)))
-        .count();
-    let other: usize = lines
-        .iter()
-        .filter(|l| matches!(&l.kind, LineKind::Decision(r) if &r.policy.name != name))
-        .count();
+    let (records, others) = (std::cell::Cell::new(0u64), std::cell::Cell::new(0u64));
+    let lines = stream(logs)?.inspect(|l| {
+        if let Ok(LogLine {
+            kind: LineKind::Decision(r),
+            ..
+        }) = l
+        {
+            records.set(records.get() + r.decisions());
+            if &r.policy.name != name {
+                others.set(others.get() + 1);
+            }
+        }
+    });
+    let changes = audit::replay(lines, &policy).map_err(broken)?;
+    let (decisions, other) = (records.get(), others.get());
     if other > 0 {
         eprintln!(
             "warning: {other} record(s) were made under a policy not named `{name}`; they are replayed all the same"
         );
     }
-    let changes = audit::replay(lines.into_iter().map(Ok), &policy).map_err(broken)?;
     let tightened = changes.iter().filter(|c| c.was() == Verdict::Allow).count();
     let mut text = format!(
         "replayed {decisions} decisions under `{name}` version {}: {} would change ({tightened} allow → deny, {} deny → allow)",
@@ -441,8 +570,8 @@ fn replay(logs: &[PathBuf], src: &super::run::Source<'_>) -> Result<Report, CliE
         } else {
             c.record.errors.join("; ")
         };
-        text.push_str(&format!(
-            "\n{}:{} seq {}: {} {} {}: {} → {} ({}; was: {was})",
+        let line = format!(
+            "{}:{} seq {}: {} {} {}: {} → {} ({}; was: {was})",
             c.file.display(),
             c.line,
             c.seq,
@@ -452,7 +581,9 @@ fn replay(logs: &[PathBuf], src: &super::run::Source<'_>) -> Result<Report, CliE
             c.was(),
             if c.now.allowed { "allow" } else { "deny" },
             c.now.explain()
-        ));
+        );
+        text.push('\n');
+        text.push_str(&super::safe(&line));
     }
     let json_changes: Vec<serde_json::Value> = changes
         .iter()

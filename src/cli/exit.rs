@@ -27,6 +27,9 @@ pub(crate) enum Exit {
     IoErr = 74,
     /// A signature, trust, expiry or rollback check refused the input.
     NoPerm = 77,
+    /// An audit log's chain is intact, but not every record is proven by a checkpoint that
+    /// should be there (`audit verify`).
+    Unproven = 79,
 }
 
 impl Exit {
@@ -40,6 +43,7 @@ impl Exit {
             Self::CantCreate => "cannot-create",
             Self::IoErr => "io",
             Self::NoPerm => "trust",
+            Self::Unproven => "unproven",
         }
     }
 }

@@ -328,3 +328,29 @@ fn run(cli: Cli) -> Result<Report, CliError> {
         Command::Run { .. } => unreachable!("run is dispatched in main"),
     }
 }
+
+/// `text` as it may be shown on a terminal: control characters (newlines, escape sequences),
+/// bidirectional overrides and backslashes written as escapes, so a string a guest chose
+/// cannot forge a line or recolour the screen. JSON output needs none of this.
+pub(crate) fn safe(text: &str) -> std::borrow::Cow<'_, str> {
+    let unsafe_char = |c: char| {
+        c.is_control()
+            || c == '\\'
+            || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    };
+    if !text.chars().any(unsafe_char) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if unsafe_char(c) => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}

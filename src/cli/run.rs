@@ -100,6 +100,9 @@ fn audit_config(
     if has_log && let Some(salt) = audit_salt(src) {
         config = config.audit_salt(salt);
     }
+    if has_log && let Ok(state) = state(src.state_dir) {
+        config = config.audit_state_dir(state.dir());
+    }
     Ok(config)
 }
 
@@ -156,8 +159,60 @@ fn audit_salt(src: &Source<'_>) -> Option<[u8; 32]> {
     }
 }
 
+/// Denials printed on stderr: at most [`Throttle::PER_SECOND`] lines a second; the rest are
+/// counted and said in one line ("N more denials") when the next second begins or at exit.
+/// The audit log keeps every one of them.
+struct Throttle {
+    state: std::sync::Mutex<(Option<std::time::Instant>, u32, u64)>,
+}
+
+impl Throttle {
+    const PER_SECOND: u32 = 20;
+
+    /// Whether to print this denial now.
+    fn admit(&self) -> bool {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let now = std::time::Instant::now();
+        let (start, printed, held) = &mut *st;
+        if start.is_none_or(|s| now.duration_since(s) >= std::time::Duration::from_secs(1)) {
+            if *held > 0 {
+                eprintln!(
+                    "capgate: {held} more denials not shown (every one is in the audit log, if the policy keeps one)"
+                );
+            }
+            *start = Some(now);
+            *printed = 0;
+            *held = 0;
+        }
+        if *printed < Self::PER_SECOND {
+            *printed += 1;
+            true
+        } else {
+            *held += 1;
+            false
+        }
+    }
+
+    /// Says how many denials were not shown since the last line that did.
+    fn finish(&self) {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if st.2 > 0 {
+            eprintln!(
+                "capgate: {} more denials not shown (every one is in the audit log, if the policy keeps one)",
+                st.2
+            );
+            st.2 = 0;
+        }
+    }
+}
+
+static THROTTLE: Throttle = Throttle {
+    state: std::sync::Mutex::new((None, 0, 0)),
+};
+
 /// Closes the host's audit logs (final checkpoint); a failure is reported, not fatal.
 fn close(host: &Host) {
+    THROTTLE.finish();
     let missed = host.missed_audit_records();
     if let Err(e) = host.close() {
         eprintln!("warning: {e}");
@@ -176,8 +231,17 @@ fn host(
     no_cache: bool,
 ) -> Result<Host, CliError> {
     let config = HostConfig::new().observe_denials(move |ev| {
+        if !THROTTLE.admit() {
+            return;
+        }
         match format {
-            LogFormat::Text => eprintln!("capgate: denied `{}` {} {}: {}", ev.component, ev.action, ev.resource, ev.decision.explain()),
+            LogFormat::Text => eprintln!(
+                "capgate: denied `{}` {} {}: {}",
+                ev.component,
+                ev.action,
+                super::safe(&ev.resource),
+                super::safe(&ev.decision.explain())
+            ),
             LogFormat::Json => eprintln!(
                 "{}",
                 json!({"level": "warn", "event": "deny", "component": ev.component, "action": ev.action.as_str(), "resource": ev.resource, "reasons": ev.decision.reasons, "errors": ev.decision.errors})

@@ -25,6 +25,7 @@ pub struct HostConfig {
     pub(super) audit_sink: Option<Arc<dyn AuditSink>>,
     pub(super) audit_key: Option<Arc<SecretKey>>,
     pub(super) audit_salt: Option<[u8; 32]>,
+    pub(super) audit_state: Option<PathBuf>,
     pub(crate) fallback: Fallback,
 }
 
@@ -38,6 +39,7 @@ impl Default for HostConfig {
             audit_sink: None,
             audit_key: None,
             audit_salt: None,
+            audit_state: None,
             fallback: Fallback::SAFE,
         }
     }
@@ -110,6 +112,16 @@ impl HostConfig {
     /// `capgate audit verify` to accept them). The CLI's `--audit-key KEY`.
     pub fn audit_key(mut self, key: SecretKey) -> Self {
         self.audit_key = Some(Arc::new(key));
+        self
+    }
+
+    /// Keeps, in `dir`, where this host left each audit log file it writes (an anchor per log:
+    /// its last `seq`, hash and length), and refuses to continue a log that no longer holds
+    /// that line (cut off or rewritten since) or that it has no anchor for. The CLI uses its
+    /// state directory (`--state-dir`). Without it, an existing log is continued from
+    /// whatever line it ends with.
+    pub fn audit_state_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.audit_state = Some(dir.into());
         self
     }
 

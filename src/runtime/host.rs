@@ -129,10 +129,17 @@ impl Host {
         let auditor = if let Some(sink) = &c.audit_sink {
             Auditor::new(sink.clone())
         } else if let Some(path) = c.audit_log.clone().or_else(|| spec.log.clone()) {
+            let anchor = c.audit_state.as_ref().map(|dir| {
+                // A state directory that cannot be made leaves the anchor unwritten, and the
+                // next open of the log says so.
+                let _ = std::fs::create_dir_all(dir);
+                crate::audit::anchor_path(dir, &path)
+            });
             let options = JsonlOptions {
                 durability: spec.durability,
                 rotate: spec.rotate.map(|r| r.bytes()),
                 checkpoints: checkpoints(),
+                anchor,
             };
             let mut files = lock(&self.files);
             let sink = match files.get(&path) {
@@ -151,7 +158,10 @@ impl Host {
         } else {
             return Ok(None);
         };
-        let mut auditor = auditor.level(spec.level).on_failure(spec.on_failure);
+        let mut auditor = auditor
+            .level(spec.level)
+            .on_failure(spec.on_failure)
+            .fold_repeats(true);
         if let Some(salt) = c.audit_salt {
             auditor = auditor.salt(salt);
         }

@@ -268,6 +268,10 @@ impl HostDescriptor for GuardedFs<'_> {
         new_fd: Resource<Descriptor>,
         new_path: String,
     ) -> FsResult<()> {
+        // What wasmtime answers for a link that would follow a symlink.
+        if old_path_flags.contains(types::PathFlags::SYMLINK_FOLLOW) {
+            return Err(ErrorCode::Invalid.into());
+        }
         let (Some(at), Some(new_at)) = (self.at(&fd)?, self.at(&new_fd)?) else {
             return self
                 .inner
@@ -282,10 +286,6 @@ impl HostDescriptor for GuardedFs<'_> {
         let new = self
             .check(&new_at, &new_path, Access::BOTH, Last::NoFollow, false)
             .await?;
-        if old.dangling {
-            // What wasmtime answers for a link that follows a dangling symlink.
-            return Err(ErrorCode::Invalid.into());
-        }
         let from = self.pin(&fd, &at, &old)?;
         let to = match self.pin(&new_fd, &new_at, &new) {
             Ok(p) => p,

@@ -182,8 +182,6 @@ struct Checked {
     /// The call follows a dangling symlink without creating anything: it fails by itself
     /// with `no-entry`, as under wasmtime.
     dangling: bool,
-    /// Whether the path ends in `/`, which the call keeps.
-    slash: bool,
 }
 
 /// A temporary descriptor for the directory a decided path's parent is now, and the final
@@ -276,7 +274,6 @@ impl GuardedFs<'_> {
                 .map_or_else(|| at.rel.join(path), |r| at.rel.join(r)),
             resolved,
             dangling,
-            slash: path.ends_with('/'),
         })
     }
 
@@ -328,13 +325,26 @@ impl GuardedFs<'_> {
         let Some(r) = c.resolved.as_ref().filter(|_| !c.dangling) else {
             return Err(ErrorCode::NoEntry.into());
         };
-        let (Some(parent), Some(name)) = (r.parent(), r.file_name().and_then(|n| n.to_str()))
-        else {
-            return Ok(None);
-        };
         let (perms, mode) = match self.inner.table.get(fd)? {
             Descriptor::Dir(d) => (d.perms, d.open_mode),
             Descriptor::File(_) => return Ok(None),
+        };
+        // The call's own directory (`x/..` resolves to it): run on a handle to it, as `.`.
+        if r.as_os_str().is_empty() {
+            let dir = at.dir.try_clone().map_err(FsError::from)?;
+            let pinned = wasmtime_wasi::filesystem::Dir::new(dir, perms, mode, false);
+            let dir = self.inner.table.push(Descriptor::Dir(pinned))?;
+            return Ok(Some(Pinned {
+                dir,
+                name: ".".into(),
+            }));
+        }
+        let (Some(parent), Some(name)) = (r.parent(), r.file_name()) else {
+            return Ok(None);
+        };
+        // Decisions are on text; a name that is not UTF-8 could not be decided as it is.
+        let Some(name) = name.to_str() else {
+            return Err(denied());
         };
         let changed = |this: &Self| {
             this.refuse(
@@ -356,11 +366,12 @@ impl GuardedFs<'_> {
         }
         let pinned = wasmtime_wasi::filesystem::Dir::new(dir, perms, mode, false);
         let dir = self.inner.table.push(Descriptor::Dir(pinned))?;
-        let mut name = name.to_owned();
-        if c.slash {
-            name.push('/');
-        }
-        Ok(Some(Pinned { dir, name }))
+        // A trailing `/` was decided as followed, and `name` is what it led to: kept without
+        // the slash, so nothing swapped in since is followed.
+        Ok(Some(Pinned {
+            dir,
+            name: name.to_owned(),
+        }))
     }
 
     fn unpin(&mut self, p: Pinned) {

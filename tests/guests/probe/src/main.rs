@@ -70,6 +70,12 @@ fn main() {
             f.read_to_string(&mut s).map(|_| s)
         })),
         "stat" => report(std::fs::metadata(a(2)).map(|m| m.len())),
+        // Reads PATH N times: how many reads worked.
+        "read-n" => {
+            let n: usize = a(3).parse().unwrap_or(0);
+            let worked = (0..n).filter(|_| std::fs::read(a(2)).is_ok()).count();
+            println!("ok: {worked}");
+        }
         "initial-cwd" => println!("ok: {:?}", wasi::cli::environment::initial_cwd()),
         // Creates DIR/f0 .. DIR/f(N-1), each a new file: how many were created.
         "create-many" => {
