@@ -175,6 +175,27 @@ fn requests_that_could_differ_on_the_server_are_refused() {
             not_normal,
         );
     }
+    // Path forms servers read differently: `;` parameters, double encoding, overlong UTF-8,
+    // and empty segments (which would also carry another authority, `//internal.example/`).
+    for (path, why) in [
+        ("/api/..;/admin", "the path has `;` parameters"),
+        ("/api/x;jsessionid=1", "the path has `;` parameters"),
+        ("/api/%252e%252e/admin", "the path is percent-encoded twice"),
+        ("/api/%c0%ae%c0%ae/admin", "do not decode to UTF-8"),
+        ("/api//internal.example/x", "the path has an empty segment"),
+        ("//internal.example/api/x", "the path has an empty segment"),
+    ] {
+        refused(
+            &p(format!("http://127.0.0.1:{port}{path}")),
+            "HttpRequestUriInvalid",
+            why,
+        );
+    }
+    // Control: percent-encoded UTF-8 that decodes properly still reaches the server.
+    reached(
+        &p(format!("http://127.0.0.1:{port}/api/caf%C3%A9")),
+        "GET /api/caf%C3%A9",
+    );
     // Hosts only resolvers read as numbers, and userinfo.
     refused(
         &p(format!("http://2130706433:{port}/api/v1")),

@@ -281,6 +281,25 @@ fn rules_errors_point_into_the_rules_file() {
             r.stderr
         );
     }
+    // Nesting 1,000 deep is refused with its place before Cedar parses it (Cedar's parser
+    // would exhaust the stack); 60 deep, as a control, parses.
+    let nested = |n: usize| {
+        format!(
+            "@id(\"deep\")\nforbid(principal, action, resource)\nwhen {{ {}true{} }};\n",
+            "(".repeat(n),
+            ")".repeat(n)
+        )
+    };
+    let sb = sandbox();
+    sb.write("rules.cedar", nested(1000));
+    let policy = format!("{HEAD}rules: [rules.cedar]\n{app}");
+    check(&sb, &policy)
+        .expect(65)
+        .stderr_has("rules.cedar:3:")
+        .stderr_has("the rules nest deeper than 64 levels");
+    sb.write("rules.cedar", nested(60));
+    check(&sb, &policy).expect(0);
+
     // A rule naming a component the policy lacks is legal, but linted.
     let sb = sandbox();
     sb.write(

@@ -211,6 +211,74 @@ pub(super) fn compile(
     })
 }
 
+/// How deep `(`, `[` and `{` may nest in a rules file. Cedar's parser recurses once per level
+/// or more; this bound keeps it far from the end of [`PARSER_STACK`].
+const MAX_NESTING: usize = 64;
+
+/// The stack Cedar parses rules on: known to suffice for [`MAX_NESTING`], whatever stack the
+/// embedder's thread has.
+const PARSER_STACK: usize = 16 << 20;
+
+/// Where `text` first nests deeper than [`MAX_NESTING`], outside strings and comments.
+fn too_deep(text: &str) -> Option<usize> {
+    let (mut depth, mut in_string, mut escaped, mut comment) = (0usize, false, false, false);
+    let bytes = text.as_bytes();
+    for (i, &b) in bytes.iter().enumerate() {
+        if comment {
+            comment = b != b'\n';
+        } else if in_string {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+        } else {
+            match b {
+                b'"' => in_string = true,
+                b'/' if bytes.get(i + 1) == Some(&b'/') => comment = true,
+                b'(' | b'[' | b'{' => {
+                    depth += 1;
+                    if depth > MAX_NESTING {
+                        return Some(i);
+                    }
+                }
+                b')' | b']' | b'}' => depth = depth.saturating_sub(1),
+                _ => {}
+            }
+        }
+    }
+    None
+}
+
+/// Runs `parse` on a thread with a stack of [`PARSER_STACK`] bytes; if no thread can be
+/// started, on this one (the nesting bound still holds).
+fn on_parser_stack<T: Send>(parse: impl FnOnce() -> T + Send) -> T {
+    let parse = std::sync::Mutex::new(Some(parse));
+    std::thread::scope(|s| {
+        let spawned = std::thread::Builder::new()
+            .name("capgate-parse".into())
+            .stack_size(PARSER_STACK)
+            .spawn_scoped(s, || {
+                let f = parse.lock().unwrap_or_else(|e| e.into_inner()).take();
+                f.map(|f| f())
+            });
+        match spawned.ok().and_then(|h| h.join().ok()).flatten() {
+            Some(result) => result,
+            None => {
+                let f = parse.lock().unwrap_or_else(|e| e.into_inner()).take();
+                match f {
+                    Some(f) => f(),
+                    // INVARIANT: the parse ran on the thread, which then panicked: the
+                    // panic is resumed here.
+                    None => std::panic::resume_unwind(Box::new("the rules parser panicked")),
+                }
+            }
+        }
+    })
+}
+
 /// Each component's grants as Cedar `permit`s, by component, and all of them in one set.
 fn grant_policies(policy: &Policy) -> (PolicySet, BTreeMap<String, Vec<CedarPolicy>>) {
     let mut all = PolicySet::new();
@@ -239,7 +307,16 @@ fn parse_rules(
     let mut rules: Vec<CedarPolicy> = Vec::new();
     let mut origins: HashMap<String, RuleOrigin> = HashMap::new();
     for src in &policy.rules {
-        let parsed = PolicySet::from_str(&src.text).map_err(|errs| {
+        if let Some(offset) = too_deep(&src.text) {
+            return Err(invalid(
+                &src.path,
+                &src.text,
+                offset,
+                format!("the rules nest deeper than {MAX_NESTING} levels of `(`, `[` and `{{`"),
+                Some("split the condition into several rules, or several `when` clauses".into()),
+            ));
+        }
+        let parsed = on_parser_stack(|| PolicySet::from_str(&src.text)).map_err(|errs| {
             let first = errs.iter().next();
             let offset = first
                 .and_then(|e| e.labels())
@@ -327,7 +404,7 @@ fn validate_rules(
     if rules.is_empty() {
         return Ok(());
     }
-    let result = Validator::new(schema()).validate(all, ValidationMode::Strict);
+    let result = on_parser_stack(|| Validator::new(schema()).validate(all, ValidationMode::Strict));
     if let Some(e) = result.validation_errors().next() {
         let id = AsRef::<str>::as_ref(e.policy_id()).to_owned();
         let (path, text, base) = match origins.get(&id) {

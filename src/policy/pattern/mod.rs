@@ -401,6 +401,11 @@ impl UrlPattern {
         &self.host
     }
 
+    /// The path prefix (`/` for any path).
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
     /// Does a request to `scheme://host:port/path` match? `host` is the name or address in
     /// the URL's authority.
     pub fn matches(&self, scheme: HttpScheme, host: &str, port: u16, path: &str) -> bool {

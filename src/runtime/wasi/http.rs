@@ -78,10 +78,10 @@ async fn guarded_send(
         Some("the URL has userinfo (`user@host`)")
     } else if canonical.is_none() {
         Some("the host is not a DNS name or an IP address in standard form")
-    } else if !is_normal_path(uri.path()) {
-        Some("the path is not in normal form (`.`/`..` segments, or encoded `.`, `/` or `\\`)")
     } else {
-        None
+        let spec = &gate.policy().policy().components[gate.component()];
+        let named = spec.http.iter().any(|g| g.url.path().contains("//"));
+        abnormal_path(uri.path(), named)
     };
     let query = uri.query().map(|q| q.as_bytes().to_vec());
     let sensitive = || -> Sensitive { query.iter().map(|q| ("query", q.clone())).collect() };
@@ -196,18 +196,69 @@ fn canonical_host(host: &str) -> Option<String> {
     Some(name)
 }
 
-/// Is `path` already in normal form: no `.` or `..` segments (plain or percent-encoded), no
-/// encoded `/` or `\`, no backslash?
-fn is_normal_path(path: &str) -> bool {
+/// Why `path` is not in a form every server reads the same way, if it is not: dot segments
+/// (plain or percent-encoded), encoded `/` or `\`, backslashes, `;` path parameters (which
+/// some servers strip: `/v1/..;/admin`), double encoding (`%25`), percent-escapes that do not
+/// decode to UTF-8 (overlong forms such as `%c0%ae`), and empty segments (`//`), unless a grant
+/// of the component names a path with one itself.
+fn abnormal_path(path: &str, grants_name_empty_segments: bool) -> Option<&'static str> {
     let lower = path.to_ascii_lowercase();
     if lower.contains("%2f")
         || lower.contains("%5c")
         || lower.contains('\\')
         || lower.contains("%2e")
     {
-        return false;
+        return Some(
+            "the path is not in normal form (`.`/`..` segments, or encoded `.`, `/` or `\\`)",
+        );
     }
-    !path.split('/').any(|seg| seg == "." || seg == "..")
+    if path.split('/').any(|seg| seg == "." || seg == "..") {
+        return Some(
+            "the path is not in normal form (`.`/`..` segments, or encoded `.`, `/` or `\\`)",
+        );
+    }
+    if path.contains(';') {
+        return Some("the path has `;` parameters, which servers read differently");
+    }
+    if lower.contains("%25") {
+        return Some("the path is percent-encoded twice (`%25`)");
+    }
+    if !percent_decodes_to_utf8(path) {
+        return Some(
+            "the path's percent-escapes do not decode to UTF-8 (overlong or invalid forms)",
+        );
+    }
+    if path.contains("//") && !grants_name_empty_segments {
+        return Some("the path has an empty segment (`//`), which servers read differently");
+    }
+    None
+}
+
+/// Whether the bytes `path`'s percent-escapes stand for, with its other characters, are
+/// valid UTF-8.
+fn percent_decodes_to_utf8(path: &str) -> bool {
+    let b = path.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = |c: u8| (c as char).to_digit(16);
+            match (
+                b.get(i + 1).copied().and_then(hex),
+                b.get(i + 2).copied().and_then(hex),
+            ) {
+                (Some(h), Some(l)) => {
+                    out.push((h * 16 + l) as u8);
+                    i += 3;
+                }
+                _ => return false,
+            }
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    std::str::from_utf8(&out).is_ok()
 }
 
 /// May a grant with host pattern `g` reach internal address `ip` for a request to `host`?
