@@ -316,21 +316,23 @@ fn parse_rules(
                 Some("split the condition into several rules, or several `when` clauses".into()),
             ));
         }
-        let parsed = on_parser_stack(|| PolicySet::from_str(&src.text)).map_err(|errs| {
-            let first = errs.iter().next();
-            let offset = first
-                .and_then(|e| e.labels())
-                .and_then(|mut l| l.next())
-                .map_or(0, |l| l.offset());
-            let message = first.map_or_else(|| errs.to_string(), |e| e.to_string());
-            invalid(
-                &src.path,
-                &src.text,
-                offset,
-                format!("not valid Cedar: {message}"),
-                None,
-            )
-        })?;
+        let parsed = on_parser_stack(|| PolicySet::from_str(&src.text).map_err(Box::new)).map_err(
+            |errs| {
+                let first = errs.iter().next();
+                let offset = first
+                    .and_then(|e| e.labels())
+                    .and_then(|mut l| l.next())
+                    .map_or(0, |l| l.offset());
+                let message = first.map_or_else(|| errs.to_string(), |e| e.to_string());
+                invalid(
+                    &src.path,
+                    &src.text,
+                    offset,
+                    format!("not valid Cedar: {message}"),
+                    None,
+                )
+            },
+        )?;
         if let Some(t) = parsed.templates().next() {
             let offset = src.text.find(&t.to_cedar()).unwrap_or(0);
             return Err(invalid(
