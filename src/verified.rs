@@ -7,7 +7,7 @@
 //! capability handles; nothing later resolves a grant's path again.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use capgate_signing::{
     PolicyBundle, PolicyVerifier, Provenance, Role, StateStore, TrustRoot, VerifiedArtifact,
@@ -187,29 +187,8 @@ fn resolve(mut policy: Policy) -> Result<Policy, PolicyError> {
     Ok(policy)
 }
 
-fn read_artifact(path: &PathBuf) -> Result<Vec<u8>, PolicyError> {
-    use std::io::Read as _;
-    let io = |source| {
-        PolicyError::Signing(capgate_signing::Error::Io {
-            path: path.clone(),
-            source,
-        })
-    };
-    let f = std::fs::File::open(path).map_err(io)?;
-    let mut bytes = Vec::new();
-    f.take(MAX_ARTIFACT_BYTES + 1)
-        .read_to_end(&mut bytes)
-        .map_err(io)?;
-    if bytes.len() as u64 > MAX_ARTIFACT_BYTES {
-        return Err(PolicyError::Invalid {
-            path: path.clone(),
-            line: 0,
-            column: 0,
-            message: format!("component is larger than the {MAX_ARTIFACT_BYTES}-byte limit"),
-            hint: None,
-        });
-    }
-    Ok(bytes)
+fn read_artifact(path: &Path) -> Result<Vec<u8>, PolicyError> {
+    Ok(capgate_signing::read_regular(path, MAX_ARTIFACT_BYTES)?)
 }
 
 /// Opens every granted host directory once, as a capability handle.

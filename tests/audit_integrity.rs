@@ -333,3 +333,67 @@ fn readers_stream_a_log_larger_than_their_memory() {
         .expect(0)
         .stdout_has(&format!("replayed {RECORDS} decisions"));
 }
+
+#[test]
+fn lines_appended_by_someone_else_are_not_continued_or_proven() {
+    let sb = fixture();
+    run(&sb, &["write", "/data/a", "x"]).expect(0);
+    // The attack: append a decision chained to the last line, so the chain stays intact, for
+    // the next run's checkpoints to sign.
+    let text = std::fs::read_to_string(sb.path("audit.jsonl")).unwrap();
+    let last = text.lines().last().unwrap();
+    let last_v: Value = serde_json::from_str(last).unwrap();
+    let mut forged = lines(&sb)
+        .into_iter()
+        .find(|r| r["decision"] == "deny")
+        .unwrap();
+    forged["seq"] = (last_v["seq"].as_u64().unwrap() + 1).into();
+    forged["decision"] = "allow".into();
+    forged["prev"] = Sha256::of(last.as_bytes()).to_string().into();
+    std::fs::write(sb.path("audit.jsonl"), format!("{text}{forged}\n")).unwrap();
+    run(&sb, &["write", "/data/b", "x"])
+        .expect(73)
+        .stderr_has("the log goes on past where this host last left it");
+    verify(&sb, &["--state-dir", "state"])
+        .expect(77)
+        .stderr_has("the log goes on past where this host last left it");
+}
+
+#[test]
+fn live_does_not_accept_a_log_with_its_checkpoints_removed() {
+    let sb = fixture();
+    for path in ["/data/a", "/data/b"] {
+        run(&sb, &["write", path, "x"]).expect(0);
+    }
+    // Keep the `start` records (which declare the key), drop every checkpoint, re-chain.
+    let records: Vec<Value> = lines(&sb)
+        .into_iter()
+        .filter(|r| r["type"] != "checkpoint")
+        .collect();
+    rechain(&sb, &records);
+    verify(&sb, &["--live"])
+        .expect(79)
+        .stderr_has("no record of seq 0..=");
+    // Control: a log that really is being written (its last records after a valid
+    // checkpoint) is accepted with `--live`.
+    let sb = fixture();
+    run(&sb, &["write", "/data/a", "x"]).expect(0);
+    let mut text = std::fs::read_to_string(sb.path("audit.jsonl")).unwrap();
+    let last = text.lines().last().unwrap().to_owned();
+    let mut more = lines(&sb)
+        .into_iter()
+        .find(|r| r["decision"] == "deny")
+        .unwrap();
+    more["seq"] = (serde_json::from_str::<Value>(&last).unwrap()["seq"]
+        .as_u64()
+        .unwrap()
+        + 1)
+    .into();
+    more["prev"] = Sha256::of(last.as_bytes()).to_string().into();
+    text.push_str(&format!("{more}\n"));
+    std::fs::write(sb.path("audit.jsonl"), text).unwrap();
+    verify(&sb, &["--live"])
+        .expect(0)
+        .stdout_has("not proven yet (live)");
+    verify(&sb, &[]).expect(79);
+}

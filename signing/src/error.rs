@@ -343,22 +343,39 @@ pub(crate) fn clip(s: &str) -> String {
     out
 }
 
-/// Reads a UTF-8 text file, naming the file in any error.
+/// The largest key file read.
+const MAX_KEY_BYTES: u64 = 64 * 1024;
+
+/// Reads a UTF-8 key file (at most 64 KiB, a regular file), naming the file in any error.
 pub(crate) fn read_to_string(path: &Path) -> Result<String, Error> {
-    std::fs::read_to_string(path).map_err(|source| Error::Io {
+    let bytes = read_bounded(path, MAX_KEY_BYTES)?;
+    String::from_utf8(bytes).map_err(|_| Error::Io {
         path: path.to_owned(),
-        source,
+        source: std::io::Error::new(std::io::ErrorKind::InvalidData, "not UTF-8 text"),
     })
 }
 
-/// Reads a file's bytes, refusing files above `limit` bytes before reading them.
+/// Reads a file's bytes: a regular file only (a FIFO, a device or a directory is refused
+/// without blocking), refusing files above `limit` bytes before reading them.
 pub(crate) fn read_bounded(path: &Path, limit: u64) -> Result<Vec<u8>, Error> {
     use std::io::Read as _;
     let io = |source| Error::Io {
         path: path.to_owned(),
         source,
     };
-    let f = std::fs::File::open(path).map_err(io)?;
+    let mut open = std::fs::OpenOptions::new();
+    open.read(true);
+    // Opening a FIFO for reading blocks until a writer comes; non-blocking, it returns at
+    // once and is refused below as not a regular file. Regular files ignore the flag.
+    #[cfg(target_os = "linux")]
+    std::os::unix::fs::OpenOptionsExt::custom_flags(&mut open, NONBLOCK);
+    let f = open.open(path).map_err(io)?;
+    if !f.metadata().map_err(io)?.is_file() {
+        return Err(io(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file",
+        )));
+    }
     let mut out = Vec::new();
     f.take(limit + 1).read_to_end(&mut out).map_err(io)?;
     if out.len() as u64 > limit {
@@ -371,6 +388,16 @@ pub(crate) fn read_bounded(path: &Path, limit: u64) -> Result<Vec<u8>, Error> {
         });
     }
     Ok(out)
+}
+
+/// `O_NONBLOCK` on Linux.
+#[cfg(target_os = "linux")]
+const NONBLOCK: i32 = 0o4000;
+
+/// Reads the file at `path` as capgate reads every file it is given: a regular file only (a
+/// FIFO, a device or a directory is refused without blocking), at most `limit` bytes.
+pub fn read_regular(path: &Path, limit: u64) -> Result<Vec<u8>, Error> {
+    read_bounded(path, limit)
 }
 
 /// Replaces `path` with `bytes` atomically: a reader sees the old file or the new one, never

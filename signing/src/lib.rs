@@ -44,7 +44,7 @@ pub mod yaml;
 pub use artifact::{ArtifactReport, VerifiedArtifact, sign_artifact, verify_artifact_file};
 pub use digest::{ParseDigestError, Sha256};
 pub use envelope::{BundleFile, PayloadKind, SignatureEntry, SignatureFile, pae, sig_path};
-pub use error::{Digests, Error, ErrorClass, Shortfall, SignatureProblem};
+pub use error::{Digests, Error, ErrorClass, Shortfall, SignatureProblem, read_regular};
 pub use key::{KeyId, ParseKeyIdError, PublicKey, SecretKey};
 pub use policy::{PolicyBundle, PolicyHeader, PolicyVerifier, Provenance, sign_policy};
 pub use state::StateStore;

@@ -314,8 +314,25 @@ impl<'a> PolicyVerifier<'a> {
                 }),
             });
         }
+        // The statement (the YAML's digest and the list of files with theirs) is checked
+        // before any listed file is read: an unsigned list names nothing capgate reads.
+        let signers = self.trust.check(
+            path,
+            &self.trust.role(Role::Policy),
+            &sig.signed_message(PayloadKind::Policy),
+            &sig,
+        )?;
         let mut files = BTreeMap::new();
         for f in &sig.files {
+            let inside = Path::new(&f.path)
+                .components()
+                .all(|c| matches!(c, std::path::Component::Normal(_)));
+            if !inside {
+                return Err(Error::NotCovered {
+                    path: path.to_owned(),
+                    file: f.path.clone(),
+                });
+            }
             let file_path = dir.join(&f.path);
             let b = crate::error::read_bounded(&file_path, MAX_RULES_BYTES)?;
             let d = Sha256::of(&b);
@@ -332,12 +349,6 @@ impl<'a> PolicyVerifier<'a> {
             }
             files.insert(f.path.clone(), b);
         }
-        let signers = self.trust.check(
-            path,
-            &self.trust.role(Role::Policy),
-            &sig.signed_message(PayloadKind::Policy),
-            &sig,
-        )?;
         // Only now, with every byte vouched for, is the YAML parsed.
         let header = PolicyHeader::parse(path, &yaml)?;
         if let Some(missing) = header.rules.iter().find(|r| !files.contains_key(*r)) {

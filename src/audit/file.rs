@@ -316,6 +316,8 @@ impl JsonlSink {
         if std::fs::rename(&self.path, &rotated).is_ok() {
             // The next record opens a new, empty file and links it with a `start` record.
             st.file = None;
+            st.len = 0;
+            self.save_anchor(st);
             return true;
         }
         false
@@ -492,7 +494,20 @@ fn identity(file: &mut File) -> std::io::Result<Option<Sha256>> {
 /// Where a writer keeping its anchors in `state_dir` keeps the one of the log at `log`: one
 /// file per log, named by the hash of the log's absolute path.
 pub fn anchor_path(state_dir: &Path, log: &Path) -> PathBuf {
-    let absolute = std::path::absolute(log).unwrap_or_else(|_| log.to_owned());
+    // The directory resolved (symlinks, `..`), so every spelling of the path finds the anchor.
+    let absolute = match (log.parent(), log.file_name()) {
+        (Some(dir), Some(name)) => {
+            let dir = if dir.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                dir
+            };
+            std::fs::canonicalize(dir)
+                .map(|d| d.join(name))
+                .unwrap_or_else(|_| std::path::absolute(log).unwrap_or_else(|_| log.to_owned()))
+        }
+        _ => std::path::absolute(log).unwrap_or_else(|_| log.to_owned()),
+    };
     let name = Sha256::of(absolute.to_string_lossy().as_bytes()).to_string();
     state_dir.join(format!("audit-anchor-{}.json", &name[..32]))
 }
@@ -543,6 +558,15 @@ pub fn check_anchor(
         return Err(refuse(format!(
             "the log is shorter than this host left it: it wrote {at} bytes, through seq {seq}, and the file has {len}: it was truncated (check it with `capgate audit verify --state-dir`)"
         )));
+    }
+    if at < len {
+        return Err(refuse(format!(
+            "the log goes on past where this host last left it (seq {seq}, byte {at}; the file has {len} bytes): lines were appended by someone else, or this host stopped without closing the log (a crash) after writing them; check it with `capgate audit verify`, then move it aside"
+        )));
+    }
+    if at == 0 {
+        // Left empty: a rotation renamed the file away, and the next one starts afresh.
+        return Ok(());
     }
     let from = at.saturating_sub(MAX_TAIL);
     let io = |op, source| AuditError::Io {

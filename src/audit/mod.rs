@@ -374,14 +374,19 @@ impl Auditor {
         self.sink.append(&entry)
     }
 
-    /// Closes the sink: the repeats a fold still counts, a final checkpoint and a flush.
-    pub fn close(&self) -> Result<(), AuditError> {
+    /// Writes the repeats a fold still counts, if any (see [`Auditor::fold_repeats`]).
+    pub fn flush_repeats(&self) {
         if let Some(fold) = &self.fold {
             let pending = fold.lock().unwrap_or_else(|e| e.into_inner()).take();
             if let Some(f) = pending {
                 self.flush(f);
             }
         }
+    }
+
+    /// Closes the sink: the repeats a fold still counts, a final checkpoint and a flush.
+    pub fn close(&self) -> Result<(), AuditError> {
+        self.flush_repeats();
         self.sink.close()
     }
 }

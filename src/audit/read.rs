@@ -1,7 +1,7 @@
 //! Reading logs back: line by line, verifying the chain and checkpoints, and replaying.
 
 use std::collections::BTreeSet;
-use std::fs::File;
+
 use std::io::{BufRead as _, BufReader, Read as _};
 use std::path::{Path, PathBuf};
 
@@ -51,6 +51,8 @@ pub enum LineKind {
         /// The log it belongs to (the hash of the log's first line), in a file that
         /// continues another.
         log: Option<Sha256>,
+        /// Records between checkpoints, if the writer signs them.
+        every: Option<u64>,
     },
     /// A signed checkpoint over `(seq, prev)`.
     Checkpoint {
@@ -89,9 +91,20 @@ impl std::fmt::Debug for LogReader {
 }
 
 impl LogReader {
-    /// Opens a log file.
+    /// Opens a log file: a regular file (a FIFO or a device is refused without blocking).
     pub fn open(path: &Path) -> std::io::Result<Self> {
-        let f = File::open(path)?;
+        let mut open = std::fs::OpenOptions::new();
+        open.read(true);
+        // O_NONBLOCK: opening a FIFO returns at once (regular files ignore the flag).
+        #[cfg(target_os = "linux")]
+        std::os::unix::fs::OpenOptionsExt::custom_flags(&mut open, 0o4000);
+        let f = open.open(path)?;
+        if !f.metadata()?.is_file() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "not a regular file",
+            ));
+        }
         Ok(Self::from_reader(path, f))
     }
 
@@ -196,6 +209,10 @@ fn parse_line(body: &[u8]) -> Result<LogLine, String> {
                     .and_then(|c| c.get("keyid"))
                     .and_then(Value::as_str)
                     .map(str::to_owned),
+                every: map
+                    .get("checkpoints")
+                    .and_then(|c| c.get("every"))
+                    .and_then(Value::as_u64),
                 log: match map.get("log") {
                     None => None,
                     Some(v) => Some(
@@ -271,6 +288,8 @@ pub enum Proof {
         /// Whether the log's writer declared a checkpoint key (so a log still being written
         /// may end with records its next checkpoint will cover).
         declared: bool,
+        /// Records between checkpoints, as the writer declared (1000 if it did not say).
+        every: u64,
         /// Why this is not proven, in words.
         why: String,
     },
@@ -346,6 +365,7 @@ pub fn verify_lines(
     // names; checkpoints are signed over it.
     let mut identity: Option<Sha256> = None;
     let mut covered: Option<u64> = None;
+    let mut declared_every = 1000u64;
     for l in lines {
         let l = l?;
         let bad = |message: String| Broken {
@@ -402,9 +422,16 @@ pub fn verify_lines(
                 v.gaps += 1;
                 v.missed += g.missed;
             }
-            LineKind::Start { checkpoints, log } => {
+            LineKind::Start {
+                checkpoints,
+                log,
+                every,
+            } => {
                 if let Some(k) = checkpoints {
                     signing_key = Some((k.clone(), l.file.clone(), l.line));
+                }
+                if let Some(n) = every {
+                    declared_every = *n;
                 }
                 match (identity, log) {
                     (None, Some(id)) => identity = Some(*id),
@@ -468,6 +495,7 @@ pub fn verify_lines(
             through: covered,
             last: last.seq,
             declared: true,
+            every: declared_every,
             why: format!(
                 "the log ends at {}:{} with records no checkpoint covers, although its writer signs checkpoints (key {}, declared at {}:{}): the end of the log may have been cut off",
                 last.file.display(),
@@ -482,6 +510,7 @@ pub fn verify_lines(
             through: covered,
             last: last.seq,
             declared: false,
+            every: 0,
             why: "the log has no checkpoint, although the trust root's `audit` role says who signs this host's logs: its chain is intact, but anyone who can edit the file could have rewritten it and recomputed the chain".into(),
         }
     } else {

@@ -24,8 +24,9 @@ pub(super) enum AuditCommand {
         /// not an error.
         #[arg(long)]
         live: bool,
-        /// The state directory of the host that writes the log: the log must still hold the
-        /// line that host wrote last (it was not cut off or rewritten since).
+        /// The state directory of the host that writes the log (default: the CLI's state
+        /// directory): the log must still end with the line that host wrote last (it was
+        /// not cut off, extended or rewritten since).
         #[arg(long, value_name = "DIR", env = "CAPGATE_STATE_DIR")]
         state_dir: Option<PathBuf>,
     },
@@ -221,7 +222,8 @@ fn verify(
 ) -> Result<Report, CliError> {
     exists(logs)?;
     let trust = trust.map(TrustRoot::load).transpose()?;
-    let anchored = match state_dir {
+    let default = capgate::signing::StateStore::default_dir();
+    let anchored = match state_dir.or(default.as_deref()) {
         Some(dir) => check_anchors(logs, dir)?,
         None => Vec::new(),
     };
@@ -230,15 +232,19 @@ fn verify(
         eprintln!("warning: {w}");
     }
     let (first, last) = v.seqs.unwrap_or_default();
-    // A log still being written may end with records its next checkpoint will cover; a log
-    // whose writer declared no key never will.
+    // A log still being written may end with records its next checkpoint will cover: with
+    // `--live`, a log whose writer declared a key, with a valid checkpoint, and no more than a
+    // checkpoint's worth of records after it. Anything else is not proven.
     if let audit::Proof::Unproven {
         through,
         why,
         declared,
-        ..
+        every,
+        last,
     } = &v.proof
-        && (!live || !declared)
+        && !(live
+            && *declared
+            && through.is_some_and(|t| last.saturating_sub(t) <= every.saturating_add(2)))
     {
         let proven = match through {
             Some(t) => format!(
@@ -356,6 +362,7 @@ fn decisions<'a>(
             LineKind::Start {
                 checkpoints: None,
                 log: None,
+                every: None,
             },
         ) {
             LineKind::Decision(r) if filter.keeps(&l, &r) => Some(Ok((l, *r))),

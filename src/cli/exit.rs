@@ -68,7 +68,16 @@ impl CliError {
     /// Writes the error to stderr in `format`.
     pub(crate) fn print(&self, format: LogFormat) {
         match format {
-            LogFormat::Text => eprintln!("error: {}", self.message),
+            // Messages may quote what a guest or an edited file chose: shown line by line,
+            // each line escaped.
+            LogFormat::Text => eprintln!(
+                "error: {}",
+                self.message
+                    .lines()
+                    .map(super::safe)
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            ),
             LogFormat::Json => eprintln!(
                 "{}",
                 serde_json::json!({

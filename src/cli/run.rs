@@ -164,6 +164,7 @@ fn audit_salt(src: &Source<'_>) -> Option<[u8; 32]> {
 /// The audit log keeps every one of them.
 struct Throttle {
     state: std::sync::Mutex<(Option<std::time::Instant>, u32, u64)>,
+    json: std::sync::atomic::AtomicBool,
 }
 
 impl Throttle {
@@ -208,6 +209,7 @@ impl Throttle {
 
 static THROTTLE: Throttle = Throttle {
     state: std::sync::Mutex::new((None, 0, 0)),
+    json: std::sync::atomic::AtomicBool::new(false),
 };
 
 /// Closes the host's audit logs (final checkpoint); a failure is reported, not fatal.
@@ -230,6 +232,10 @@ fn host(
     format: LogFormat,
     no_cache: bool,
 ) -> Result<Host, CliError> {
+    THROTTLE.json.store(
+        matches!(format, LogFormat::Json),
+        std::sync::atomic::Ordering::Relaxed,
+    );
     let config = HostConfig::new().observe_denials(move |ev| {
         if !THROTTLE.admit() {
             return;
@@ -450,12 +456,8 @@ pub(super) fn inspect(
     name: Option<&str>,
 ) -> Result<Report, CliError> {
     use capgate::inspect::Coverage;
-    let bytes = std::fs::read(component).map_err(|source| {
-        CliError::from(capgate::signing::Error::Io {
-            path: component.to_owned(),
-            source,
-        })
-    })?;
+    // A component is read as a policy's artifact is: a regular file, bounded.
+    let bytes = capgate::signing::read_regular(component, 512 * 1024 * 1024)?;
     // The policy is read for its grants only; nothing runs, so no signature is needed.
     let loaded = match policy {
         Some(p) => Some(capgate::danger::load_unsigned_policy(p)?),

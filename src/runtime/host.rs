@@ -184,7 +184,12 @@ impl Host {
         let auditors: Vec<_> = lock(&self.auditors).drain().collect();
         let files: Vec<_> = lock(&self.files).drain().collect();
         let mut first = None;
-        for a in auditors.into_iter().filter_map(|(_, a)| a) {
+        let auditors: Vec<_> = auditors.into_iter().filter_map(|(_, a)| a).collect();
+        // Every fold is written before any sink closes: auditors may share one.
+        for a in &auditors {
+            a.flush_repeats();
+        }
+        for a in auditors {
             if let Err(source) = a.close() {
                 first.get_or_insert(RunError::Audit { source });
             }
