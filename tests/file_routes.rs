@@ -368,6 +368,29 @@ fn a_dangling_symlink_answers_as_wasmtime_does_and_is_not_created_through() {
 }
 
 #[test]
+fn calls_on_an_entry_keep_a_trailing_slash_as_the_kernel_does() {
+    let sb = fixture();
+    std::fs::create_dir(sb.path("static/top/public/empty")).unwrap();
+    std::os::unix::fs::symlink("empty", sb.path("static/top/public/to-empty")).unwrap();
+    let probe = |args: &[&str]| run_probe(&sb, "probe", args);
+    // `rmdir link/` does not follow the link: the kernel answers `not-directory`, and the
+    // directory it points to stays.
+    let r = probe(&["rmdir", "/static/top/public/to-empty/"]);
+    r.expect(0);
+    assert!(r.stdout.starts_with("err: "), "{}", r.stdout);
+    assert!(sb.path("static/top/public/empty").is_dir());
+    assert!(
+        std::fs::symlink_metadata(sb.path("static/top/public/to-empty"))
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    // Control: `rmdir dir/` removes the directory itself.
+    ok(&probe(&["rmdir", "/static/top/public/empty/"]), "()");
+    assert!(!sb.path("static/top/public/empty").exists());
+}
+
+#[test]
 fn a_working_directory_and_relative_mount_names_as_wasmtime_gives_them() {
     let sb = Sandbox::new();
     sb.write("data/sub/hello.txt", "hello");

@@ -166,9 +166,7 @@ impl HostDescriptor for GuardedFs<'_> {
         fd: Resource<Descriptor>,
         path: String,
     ) -> FsResult<()> {
-        let pin = self
-            .prepare(&fd, &path, Access::WRITE, Last::NoFollow)
-            .await?;
+        let pin = self.prepare(&fd, &path, Access::WRITE, Last::Entry).await?;
         run!(
             self,
             pin,
@@ -184,9 +182,7 @@ impl HostDescriptor for GuardedFs<'_> {
         fd: Resource<Descriptor>,
         path: String,
     ) -> FsResult<()> {
-        let pin = self
-            .prepare(&fd, &path, Access::WRITE, Last::NoFollow)
-            .await?;
+        let pin = self.prepare(&fd, &path, Access::WRITE, Last::Entry).await?;
         run!(
             self,
             pin,
@@ -198,9 +194,7 @@ impl HostDescriptor for GuardedFs<'_> {
     }
 
     async fn unlink_file_at(&mut self, fd: Resource<Descriptor>, path: String) -> FsResult<()> {
-        let pin = self
-            .prepare(&fd, &path, Access::WRITE, Last::NoFollow)
-            .await?;
+        let pin = self.prepare(&fd, &path, Access::WRITE, Last::Entry).await?;
         run!(
             self,
             pin,
@@ -225,10 +219,10 @@ impl HostDescriptor for GuardedFs<'_> {
         // stop applying: both names are decided for both accesses, and so is every entry
         // below a directory, under its old and its new name.
         let old = self
-            .check(&at, &old_path, Access::BOTH, Last::NoFollow, false)
+            .check(&at, &old_path, Access::BOTH, Last::Entry, false)
             .await?;
         let new = self
-            .check(&new_at, &new_path, Access::BOTH, Last::NoFollow, false)
+            .check(&new_at, &new_path, Access::BOTH, Last::Entry, false)
             .await?;
         self.check_subtree(&at, &old, &new_at.mount, &new).await?;
         let from = self.pin(&fd, &at, &old)?;
@@ -284,7 +278,7 @@ impl HostDescriptor for GuardedFs<'_> {
             .check(&at, &old_path, Access::BOTH, follows(old_path_flags), false)
             .await?;
         let new = self
-            .check(&new_at, &new_path, Access::BOTH, Last::NoFollow, false)
+            .check(&new_at, &new_path, Access::BOTH, Last::Entry, false)
             .await?;
         let from = self.pin(&fd, &at, &old)?;
         let to = match self.pin(&new_fd, &new_at, &new) {
@@ -333,7 +327,7 @@ impl HostDescriptor for GuardedFs<'_> {
             return self.inner.symlink_at(fd, src_path, dest_path).await;
         };
         let c = self
-            .check(&at, &dest_path, Access::WRITE, Last::NoFollow, false)
+            .check(&at, &dest_path, Access::WRITE, Last::Entry, false)
             .await?;
         // Where the link points, read from the link's directory: following it later is
         // decided again; this refuses pointing into denied places to begin with.

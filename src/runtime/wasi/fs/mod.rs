@@ -156,8 +156,13 @@ struct At {
 /// How a call treats the last component of its path.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Last {
+    /// Follows a symlink there.
     Follow,
+    /// Does not, unless the path ends in `/` or `.`, which makes the kernel follow it.
     NoFollow,
+    /// Acts on the entry itself (mkdir, rmdir, unlink, rename, link and symlink names): never
+    /// follows it; a trailing `/` only asks that it be a directory.
+    Entry,
 }
 
 fn follows(flags: types::PathFlags) -> Last {
@@ -245,11 +250,13 @@ impl GuardedFs<'_> {
         last: Last,
         creates: bool,
     ) -> FsResult<Checked> {
-        // A trailing `/` or a final `.` makes the kernel follow the last component.
-        let last = if path.ends_with('/') || path.rsplit('/').next() == Some(".") {
-            Last::Follow
-        } else {
-            last
+        // A trailing `/` or a final `.` makes the kernel follow the last component, except
+        // for the calls that act on the entry itself.
+        let slash = last == Last::Entry && path.ends_with('/');
+        let last = match last {
+            Last::Entry => Last::NoFollow,
+            _ if path.ends_with('/') || path.rsplit('/').next() == Some(".") => Last::Follow,
+            other => other,
         };
         let lexical = guest_path(&at.mount, &at.rel, Path::new(path));
         let resolved = resolve(&at.dir, path, last, creates).map_err(FsError::from)?;
@@ -259,6 +266,16 @@ impl GuardedFs<'_> {
             Resolved::At(r) => (Some(r), false),
             Resolved::Dangling(r) => (Some(r), true),
         };
+        // A call on an entry itself with a trailing `/` needs a directory there, and does not
+        // follow a symlink: the kernel answers `not-directory` for anything else.
+        if slash
+            && let Some(r) = &resolved
+            && let Ok(m) =
+                cap_primitives::fs::stat(&at.dir, r, cap_primitives::fs::FollowSymlinks::No)
+            && !m.is_dir()
+        {
+            return Err(ErrorCode::NotDirectory.into());
+        }
         if let Some(r) = &resolved {
             let full = guest_path(&at.mount, &at.rel.join(r), Path::new(""));
             if full != paths[0] {
@@ -367,7 +384,8 @@ impl GuardedFs<'_> {
         let pinned = wasmtime_wasi::filesystem::Dir::new(dir, perms, mode, false);
         let dir = self.inner.table.push(Descriptor::Dir(pinned))?;
         // A trailing `/` was decided as followed, and `name` is what it led to: kept without
-        // the slash, so nothing swapped in since is followed.
+        // the slash, so nothing swapped in since is followed. (Calls on an entry itself checked
+        // theirs in `check`.)
         Ok(Some(Pinned {
             dir,
             name: name.to_owned(),
