@@ -300,7 +300,7 @@ fn limits_stop_hostile_guests_with_the_limit_named() {
         &f.probe(&["alloc"]),
         t,
         Duration::ZERO,
-        "component `probe` stopped: memory limit of 32MiB exceeded (`limits.memory`)",
+        "component `probe` stopped: memory limit of 32MiB exceeded (`limits.memory`: linear memories and tables together)",
     );
     let t = Instant::now();
     assert_stopped(

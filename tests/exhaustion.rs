@@ -287,3 +287,100 @@ fn components_with_thousands_of_imports_are_refused_clearly() {
         .expect(65)
         .stderr_has("hostile:many/i");
 }
+
+/// A component exporting `grow: func(size: u32) -> u32`: its core module has `TABLES` funcref
+/// tables, and `grow` grows each by `size` elements, trapping if one growth is refused;
+/// it returns how many tables it grew.
+fn table_grower() -> Vec<u8> {
+    use wasm_encoder::{
+        CodeSection, ComponentBuilder, ComponentExportKind, ComponentValType, ExportKind,
+        ExportSection, FunctionSection, Instruction, Module, PrimitiveValType, RefType,
+        TableSection, TableType, TypeSection, ValType,
+    };
+    const TABLES: u32 = 100;
+    let mut module = Module::new();
+    let mut types = TypeSection::new();
+    types.ty().function([ValType::I32], [ValType::I32]);
+    module.section(&types);
+    let mut funcs = FunctionSection::new();
+    funcs.function(0);
+    module.section(&funcs);
+    let mut tables = TableSection::new();
+    for _ in 0..TABLES {
+        tables.table(TableType {
+            element_type: RefType::FUNCREF,
+            table64: false,
+            minimum: 0,
+            maximum: None,
+            shared: false,
+        });
+    }
+    module.section(&tables);
+    let mut exports = ExportSection::new();
+    exports.export("grow", ExportKind::Func, 0);
+    module.section(&exports);
+    let mut code = CodeSection::new();
+    let mut f = wasm_encoder::Function::new([]);
+    for t in 0..TABLES {
+        f.instruction(&Instruction::RefNull(wasm_encoder::HeapType::FUNC));
+        f.instruction(&Instruction::LocalGet(0));
+        f.instruction(&Instruction::TableGrow(t));
+        f.instruction(&Instruction::I32Const(-1));
+        f.instruction(&Instruction::I32Eq);
+        f.instruction(&Instruction::If(wasm_encoder::BlockType::Empty));
+        f.instruction(&Instruction::Unreachable);
+        f.instruction(&Instruction::End);
+    }
+    f.instruction(&Instruction::I32Const(TABLES as i32));
+    f.instruction(&Instruction::End);
+    code.function(&f);
+    module.section(&code);
+
+    let mut c = ComponentBuilder::default();
+    let m = c.core_module(None, &module);
+    let inst = c.core_instantiate(None, m, []);
+    let core = c.core_alias_export(None, inst, "grow", ExportKind::Func);
+    let (ty, mut enc) = c.type_function(None);
+    enc.params([("size", ComponentValType::Primitive(PrimitiveValType::U32))])
+        .result(Some(ComponentValType::Primitive(PrimitiveValType::U32)));
+    let func = c.lift_func(None, core, ty, []);
+    c.export("grow", ComponentExportKind::Func, func, None);
+    c.finish()
+}
+
+#[test]
+fn tables_count_against_limits_memory() {
+    let sb = Sandbox::new();
+    sb.write("grower.wasm", table_grower());
+    signed_policy(
+        &sb,
+        &[],
+        "capgate: 1\nname: tables\nversion: 1\ncomponents:\n  grower:\n    component: grower.wasm\n    limits: { memory: 1MiB }\n",
+    );
+    sb.capgate([
+        "sign",
+        "artifact",
+        "grower.wasm",
+        "--key",
+        "keys/release.key",
+    ])
+    .expect(0);
+    let call = |size: &str| {
+        sb.capgate([
+            "call",
+            "--policy",
+            "policy.yaml",
+            "--trust",
+            "trust.yaml",
+            "grower",
+            "grow",
+            size,
+        ])
+    };
+    // The attack: 100 tables of 2^20 elements each (800 MiB of host memory) under 1 MiB.
+    call("1048576").expect(69).stderr_has(
+        "memory limit of 1MiB exceeded (`limits.memory`: linear memories and tables together)",
+    );
+    // Control: the same tables, 100 elements each (80 KiB), fit.
+    call("100").expect(0).stdout_has("100");
+}

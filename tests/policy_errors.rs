@@ -315,6 +315,26 @@ fn rules_errors_point_into_the_rules_file() {
 }
 
 #[test]
+fn an_unpinned_component_is_warned_about_with_the_pin_to_add() {
+    let sb = sandbox();
+    let digest = capgate::signing::Sha256::of(&sb.read("app.wasm")).to_string();
+    let r = check(
+        &sb,
+        &format!("{HEAD}components:\n  app:\n    component: app.wasm\n"),
+    );
+    r.expect(0)
+        .stdout_has("warning: component `app` is not pinned: any artifact signed by the same key would get its grants")
+        .stdout_has(&format!("add `sha256: {digest}` under `app`"));
+    // Control: pinned, no warning.
+    let r = check(
+        &sb,
+        &format!("{HEAD}components:\n  app:\n    component: app.wasm\n    sha256: {digest}\n"),
+    );
+    r.expect(0);
+    assert!(!r.stdout.contains("not pinned"), "{}", r.stdout);
+}
+
+#[test]
 fn example_policies_pass_policy_check() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let sb = Sandbox::new();

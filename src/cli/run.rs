@@ -441,6 +441,19 @@ pub(super) fn check(src: &Source<'_>) -> Result<Report, CliError> {
             if grants == 1 { "" } else { "s" }
         ));
     }
+    // Without a digest pin, any other artifact signed by the same key gets the component's
+    // grants (an older, vulnerable build, say): said loudly, with the pin to add.
+    let mut lints = lints;
+    for (name, c) in &p.components {
+        if c.sha256.is_none()
+            && let Some(a) = policy.artifact(name)
+        {
+            lints.push(format!(
+                "component `{name}` is not pinned: any artifact signed by the same key would get its grants (hint: add `sha256: {}` under `{name}`)",
+                a.report().sha256
+            ));
+        }
+    }
     for l in &lints {
         text.push_str(&format!("\nwarning: {l}"));
     }

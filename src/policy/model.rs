@@ -20,7 +20,8 @@ pub mod defaults {
     /// roughly a minute of busy computation.
     pub const FUEL: u64 = 100_000_000_000;
 
-    /// Linear memory a component may grow to when `limits.memory` is not set: 256 MiB.
+    /// Linear memory and tables together one instance's store may hold when `limits.memory`
+    /// is not set: 256 MiB.
     pub const MEMORY: ByteSize = ByteSize::from_bytes(256 << 20);
     /// Concurrent instances of one component when `limits.instances` is not set.
     pub const INSTANCES: u32 = 4;
@@ -203,7 +204,7 @@ pub struct Stdio {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Limits {
-    /// Maximum linear memory.
+    /// Linear memories and tables together, per store.
     pub memory: ByteSize,
     /// Wall-clock time one run or call may take, as the policy sets it; a host applies
     /// [`defaults::TIMEOUT`] when it is `None`.

@@ -36,52 +36,91 @@ impl Fallback {
     }
 }
 
-/// Bounds a store's memories and tables.
+/// Bounds a store's memories and tables together: `limits.memory` is one budget for every
+/// linear memory and every table of the store (a table element counts as a pointer), and the
+/// numbers of instances, memories and tables are bounded too.
 #[derive(Debug)]
 pub(crate) struct Limiter {
-    max_memory: usize,
-    /// Set when a memory growth was refused.
+    budget: usize,
+    used: usize,
+    /// Set when a growth was refused.
     memory_refused: bool,
 }
 
 /// Table elements any one table may hold.
 const MAX_TABLE_ELEMENTS: usize = 1 << 20;
 
+/// The bytes one table element is counted as.
+const TABLE_ELEMENT: usize = std::mem::size_of::<usize>();
+
+/// Core instances, memories and tables one store may hold.
+pub(crate) const MAX_INSTANCES: usize = 1000;
+pub(crate) const MAX_MEMORIES: usize = 100;
+pub(crate) const MAX_TABLES: usize = 1000;
+
 impl Limiter {
-    /// A limiter allowing `max_memory` bytes of linear memory per memory.
-    pub(crate) fn new(max_memory: u64) -> Self {
+    /// A limiter allowing `budget` bytes of linear memory and tables together.
+    pub(crate) fn new(budget: u64) -> Self {
         Self {
-            max_memory: usize::try_from(max_memory).unwrap_or(usize::MAX),
+            budget: usize::try_from(budget).unwrap_or(usize::MAX),
+            used: 0,
             memory_refused: false,
         }
     }
 
-    /// Whether a memory growth was refused.
+    /// Whether a memory or table growth was refused.
     pub(crate) fn memory_refused(&self) -> bool {
         self.memory_refused
+    }
+
+    /// Moves `used` from `current` to `desired` bytes of one memory or table, if the budget
+    /// allows it.
+    fn grow(&mut self, current: usize, desired: usize) -> bool {
+        let next = self.used.saturating_sub(current).saturating_add(desired);
+        if next > self.budget {
+            self.memory_refused = true;
+            return false;
+        }
+        self.used = next;
+        true
     }
 }
 
 impl ResourceLimiter for Limiter {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        if desired > self.max_memory {
-            self.memory_refused = true;
-            return Ok(false);
-        }
-        Ok(true)
+        Ok(self.grow(current, desired))
     }
 
     fn table_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        Ok(desired <= MAX_TABLE_ELEMENTS)
+        if desired > MAX_TABLE_ELEMENTS {
+            self.memory_refused = true;
+            return Ok(false);
+        }
+        Ok(self.grow(
+            current.saturating_mul(TABLE_ELEMENT),
+            desired.saturating_mul(TABLE_ELEMENT),
+        ))
+    }
+
+    fn instances(&self) -> usize {
+        MAX_INSTANCES
+    }
+
+    fn memories(&self) -> usize {
+        MAX_MEMORIES
+    }
+
+    fn tables(&self) -> usize {
+        MAX_TABLES
     }
 }

@@ -235,7 +235,7 @@ pub(crate) fn classify(
         _ if memory_refused => limit(
             LimitHit::Memory,
             format!(
-                "memory limit of {} exceeded (`limits.memory`)",
+                "memory limit of {} exceeded (`limits.memory`: linear memories and tables together)",
                 limits.memory
             ),
         ),
