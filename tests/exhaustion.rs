@@ -384,3 +384,54 @@ fn tables_count_against_limits_memory() {
     // Control: the same tables, 100 elements each (80 KiB), fit.
     call("100").expect(0).stdout_has("100");
 }
+
+/// A server that answers every request with headers and a body that never ends, holding each
+/// connection open for `hold` (the shape of a guest holding its outbound requests).
+fn endless_server(hold: std::time::Duration) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let deadline = std::time::Instant::now() + hold;
+        listener.set_nonblocking(true).unwrap();
+        while std::time::Instant::now() < deadline {
+            match listener.accept() {
+                Ok((mut s, _)) => {
+                    std::thread::spawn(move || {
+                        let mut buf = [0u8; 4096];
+                        let _ = s.set_read_timeout(Some(std::time::Duration::from_secs(5)));
+                        let _ = s.read(&mut buf);
+                        let _ = s.write_all(
+                            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n1\r\nx\r\n",
+                        );
+                        std::thread::sleep(hold);
+                    });
+                }
+                Err(_) => std::thread::sleep(std::time::Duration::from_millis(5)),
+            }
+        }
+    });
+    addr
+}
+
+#[test]
+fn outbound_http_connections_count_against_limits_sockets() {
+    let sb = Sandbox::new();
+    let server = endless_server(std::time::Duration::from_secs(30));
+    let policy = |sockets: u32| {
+        format!(
+            "capgate: 1\nname: conns\nversion: {sockets}\ncomponents:\n  probe:\n    component: probe.wasm\n    http: [http://127.0.0.1:{}/]\n    limits: {{ sockets: {sockets} }}\n",
+            server.port()
+        )
+    };
+    signed_policy(&sb, &["probe"], &policy(4));
+    let url = format!("http://{server}/x");
+    // The attack: 50 requests held at once; 4 get connections, the rest a clean error.
+    run_probe(&sb, "probe", &["http-hold", &url, "50"])
+        .expect(0)
+        .stdout_has("ok: 4 [\"ErrorCode::ConnectionLimitReached\"]");
+    // Control: with room for them, all 20 connect.
+    common::resign_policy(&sb, &policy(64));
+    run_probe(&sb, "probe", &["http-hold", &url, "20"])
+        .expect(0)
+        .stdout_has("ok: 20 []");
+}

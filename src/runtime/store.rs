@@ -138,7 +138,11 @@ pub(crate) fn new_store(
             table: resource_table(),
             limiter: Limiter::new(limits.memory.bytes()),
             http: WasiHttpCtx::new(),
-            hooks: HttpGuard { gate: gate.clone() },
+            hooks: HttpGuard {
+                gate: gate.clone(),
+                connections: Default::default(),
+                max_connections: limits.sockets as usize,
+            },
             lookup: LookupGuard { gate: gate.clone() },
             fs: FsGuard::new(gate.clone(), limits.files),
             sockets: SocketCount::new(limits.sockets),

@@ -26,6 +26,30 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// The `wasi:http` hooks of one component's store.
 pub(crate) struct HttpGuard {
     pub(crate) gate: Gate,
+    /// Outbound connections open now, each holding a host descriptor.
+    pub(crate) connections: Arc<std::sync::atomic::AtomicUsize>,
+    /// How many may be open at once: `limits.sockets`.
+    pub(crate) max_connections: usize,
+}
+
+/// One outbound connection's place in its store's count, given back when the connection ends.
+struct Slot(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Slot {
+    /// A place, if fewer than `max` are taken.
+    fn take(count: &Arc<std::sync::atomic::AtomicUsize>, max: usize) -> Option<Self> {
+        use std::sync::atomic::Ordering::SeqCst;
+        count
+            .fetch_update(SeqCst, SeqCst, |n| (n < max).then_some(n + 1))
+            .ok()
+            .map(|_| Self(count.clone()))
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 type SendResult = Result<
@@ -44,7 +68,15 @@ impl WasiHttpHooks for HttpGuard {
         _response_errors: Box<dyn Future<Output = Result<(), Error>> + Send>,
     ) -> Box<dyn Future<Output = SendResult> + Send> {
         let gate = self.gate.clone();
-        Box::new(async move { guarded_send(gate, request, options).await })
+        let slot = Slot::take(&self.connections, self.max_connections);
+        Box::new(async move {
+            // `limits.sockets` bounds outbound HTTP connections as it bounds sockets: past
+            // it, the request fails with `connection-limit-reached`.
+            let Some(slot) = slot else {
+                return Err(Error::ConnectionLimitReached);
+            };
+            guarded_send(gate, request, options, slot).await
+        })
     }
 }
 
@@ -52,6 +84,7 @@ async fn guarded_send(
     gate: Gate,
     mut request: http::Request<WasiBody>,
     options: Option<RequestOptions>,
+    slot: Slot,
 ) -> SendResult {
     let uri = request.uri().clone();
     let scheme = match uri.scheme_str() {
@@ -152,7 +185,7 @@ async fn guarded_send(
     let limit = spec.limits.body.bytes();
     let request = request.map(|b| Capped::request(b, limit).boxed_unsync());
     let (response, worker) = match scheme {
-        HttpScheme::Http => exchange(stream, request).await?,
+        HttpScheme::Http => exchange(stream, request, slot).await?,
         HttpScheme::Https => {
             let roots = rustls::RootCertStore {
                 roots: webpki_roots::TLS_SERVER_ROOTS.into(),
@@ -169,7 +202,7 @@ async fn guarded_send(
                 .connect(name, stream)
                 .await
                 .map_err(Error::Tls)?;
-            exchange(tls, request).await?
+            exchange(tls, request, slot).await?
         }
     };
     Ok((
@@ -273,7 +306,8 @@ fn names_internal(g: &HostPattern, host: &str, ip: IpAddr) -> bool {
     }
 }
 
-async fn exchange<S>(stream: S, request: http::Request<WasiBody>) -> SendResult
+/// Sends `request` on `stream`; the connection keeps `slot` until it ends.
+async fn exchange<S>(stream: S, request: http::Request<WasiBody>, slot: Slot) -> SendResult
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
 {
@@ -281,7 +315,10 @@ where
         hyper::client::conn::http1::handshake(wasmtime_wasi_http::io::TokioIo::new(stream))
             .await
             .map_err(Error::from)?;
-    let driver = tokio::spawn(conn);
+    let driver = tokio::spawn(async move {
+        let _slot = slot;
+        conn.await
+    });
     // A request body that failed (past `limits.body`) reports its own error, not hyper's.
     let response =
         sender.send_request(request).await.map_err(|e| {

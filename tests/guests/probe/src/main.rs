@@ -76,6 +76,13 @@ fn main() {
             let worked = (0..n).filter(|_| std::fs::read(a(2)).is_ok()).count();
             println!("ok: {worked}");
         }
+        // Sends N GET requests to URL and holds every response (and its connection) open:
+        // how many got a response, and the error of the others.
+        "http-hold" => {
+            let n: usize = a(3).parse().unwrap_or(0);
+            let (held, errors) = http_hold(&a(2), n);
+            println!("ok: {} {errors:?}", held.len());
+        }
         "initial-cwd" => println!("ok: {:?}", wasi::cli::environment::initial_cwd()),
         // Creates DIR/f0 .. DIR/f(N-1), each a new file: how many were created.
         "create-many" => {
@@ -191,6 +198,47 @@ fn main() {
             std::process::exit(2);
         }
     }
+}
+
+/// Sends `n` GETs to `url` at once and keeps every response that arrives (so each keeps its
+/// connection); the distinct errors of the others.
+fn http_hold(url: &str, n: usize) -> (Vec<wasi::http::types::IncomingResponse>, Vec<String>) {
+    use wasi::http::types::{Fields, Method, OutgoingBody, OutgoingRequest, Scheme};
+    let (_, rest) = url.split_once("://").unwrap_or(("", url));
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let mut futures = Vec::new();
+    for _ in 0..n {
+        let req = OutgoingRequest::new(Fields::new());
+        let _ = req.set_method(&Method::Get);
+        let _ = req.set_scheme(Some(&Scheme::Http));
+        let _ = req.set_authority(Some(authority));
+        let _ = req.set_path_with_query(Some(path));
+        let body = req.body().ok();
+        if let Ok(f) = wasi::http::outgoing_handler::handle(req, None) {
+            futures.push(f);
+        }
+        if let Some(b) = body {
+            let _ = OutgoingBody::finish(b, None);
+        }
+    }
+    let (mut held, mut errors) = (Vec::new(), Vec::new());
+    for f in futures {
+        f.subscribe().block();
+        match f.get() {
+            Some(Ok(Ok(r))) => held.push(r),
+            Some(Ok(Err(e))) => {
+                let e = format!("{e:?}");
+                if !errors.contains(&e) {
+                    errors.push(e);
+                }
+            }
+            _ => {}
+        }
+    }
+    (held, errors)
 }
 
 /// Sends `METHOD URL` through wasi:http/outgoing-handler; returns "STATUS BODY".
