@@ -435,3 +435,77 @@ fn outbound_http_connections_count_against_limits_sockets() {
         .expect(0)
         .stdout_has("ok: 20 []");
 }
+
+#[test]
+fn busy_handlers_do_not_hold_the_server_and_sigterm_stops_it() {
+    let sb = Sandbox::new();
+    // One worker thread per core; the machine may have two. Three busy handlers, more than
+    // there are workers, with time to spare before their timeout.
+    signed_policy(
+        &sb,
+        &["flood"],
+        "capgate: 1\nname: busy\nversion: 1\ncomponents:\n  flood:\n    component: flood.wasm\n    limits: { timeout: 60s, fuel: 100000000000000, instances: 8 }\n",
+    );
+    let server = serve(
+        &sb,
+        &[
+            "serve",
+            "--policy",
+            "policy.yaml",
+            "--trust",
+            "trust.yaml",
+            "--component",
+            "flood",
+            "--listen",
+            "127.0.0.1:0",
+        ],
+    );
+    let spinners: Vec<_> = (0..3)
+        .map(|_| {
+            let addr = server.addr.clone();
+            std::thread::spawn(move || {
+                // Killed with the server; the answer does not matter.
+                let _ = std::net::TcpStream::connect(&addr).and_then(|mut s| {
+                    s.set_read_timeout(Some(std::time::Duration::from_secs(30)))?;
+                    write!(s, "GET /spin HTTP/1.1\r\nhost: x\r\n\r\n")?;
+                    let mut b = [0u8; 64];
+                    s.read(&mut b)
+                });
+            })
+        })
+        .collect();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    // Other requests are still served while the handlers spin.
+    let started = std::time::Instant::now();
+    let (status, body) = request(&server.addr, "GET", "/5", b"");
+    assert_eq!((status, body.len()), (200, 5));
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "a request waited {:?} behind busy handlers",
+        started.elapsed()
+    );
+    // And SIGTERM stops the server: in flight requests get the grace period, not more.
+    let mut server = server;
+    let pid = server.child.id().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let stopped_at = std::time::Instant::now();
+    loop {
+        if server.child.try_wait().unwrap().is_some() {
+            break;
+        }
+        assert!(
+            stopped_at.elapsed() < std::time::Duration::from_secs(20),
+            "serve did not stop on SIGTERM while handlers spun"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    for s in spinners {
+        let _ = s.join();
+    }
+}

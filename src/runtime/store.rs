@@ -172,11 +172,17 @@ pub(crate) async fn backstop<T>(
 /// Arms the time and fuel limits for one run or one call.
 #[allow(clippy::expect_used)]
 pub(crate) fn arm_limits(store: &mut Store<State>, limits: &Limits) {
-    let ticks = limits.timeout.map_or(u64::MAX / 2, |t| {
-        t.duration().as_millis().div_ceil(TICK.as_millis()) as u64
+    // At every epoch tick the guest yields to the executor, so a busy guest never holds a
+    // worker thread: other requests, other guests and the signal that stops `serve` go on.
+    // Once `limits.timeout` has passed, the next tick stops it.
+    let deadline = limits
+        .timeout
+        .map(|t| std::time::Instant::now() + t.duration());
+    store.set_epoch_deadline(1);
+    store.epoch_deadline_callback(move |_| match deadline {
+        Some(d) if std::time::Instant::now() >= d => Ok(wasmtime::UpdateDeadline::Interrupt),
+        _ => Ok(wasmtime::UpdateDeadline::Yield(1)),
     });
-    store.set_epoch_deadline(ticks.max(1));
-    store.epoch_deadline_trap();
     // INVARIANT: fuel consumption is enabled in `Host::new`, so setting fuel cannot fail.
     store
         .set_fuel(limits.fuel.unwrap_or(u64::MAX))

@@ -1,5 +1,6 @@
 //! A hostile HTTP handler for the exhaustion tests: `GET /N` answers with N bytes, streamed in
-//! 64 KiB chunks, so tests can check that `limits.body` cuts off what a served component sends.
+//! 64 KiB chunks, so tests can check that `limits.body` cuts off what a served component sends;
+//! `GET /spin` never returns (a busy loop, no host call).
 
 use wasi::http::types::{Fields, IncomingRequest, OutgoingBody, OutgoingResponse, ResponseOutparam};
 
@@ -8,6 +9,12 @@ struct Handler;
 impl wasi::exports::http::incoming_handler::Guest for Handler {
     fn handle(request: IncomingRequest, out: ResponseOutparam) {
         let path = request.path_with_query().unwrap_or_default();
+        if path == "/spin" {
+            let mut x: u64 = 0;
+            loop {
+                x = std::hint::black_box(x.wrapping_add(1));
+            }
+        }
         let n: u64 = path.trim_start_matches('/').parse().unwrap_or(0);
         let response = OutgoingResponse::new(Fields::new());
         let Ok(body) = response.body() else { return };
