@@ -509,3 +509,51 @@ fn busy_handlers_do_not_hold_the_server_and_sigterm_stops_it() {
         let _ = s.join();
     }
 }
+
+#[test]
+fn idle_clients_are_cut_off_and_do_not_block_others() {
+    let sb = Sandbox::new();
+    signed_policy(
+        &sb,
+        &["flood"],
+        "capgate: 1\nname: idle\nversion: 1\ncomponents:\n  flood:\n    component: flood.wasm\n",
+    );
+    let server = serve(
+        &sb,
+        &[
+            "serve",
+            "--policy",
+            "policy.yaml",
+            "--trust",
+            "trust.yaml",
+            "--component",
+            "flood",
+            "--listen",
+            "127.0.0.1:0",
+        ],
+    );
+    // The attack: 200 connections that never send a request.
+    let idle: Vec<TcpStream> = (0..200)
+        .map(|_| TcpStream::connect(&server.addr).unwrap())
+        .collect();
+    // Control, at once: a real request is served.
+    let (status, body) = request(&server.addr, "GET", "/3", b"");
+    assert_eq!((status, body.len()), (200, 3));
+    // Each idle connection is closed once the header timeout (10 s) has passed.
+    let started = std::time::Instant::now();
+    for mut s in idle {
+        s.set_read_timeout(Some(std::time::Duration::from_secs(20)))
+            .unwrap();
+        let mut b = [0u8; 16];
+        let n = s.read(&mut b).unwrap_or(0);
+        assert_eq!(n, 0, "an idle connection got data");
+    }
+    let waited = started.elapsed();
+    assert!(
+        waited < std::time::Duration::from_secs(16),
+        "idle connections were kept {waited:?}"
+    );
+    // The server is still there.
+    let (status, _) = request(&server.addr, "GET", "/1", b"");
+    assert_eq!(status, 200);
+}

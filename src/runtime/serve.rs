@@ -30,6 +30,55 @@ use crate::verified::VerifiedPolicy;
 /// How long requests in flight may run after shutdown begins.
 const GRACE: Duration = Duration::from_secs(10);
 
+/// Connections served at once; more wait in the listen queue.
+const MAX_CONNECTIONS: usize = 1024;
+
+/// How long a client has to send a request's headers, from the start of the connection or
+/// the end of the previous request; a slower one is disconnected.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The longest one connection is kept, however busy (a client that keeps one open for ever
+/// holds a place and a descriptor).
+const CONNECTION_LIFETIME: Duration = Duration::from_secs(600);
+
+/// The pause after a failed accept (out of descriptors), so the loop does not spin.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+/// hyper's timer, on tokio's clock (for the header timeout).
+#[derive(Clone, Copy, Debug)]
+struct TokioTimer;
+
+/// One of [`TokioTimer`]'s sleeps.
+struct TokioSleep(std::pin::Pin<Box<tokio::time::Sleep>>);
+
+impl Future for TokioSleep {
+    type Output = ();
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        self.0.as_mut().poll(cx)
+    }
+}
+
+impl hyper::rt::Sleep for TokioSleep {}
+
+impl hyper::rt::Timer for TokioTimer {
+    fn sleep(&self, duration: Duration) -> std::pin::Pin<Box<dyn hyper::rt::Sleep>> {
+        Box::pin(TokioSleep(Box::pin(tokio::time::sleep(duration))))
+    }
+
+    fn sleep_until(
+        &self,
+        deadline: std::time::Instant,
+    ) -> std::pin::Pin<Box<dyn hyper::rt::Sleep>> {
+        Box::pin(TokioSleep(Box::pin(tokio::time::sleep_until(
+            deadline.into(),
+        ))))
+    }
+}
+
 struct Served {
     host: Arc<Host>,
     gate: Gate,
@@ -176,17 +225,29 @@ pub async fn serve(
             // Reap finished connections as they end, or the set keeps one entry per
             // connection ever served.
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
-            accepted = listener.accept() => {
-                let Ok((stream, _)) = accepted else { continue };
+            // At most MAX_CONNECTIONS at once: past it, new clients wait in the kernel's
+            // queue until one ends.
+            accepted = listener.accept(), if connections.len() < MAX_CONNECTIONS => {
+                let stream = match accepted {
+                    Ok((stream, _)) => stream,
+                    // Out of descriptors (or another passing failure): back off instead of
+                    // spinning on accept, and let connections end meanwhile.
+                    Err(_) => {
+                        tokio::time::sleep(ACCEPT_BACKOFF).await;
+                        continue;
+                    }
+                };
                 let served = served.clone();
                 connections.spawn(async move {
                     let service = hyper::service::service_fn(move |req| {
                         let served = served.clone();
                         async move { Ok::<_, Infallible>(served.handle(req).await) }
                     });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(wasmtime_wasi_http::io::TokioIo::new(stream), service)
-                        .await;
+                    let conn = hyper::server::conn::http1::Builder::new()
+                        .timer(TokioTimer)
+                        .header_read_timeout(HEADER_TIMEOUT)
+                        .serve_connection(wasmtime_wasi_http::io::TokioIo::new(stream), service);
+                    let _ = tokio::time::timeout(CONNECTION_LIFETIME, conn).await;
                 });
             }
         }
