@@ -94,22 +94,7 @@ components:
     );
     signed_policy(&sb, &["probe", "vault", "vault-client"], &policy);
     add_auditor(&sb);
-    let run = |component: &str, args: &[&str]| -> Run {
-        let mut argv = vec![
-            "run",
-            "--policy",
-            "policy.yaml",
-            "--trust",
-            "trust.yaml",
-            "--audit-key",
-            "keys/auditor.key",
-            "--component",
-            component,
-            "--",
-        ];
-        argv.extend_from_slice(args);
-        sb.capgate(argv)
-    };
+    let run = |component: &str, args: &[&str]| -> Run { common::run_audited(&sb, component, args) };
     run("probe", &["read", "/data/a.txt"])
         .expect(0)
         .stdout_has("ok:");

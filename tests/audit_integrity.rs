@@ -31,18 +31,7 @@ fn fixture() -> Sandbox {
 }
 
 fn run(sb: &Sandbox, args: &[&str]) -> Run {
-    let mut argv = vec![
-        "run",
-        "--policy",
-        "policy.yaml",
-        "--trust",
-        "trust.yaml",
-        "--audit-key",
-        "keys/auditor.key",
-        "--",
-    ];
-    argv.extend_from_slice(args);
-    sb.capgate(argv)
+    common::run_audited(sb, "probe", args)
 }
 
 /// `capgate audit verify` of the log with the trust root, and without the writer's state

@@ -126,6 +126,24 @@ impl Fixture {
     }
 }
 
+/// `capgate serve` of the signed policy's `flood` component on a loopback port.
+fn serve_flood(sb: &Sandbox) -> common::Server {
+    serve(
+        sb,
+        &[
+            "serve",
+            "--policy",
+            "policy.yaml",
+            "--trust",
+            "trust.yaml",
+            "--component",
+            "flood",
+            "--listen",
+            "127.0.0.1:0",
+        ],
+    )
+}
+
 #[track_caller]
 fn stopped(r: &Run, message: &str) {
     r.expect(69).stderr_has(message);
@@ -213,20 +231,7 @@ fn http_bodies_past_limits_body_are_cut_off_both_ways() {
 #[test]
 fn a_served_response_past_limits_body_is_cut_off_and_the_server_goes_on() {
     let f = fixture();
-    let server = serve(
-        &f.sb,
-        &[
-            "serve",
-            "--policy",
-            "policy.yaml",
-            "--trust",
-            "trust.yaml",
-            "--component",
-            "flood",
-            "--listen",
-            "127.0.0.1:0",
-        ],
-    );
+    let server = serve_flood(&f.sb);
     let (status, body, complete) = request_raw(&server.addr, "GET", &format!("/{}", 4 * MIB), b"");
     assert_eq!(status, 200);
     assert!(!complete, "a 4 MiB response passed a 1 MiB limit");
@@ -446,20 +451,7 @@ fn busy_handlers_do_not_hold_the_server_and_sigterm_stops_it() {
         &["flood"],
         "capgate: 1\nname: busy\nversion: 1\ncomponents:\n  flood:\n    component: flood.wasm\n    limits: { timeout: 60s, fuel: 100000000000000, instances: 8 }\n",
     );
-    let server = serve(
-        &sb,
-        &[
-            "serve",
-            "--policy",
-            "policy.yaml",
-            "--trust",
-            "trust.yaml",
-            "--component",
-            "flood",
-            "--listen",
-            "127.0.0.1:0",
-        ],
-    );
+    let server = serve_flood(&sb);
     let spinners: Vec<_> = (0..3)
         .map(|_| {
             let addr = server.addr.clone();
@@ -518,20 +510,7 @@ fn idle_clients_are_cut_off_and_do_not_block_others() {
         &["flood"],
         "capgate: 1\nname: idle\nversion: 1\ncomponents:\n  flood:\n    component: flood.wasm\n",
     );
-    let server = serve(
-        &sb,
-        &[
-            "serve",
-            "--policy",
-            "policy.yaml",
-            "--trust",
-            "trust.yaml",
-            "--component",
-            "flood",
-            "--listen",
-            "127.0.0.1:0",
-        ],
-    );
+    let server = serve_flood(&sb);
     // The attack: 200 connections that never send a request.
     let idle: Vec<TcpStream> = (0..200)
         .map(|_| TcpStream::connect(&server.addr).unwrap())

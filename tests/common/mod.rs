@@ -265,6 +265,30 @@ pub fn resign_policy(sb: &Sandbox, policy: &str) {
         .expect(0);
 }
 
+/// `capgate run` of the signed policy's `component` with `args`, its audit checkpoints
+/// signed by `keys/auditor.key`.
+#[allow(dead_code)]
+pub fn run_audited(sb: &Sandbox, component: &str, args: &[&str]) -> Run {
+    Run::from(
+        sb.command(run_argv(
+            &["--audit-key", "keys/auditor.key"],
+            component,
+            args,
+        ))
+        .output()
+        .expect("run capgate"),
+    )
+}
+
+/// `run --policy policy.yaml --trust trust.yaml EXTRA --component COMPONENT -- ARGS`.
+fn run_argv<'a>(extra: &[&'a str], component: &'a str, args: &[&'a str]) -> Vec<&'a str> {
+    let mut argv = vec!["run", "--policy", "policy.yaml", "--trust", "trust.yaml"];
+    argv.extend_from_slice(extra);
+    argv.extend_from_slice(&["--component", component, "--"]);
+    argv.extend_from_slice(args);
+    argv
+}
+
 /// `capgate run` of the signed policy's `component` with `args`.
 pub fn run_probe(sb: &Sandbox, component: &str, args: &[&str]) -> Run {
     run_probe_env(sb, component, args, &[])
@@ -272,18 +296,7 @@ pub fn run_probe(sb: &Sandbox, component: &str, args: &[&str]) -> Run {
 
 /// [`run_probe`] with extra environment variables set on the `capgate` process.
 pub fn run_probe_env(sb: &Sandbox, component: &str, args: &[&str], env: &[(&str, &str)]) -> Run {
-    let mut argv = vec![
-        "run",
-        "--policy",
-        "policy.yaml",
-        "--trust",
-        "trust.yaml",
-        "--component",
-        component,
-        "--",
-    ];
-    argv.extend_from_slice(args);
-    let mut cmd = sb.command(argv);
+    let mut cmd = sb.command(run_argv(&[], component, args));
     cmd.envs(env.iter().copied());
     Run::from(cmd.output().expect("run capgate"))
 }
