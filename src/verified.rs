@@ -30,6 +30,7 @@ pub struct VerifiedPolicy {
     authority: Authority,
     artifacts: BTreeMap<String, VerifiedArtifact>,
     provenance: Provenance,
+    expires: Option<time::OffsetDateTime>,
     #[cfg(feature = "runtime")]
     pub(crate) dirs: BTreeMap<String, Vec<std::sync::Arc<cap_std::fs::Dir>>>,
 }
@@ -42,7 +43,7 @@ impl VerifiedPolicy {
         let loaded = Self::check(path, trust, state)?;
         let header = (loaded.policy.name.clone(), loaded.policy.version);
         // `accept` checks again under the state lock, so a concurrent newer accept still wins.
-        state.accept(path, &header.0, header.1)?;
+        state.accept_content(path, &header.0, header.1, Some(&loaded.policy.sha256))?;
         Ok(loaded)
     }
 
@@ -59,6 +60,7 @@ impl VerifiedPolicy {
         trust: Option<&TrustRoot>,
     ) -> Result<Self, PolicyError> {
         let provenance = bundle.provenance().clone();
+        let expires = bundle.header().expires;
         let policy = resolve(policy::parse(&bundle)?)?;
         let mut artifacts = BTreeMap::new();
         for (name, c) in &policy.components {
@@ -112,6 +114,7 @@ impl VerifiedPolicy {
             authority,
             artifacts,
             provenance,
+            expires,
             #[cfg(feature = "runtime")]
             dirs,
         })
@@ -136,6 +139,17 @@ impl VerifiedPolicy {
     /// The verified artifact of a component.
     pub fn artifact(&self, component: &str) -> Option<&VerifiedArtifact> {
         self.artifacts.get(component)
+    }
+
+    /// When the policy stops being valid (its `expires`), if it says.
+    pub fn expires(&self) -> Option<time::OffsetDateTime> {
+        self.expires
+    }
+
+    /// Whether the policy has expired by now: nothing of it may run any more.
+    pub fn expired(&self) -> bool {
+        self.expires
+            .is_some_and(|at| time::OffsetDateTime::now_utc() >= at)
     }
 
     /// Who signed the policy, or that it was admitted unsigned.

@@ -729,14 +729,16 @@ fn a_run_with_an_unwritable_log_refuses_fail_closed_and_warns_in_continue_mode()
         format!(
             "capgate: 1
 name: failing
-version: 1
+version: {}
 audit: {{ level: all, on_failure: {mode} }}
 components:
   probe:
     component: probe.wasm
     network:
       connect: [tcp://127.0.0.1:{pong}]
-"
+",
+            // A changed policy is a new version.
+            if mode == "continue" { 2 } else { 1 }
         )
     };
     signed_policy(&sb, &["probe"], &policy("fail-closed"));

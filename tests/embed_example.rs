@@ -134,12 +134,12 @@ async fn a_fail_closed_policy_whose_log_cannot_be_written_runs_nothing_when_embe
     sb.write("out/.keep", "");
     // The log's directory does not exist, so the log cannot be opened; `on_failure` is
     // fail-closed by default.
-    let policy = |log: &str| {
+    let policy = |log: &str, version: u32| {
         format!(
-            "capgate: 1\nname: closed\nversion: 1\naudit: {{ log: {log} }}\ncomponents:\n  probe:\n    component: probe.wasm\n    stdio: {{ stdout: closed }}\n    files: [{{ host: out, guest: /out, access: read-write }}]\n"
+            "capgate: 1\nname: closed\nversion: {version}\naudit: {{ log: {log} }}\ncomponents:\n  probe:\n    component: probe.wasm\n    stdio: {{ stdout: closed }}\n    files: [{{ host: out, guest: /out, access: read-write }}]\n"
         )
     };
-    signed_probe_policy(&sb, &policy("missing/audit.jsonl"));
+    signed_probe_policy(&sb, &policy("missing/audit.jsonl", 1));
     let (policy_path, trust, state) = (
         sb.path("policy.yaml"),
         sb.path("trust.yaml"),
@@ -160,7 +160,8 @@ async fn a_fail_closed_policy_whose_log_cannot_be_written_runs_nothing_when_embe
     assert!(!sb.path("out/ran.txt").exists(), "the guest did not run");
 
     // Control: the same policy with a log it can write runs the guest.
-    common::resign_policy(&sb, &policy("audit.jsonl"));
+    // A changed policy is a new version.
+    common::resign_policy(&sb, &policy("audit.jsonl", 2));
     let ok = run().await.unwrap();
     assert_eq!(ok.exit, 0);
     assert_eq!(

@@ -536,3 +536,40 @@ fn idle_clients_are_cut_off_and_do_not_block_others() {
     let (status, _) = request(&server.addr, "GET", "/1", b"");
     assert_eq!(status, 200);
 }
+
+#[test]
+fn a_policy_that_expires_while_served_stops_being_served() {
+    let sb = Sandbox::new();
+    let expires = time::OffsetDateTime::now_utc() + time::Duration::seconds(8);
+    let expires = expires
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    signed_policy(
+        &sb,
+        &["flood"],
+        &format!(
+            "capgate: 1\nname: brief\nversion: 1\nexpires: {expires}\ncomponents:\n  flood:\n    component: flood.wasm\n"
+        ),
+    );
+    let mut server = serve_flood(&sb);
+    // Control: served while valid.
+    let (status, body) = request(&server.addr, "GET", "/2", b"");
+    assert_eq!((status, body.len()), (200, 2));
+    // Then it stops by itself, refusing (exit 77) and saying why.
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = server.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(30),
+            "serve went on past its policy's expiry"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert_eq!(status.code(), Some(77));
+    let mut rest = String::new();
+    let _ = server.stderr.take().unwrap().read_to_string(&mut rest);
+    assert!(rest.contains("has expired"), "{rest}");
+    assert!(rest.contains("expired at"), "{rest}");
+}

@@ -405,10 +405,14 @@ fn request_bodies_past_limits_body_are_refused_and_the_server_goes_on() {
     let policy = std::fs::read_to_string(sb.path("policies/image-service/policy.yaml")).unwrap();
     sb.write(
         "policies/image-service/policy.yaml",
-        policy.replace(
-            "limits: { memory: 64MiB, timeout: 10s, instances: 8 }",
-            "limits: { memory: 64MiB, timeout: 10s, instances: 8, body: 4KiB }",
-        ),
+        // A changed policy is a new version (a host refuses other content under a version
+        // it accepted).
+        policy
+            .replace(
+                "limits: { memory: 64MiB, timeout: 10s, instances: 8 }",
+                "limits: { memory: 64MiB, timeout: 10s, instances: 8, body: 4KiB }",
+            )
+            .replacen("version: 1", "version: 2", 1),
     );
     std::fs::remove_file(sb.path("policies/image-service/policy.yaml.sig")).unwrap();
     sign_policy(&sb);

@@ -506,3 +506,34 @@ fn capgate_signature_verifies_with_openssl() {
     flip_byte(&sb.path("pae.bin"), pae.len() - 3);
     assert!(!verify(&sb).status.success());
 }
+
+#[test]
+fn a_changed_policy_under_an_accepted_version_is_refused() {
+    let sb = Sandbox::new();
+    common::signed_probe_policy(
+        &sb,
+        "capgate: 1\nname: same\nversion: 3\ncomponents:\n  probe:\n    component: probe.wasm\n",
+    );
+    common::run_probe(&sb, "probe", &["exit", "0"]).expect(0);
+    // The attack: other content, the same version, signed by the same key.
+    common::resign_policy(
+        &sb,
+        "capgate: 1\nname: same\nversion: 3\ncomponents:\n  probe:\n    component: probe.wasm\n    env: { X: y }\n",
+    );
+    common::run_probe(&sb, "probe", &["exit", "0"])
+        .expect(77)
+        .stderr_has(
+            "policy `same` version 3 differs from the version 3 this host already accepted",
+        );
+    // Control: the same content again is accepted, and so is a higher version.
+    common::resign_policy(
+        &sb,
+        "capgate: 1\nname: same\nversion: 3\ncomponents:\n  probe:\n    component: probe.wasm\n",
+    );
+    common::run_probe(&sb, "probe", &["exit", "0"]).expect(0);
+    common::resign_policy(
+        &sb,
+        "capgate: 1\nname: same\nversion: 4\ncomponents:\n  probe:\n    component: probe.wasm\n    env: { X: y }\n",
+    );
+    common::run_probe(&sb, "probe", &["exit", "0"]).expect(0);
+}

@@ -235,6 +235,18 @@ pub enum Error {
         expires: String,
     },
 
+    /// The policy has the version this host accepted last, with other content: a changed
+    /// policy needs a new version, or it could be swapped for another of the same version.
+    #[error("{}: policy `{name}` version {version} differs from the version {version} this host already accepted (hint: give the changed policy a higher `version` and sign it)", path.display())]
+    VersionReused {
+        /// The policy file.
+        path: PathBuf,
+        /// The policy name.
+        name: String,
+        /// The version presented.
+        version: u64,
+    },
+
     /// The policy's `version` is older than one this host has accepted.
     #[error("{}: policy `{name}` version {version} is older than version {highest}, which this host already accepted (rollback refused)", path.display())]
     Rollback {
@@ -268,7 +280,8 @@ impl Error {
             | Self::State { .. }
             | Self::NotTrusted { .. }
             | Self::Expired { .. }
-            | Self::Rollback { .. } => ErrorClass::Trust,
+            | Self::Rollback { .. }
+            | Self::VersionReused { .. } => ErrorClass::Trust,
         }
     }
 

@@ -359,16 +359,29 @@ impl<'a> PolicyVerifier<'a> {
         }
         check_expiry(path, &header, self.now)?;
         if self.record {
-            self.state.accept(path, &header.name, header.version)?;
-        } else if let Some(highest) = self.state.highest(&header.name)?
-            && header.version < highest
-        {
-            return Err(Error::Rollback {
-                path: path.to_owned(),
-                name: header.name.clone(),
-                version: header.version,
-                highest,
-            });
+            self.state
+                .accept_content(path, &header.name, header.version, Some(&sha256))?;
+        } else if let Some(highest) = self.state.highest(&header.name)? {
+            if header.version < highest {
+                return Err(Error::Rollback {
+                    path: path.to_owned(),
+                    name: header.name.clone(),
+                    version: header.version,
+                    highest,
+                });
+            }
+            if header.version == highest
+                && self
+                    .state
+                    .highest_digest(&header.name)?
+                    .is_some_and(|d| d != sha256.to_string())
+            {
+                return Err(Error::VersionReused {
+                    path: path.to_owned(),
+                    name: header.name.clone(),
+                    version: header.version,
+                });
+            }
         }
         Ok(PolicyBundle {
             path: path.to_owned(),

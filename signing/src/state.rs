@@ -19,6 +19,10 @@ struct Versions {
     #[serde(rename = "capgate-state")]
     format: u32,
     versions: BTreeMap<String, u64>,
+    /// The SHA-256 of the YAML of each name's highest accepted version (absent in state files
+    /// written before digests were kept; the next accept records it).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    digests: BTreeMap<String, String>,
 }
 
 /// Where accepted policy versions are remembered.
@@ -55,9 +59,27 @@ impl StateStore {
         Ok(self.read()?.versions.get(name).copied())
     }
 
+    /// The digest the highest accepted version of `name` was accepted with, if known.
+    pub fn highest_digest(&self, name: &str) -> Result<Option<String>, Error> {
+        Ok(self.read()?.digests.get(name).cloned())
+    }
+
     /// Refuses `version` if it is lower than the highest accepted for `name`; otherwise records
     /// it. `policy` is only for the error message.
     pub fn accept(&self, policy: &Path, name: &str, version: u64) -> Result<(), Error> {
+        self.accept_content(policy, name, version, None)
+    }
+
+    /// Like [`StateStore::accept`], binding the version to the policy's content: once version
+    /// N of `name` is accepted with digest D, a policy with version N and another digest is
+    /// refused ([`Error::VersionReused`]).
+    pub fn accept_content(
+        &self,
+        policy: &Path,
+        name: &str,
+        version: u64,
+        sha256: Option<&crate::Sha256>,
+    ) -> Result<(), Error> {
         fs::create_dir_all(&self.dir).map_err(|e| self.io(e))?;
         let lock = fs::OpenOptions::new()
             .create(true)
@@ -77,11 +99,29 @@ impl StateStore {
                 });
             }
             if version == highest {
-                return Ok(());
+                match (state.digests.get(name), sha256) {
+                    (Some(known), Some(d)) if *known != d.to_string() => {
+                        return Err(Error::VersionReused {
+                            path: policy.to_owned(),
+                            name: name.to_owned(),
+                            version,
+                        });
+                    }
+                    (Some(_), _) | (None, None) => return Ok(()),
+                    (None, Some(_)) => {}
+                }
             }
         }
         state.format = 1;
         state.versions.insert(name.to_owned(), version);
+        match sha256 {
+            Some(d) => {
+                state.digests.insert(name.to_owned(), d.to_string());
+            }
+            None => {
+                state.digests.remove(name);
+            }
+        }
         // INVARIANT: a map of strings to integers serialises to JSON infallibly.
         #[allow(clippy::expect_used)]
         let text = serde_json::to_string_pretty(&state).expect("state serialises");

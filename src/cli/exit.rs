@@ -124,6 +124,7 @@ impl From<capgate::RunError> for CliError {
             R::Invalid { .. } | R::Instantiate { .. } | R::Link { .. } => Exit::DataErr,
             R::NoSuchComponent { .. } | R::Call { .. } => Exit::Usage,
             R::Audit { .. } => Exit::CantCreate,
+            R::Expired { .. } => Exit::NoPerm,
             _ => Exit::Software,
         };
         Self::new(exit, e.to_string())

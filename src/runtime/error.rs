@@ -53,6 +53,18 @@ pub enum RunError {
         #[source]
         source: crate::audit::AuditError,
     },
+    /// The policy expired (its `expires` has passed): nothing of it runs any more.
+    #[error(
+        "policy `{policy}` version {version} expired at {at}: nothing of it runs any more (hint: sign and load a newer version)"
+    )]
+    Expired {
+        /// The policy's name.
+        policy: String,
+        /// Its version.
+        version: u64,
+        /// When it expired (RFC 3339).
+        at: String,
+    },
     /// The policy has no such component.
     #[error("no component `{name}` in policy `{policy}` (hint: components are {known})")]
     NoSuchComponent {
@@ -132,6 +144,25 @@ impl RunError {
             source: Some(source),
         }
     }
+}
+
+/// The error for a policy that has expired, if it has.
+pub(crate) fn check_expiry(policy: &crate::VerifiedPolicy) -> Result<(), RunError> {
+    if !policy.expired() {
+        return Ok(());
+    }
+    let at = policy
+        .expires()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_default();
+    Err(RunError::Expired {
+        policy: policy.policy().name.clone(),
+        version: policy.policy().version,
+        at,
+    })
 }
 
 /// The error for a component `name` that `policy` does not have.

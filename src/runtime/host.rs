@@ -16,7 +16,7 @@ use wasmtime_wasi::I32Exit;
 
 use super::broker::{self, Callee};
 use super::config::{HostConfig, check_private_dir};
-use super::error::{RunError, no_such};
+use super::error::{RunError, check_expiry, no_such};
 use super::store::{self, State};
 use super::{engine, wave};
 use crate::audit::{Auditor, Checkpointer, JsonlOptions, JsonlSink, OnFailure};
@@ -101,6 +101,8 @@ impl Host {
     /// Where `policy`'s decisions go on this host: its audit log (opened on first use, as
     /// the policy's `audit` section and this host's configuration say) and the observer.
     pub(crate) fn recorder(&self, policy: &VerifiedPolicy) -> Result<Recorder, RunError> {
+        // An expired policy runs nothing, however long ago it was verified.
+        check_expiry(policy)?;
         let mut auditors = lock(&self.auditors);
         let audit = match auditors.get(&policy.id()) {
             Some(a) => a.clone(),

@@ -19,7 +19,7 @@ use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
-use super::error::{RunError, no_such};
+use super::error::{RunError, check_expiry, no_such};
 use super::host::Host;
 use super::store::{self, State};
 use super::wasi::body::Capped;
@@ -123,6 +123,9 @@ impl Served {
                 ),
             );
         }
+        if self.gate.policy().expired() {
+            return text(503, "capgate: the policy has expired".into());
+        }
         let Ok(permit) = self.permits.clone().acquire_owned().await else {
             return text(503, "capgate: shutting down".into());
         };
@@ -219,9 +222,18 @@ pub async fn serve(
     });
     let mut connections = tokio::task::JoinSet::new();
     tokio::pin!(shutdown);
+    // The policy stops being served when it expires: the listener closes, requests in flight
+    // finish, and `serve` returns the expiry as its error.
+    let expiry = policy.expires().map(|at| {
+        let left = at - time::OffsetDateTime::now_utc();
+        tokio::time::Instant::now() + Duration::try_from(left).unwrap_or(Duration::ZERO)
+    });
+    let expired = tokio::time::sleep_until(expiry.unwrap_or_else(tokio::time::Instant::now));
+    tokio::pin!(expired);
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
+            _ = &mut expired, if expiry.is_some() => break,
             // Reap finished connections as they end, or the set keeps one entry per
             // connection ever served.
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
@@ -253,11 +265,18 @@ pub async fn serve(
         }
     }
     drop(listener);
+    if expiry.is_some() && policy.expired() {
+        eprintln!(
+            "capgate: policy `{}` version {} has expired; no longer serving, letting requests in flight finish",
+            policy.policy().name,
+            policy.policy().version
+        );
+    }
     // Let requests in flight finish, within the grace period.
     let _ = tokio::time::timeout(GRACE, async {
         while connections.join_next().await.is_some() {}
     })
     .await;
     served.permits.close();
-    Ok(())
+    check_expiry(&policy)
 }
