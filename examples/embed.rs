@@ -36,7 +36,10 @@ pub async fn run(
 
     let denials = Arc::new(Mutex::new(Vec::new()));
     let sink = denials.clone();
-    let host = Host::new(HostConfig::new().observe(move |event| {
+    // The audit log's anchor lives beside the rollback state, as `capgate run` keeps it: the
+    // host then refuses to continue a log that was cut off or extended behind its back.
+    let config = HostConfig::new().audit_state_dir(state);
+    let host = Host::new(config.observe(move |event| {
         if !event.decision.allowed {
             let line = format!(
                 "{} {} {}: {}",
