@@ -163,15 +163,20 @@ impl VerifiedPolicy {
 /// Errors name the line of the policy that references the path.
 fn resolve(mut policy: Policy) -> Result<Policy, PolicyError> {
     let file = policy.path.clone();
+    let missing = |at: (u64, u64), what: String, missing: &Path| PolicyError::MissingFile {
+        path: file.clone(),
+        line: at.0,
+        column: at.1,
+        what,
+        file: missing.to_owned(),
+    };
     for (name, c) in &mut policy.components {
         if !c.artifact.is_file() {
-            return Err(PolicyError::MissingFile {
-                path: file,
-                line: c.artifact_at.line,
-                column: c.artifact_at.column,
-                what: format!("component `{name}`: artifact"),
-                file: c.artifact.clone(),
-            });
+            return Err(missing(
+                (c.artifact_at.line, c.artifact_at.column),
+                format!("component `{name}`: artifact"),
+                &c.artifact,
+            ));
         }
         for (i, f) in c.files.iter_mut().enumerate() {
             let field = format!("{name}.files[{i}]");
@@ -179,7 +184,7 @@ fn resolve(mut policy: Policy) -> Result<Policy, PolicyError> {
                 Ok(h) if h.is_dir() => h,
                 Ok(h) => {
                     return Err(PolicyError::Invalid {
-                        path: file,
+                        path: file.clone(),
                         line: f.at.line,
                         column: f.at.column,
                         message: format!("{field}: host path `{}` is not a directory", h.display()),
@@ -187,13 +192,11 @@ fn resolve(mut policy: Policy) -> Result<Policy, PolicyError> {
                     });
                 }
                 Err(_) => {
-                    return Err(PolicyError::MissingFile {
-                        path: file,
-                        line: f.at.line,
-                        column: f.at.column,
-                        what: format!("{field}: host directory"),
-                        file: f.host.clone(),
-                    });
+                    return Err(missing(
+                        (f.at.line, f.at.column),
+                        format!("{field}: host directory"),
+                        &f.host,
+                    ));
                 }
             };
         }

@@ -247,21 +247,40 @@ impl Host {
         }
     }
 
+    /// Resolves the links of `component` of `policy` (compiling what it reaches) and hands the
+    /// wiring and the policy's callees to `build`: the one way apps and direct calls are made.
+    fn wired<R>(
+        &self,
+        policy: &Arc<VerifiedPolicy>,
+        component: &str,
+        build: impl FnOnce(
+            &broker::Wiring<'_>,
+            &mut BTreeMap<String, Arc<Callee>>,
+        ) -> Result<R, RunError>,
+    ) -> Result<(broker::Graph, R), RunError> {
+        let recorder = self.recorder(policy)?;
+        let graph = broker::resolve(&self.engine, policy, component, &mut |n| {
+            self.compile(policy, n)
+        })?;
+        let built = {
+            let mut registry = lock(&self.callees);
+            build(
+                &self.wiring(policy, &graph, &recorder),
+                registry.entry(policy.id()).or_default(),
+            )?
+        };
+        Ok((graph, built))
+    }
+
     /// The linked app for `component` of `policy`, built on first use.
     fn app(&self, policy: &Arc<VerifiedPolicy>, component: &str) -> Result<Arc<App>, RunError> {
         let key = (policy.id(), component.to_owned());
         if let Some(app) = lock(&self.apps).get(&key) {
             return Ok(app.clone());
         }
-        let recorder = self.recorder(policy)?;
-        let graph = broker::resolve(&self.engine, policy, component, &mut |n| {
-            self.compile(policy, n)
+        let (graph, linker) = self.wired(policy, component, |w, callees| {
+            w.linker_for(component, callees)
         })?;
-        let linker = {
-            let mut registry = lock(&self.callees);
-            self.wiring(policy, &graph, &recorder)
-                .linker_for(component, registry.entry(policy.id()).or_default())?
-        };
         let compiled = graph.compiled[component].clone();
         let command = linker
             .instantiate_pre(&compiled)
@@ -293,15 +312,9 @@ impl Host {
             .components
             .get(component)
             .ok_or_else(|| no_such(policy, component))?;
-        let recorder = self.recorder(policy)?;
-        let graph = broker::resolve(&self.engine, policy, component, &mut |n| {
-            self.compile(policy, n)
+        let (_, callee) = self.wired(policy, component, |w, callees| {
+            w.callee_for(component, callees)
         })?;
-        let callee = {
-            let mut registry = lock(&self.callees);
-            self.wiring(policy, &graph, &recorder)
-                .callee_for(component, registry.entry(policy.id()).or_default())?
-        };
         let (export, name) = match function.rsplit_once('#') {
             Some((e, f)) => (Some(e), f),
             None => (None, function),
