@@ -269,3 +269,104 @@ fn bad_links_are_refused_before_anything_runs() {
         assert!(r.stdout.is_empty(), "{name}: the client ran: {}", r.stdout);
     }
 }
+
+/// A caller that imports `test:secrets/vault@0.1.0` with `get-public` returning `result`
+/// (`string`, as the vault has it, or `u32`), and exports `go: func() -> u32` (returning 1,
+/// without calling anything).
+fn caller_expecting(result: wasm_encoder::PrimitiveValType) -> Vec<u8> {
+    use wasm_encoder::{
+        CodeSection, ComponentBuilder, ComponentExportKind, ComponentTypeRef, ComponentValType,
+        ExportKind, ExportSection, Function, FunctionSection, InstanceType, Instruction, Module,
+        PrimitiveValType, TypeSection, ValType,
+    };
+    let mut module = Module::new();
+    let mut types = TypeSection::new();
+    types.ty().function([], [ValType::I32]);
+    module.section(&types);
+    let mut funcs = FunctionSection::new();
+    funcs.function(0);
+    module.section(&funcs);
+    let mut exports = ExportSection::new();
+    exports.export("go", ExportKind::Func, 0);
+    module.section(&exports);
+    let mut code = CodeSection::new();
+    let mut f = Function::new([]);
+    f.instruction(&Instruction::I32Const(1));
+    f.instruction(&Instruction::End);
+    code.function(&f);
+    module.section(&code);
+
+    let mut c = ComponentBuilder::default();
+    let mut vault = InstanceType::new();
+    vault
+        .ty()
+        .function()
+        .params(std::iter::empty::<(&str, ComponentValType)>())
+        .result(Some(ComponentValType::Primitive(result)));
+    vault.export("get-public", ComponentTypeRef::Func(0));
+    let vault = c.type_instance(None, &vault);
+    c.import(
+        "test:secrets/vault@0.1.0",
+        ComponentTypeRef::Instance(vault),
+    );
+    let m = c.core_module(None, &module);
+    let inst = c.core_instantiate(None, m, []);
+    let core = c.core_alias_export(None, inst, "go", ExportKind::Func);
+    let (ty, mut enc) = c.type_function(None);
+    enc.params(std::iter::empty::<(&str, ComponentValType)>())
+        .result(Some(ComponentValType::Primitive(PrimitiveValType::U32)));
+    let go = c.lift_func(None, core, ty, []);
+    c.export("go", ComponentExportKind::Func, go, None);
+    c.finish()
+}
+
+#[test]
+fn link_types_are_checked_before_anything_runs() {
+    let sb = Sandbox::new();
+    let policy = "capgate: 1\nname: types\nversion: 1\ncomponents:\n  caller:\n    component: caller.wasm\n    calls:\n      - { component: vault, interface: test:secrets/vault, functions: [get-public] }\n  vault:\n    component: vault.wasm\n";
+    let call = |sb: &Sandbox| {
+        sb.capgate([
+            "call",
+            "--policy",
+            "policy.yaml",
+            "--trust",
+            "trust.yaml",
+            "caller",
+            "go",
+        ])
+    };
+    // The attack: a caller built against another `get-public` (returning `u32`).
+    sb.write(
+        "caller.wasm",
+        caller_expecting(wasm_encoder::PrimitiveValType::U32),
+    );
+    signed_policy(&sb, &["vault"], policy);
+    sb.capgate([
+        "sign",
+        "artifact",
+        "caller.wasm",
+        "--key",
+        "keys/release.key",
+    ])
+    .expect(0);
+    call(&sb)
+        .expect(65)
+        .stderr_has("import `test:secrets/vault@0.1.0` cannot be linked")
+        .stderr_has("function `get-public` has another type in `vault`");
+    // Control: the same caller built against the vault's `get-public` (returning `string`).
+    let sb = Sandbox::new();
+    sb.write(
+        "caller.wasm",
+        caller_expecting(wasm_encoder::PrimitiveValType::String),
+    );
+    signed_policy(&sb, &["vault"], policy);
+    sb.capgate([
+        "sign",
+        "artifact",
+        "caller.wasm",
+        "--key",
+        "keys/release.key",
+    ])
+    .expect(0);
+    call(&sb).expect(0).stdout_has("1");
+}

@@ -12,6 +12,7 @@ mod engine;
 mod error;
 mod host;
 mod limits;
+mod links;
 pub(crate) mod serve;
 mod store;
 mod wasi;
