@@ -322,7 +322,6 @@ fn caller_expecting(result: wasm_encoder::PrimitiveValType) -> Vec<u8> {
 
 #[test]
 fn link_types_are_checked_before_anything_runs() {
-    let sb = Sandbox::new();
     let policy = "capgate: 1\nname: types\nversion: 1\ncomponents:\n  caller:\n    component: caller.wasm\n    calls:\n      - { component: vault, interface: test:secrets/vault, functions: [get-public] }\n  vault:\n    component: vault.wasm\n";
     let call = |sb: &Sandbox| {
         sb.capgate([
@@ -335,38 +334,27 @@ fn link_types_are_checked_before_anything_runs() {
             "go",
         ])
     };
+    // A sandbox with the vault and a signed caller expecting `get-public` to return `result`.
+    let with_caller = |result| {
+        let sb = Sandbox::new();
+        sb.write("caller.wasm", caller_expecting(result));
+        signed_policy(&sb, &["vault"], policy);
+        sb.capgate([
+            "sign",
+            "artifact",
+            "caller.wasm",
+            "--key",
+            "keys/release.key",
+        ])
+        .expect(0);
+        sb
+    };
     // The attack: a caller built against another `get-public` (returning `u32`).
-    sb.write(
-        "caller.wasm",
-        caller_expecting(wasm_encoder::PrimitiveValType::U32),
-    );
-    signed_policy(&sb, &["vault"], policy);
-    sb.capgate([
-        "sign",
-        "artifact",
-        "caller.wasm",
-        "--key",
-        "keys/release.key",
-    ])
-    .expect(0);
-    call(&sb)
+    call(&with_caller(wasm_encoder::PrimitiveValType::U32))
         .expect(65)
         .stderr_has("import `test:secrets/vault@0.1.0` cannot be linked")
         .stderr_has("function `get-public` has another type in `vault`");
     // Control: the same caller built against the vault's `get-public` (returning `string`).
-    let sb = Sandbox::new();
-    sb.write(
-        "caller.wasm",
-        caller_expecting(wasm_encoder::PrimitiveValType::String),
-    );
-    signed_policy(&sb, &["vault"], policy);
-    sb.capgate([
-        "sign",
-        "artifact",
-        "caller.wasm",
-        "--key",
-        "keys/release.key",
-    ])
-    .expect(0);
+    let sb = with_caller(wasm_encoder::PrimitiveValType::String);
     call(&sb).expect(0).stdout_has("1");
 }
