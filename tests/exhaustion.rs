@@ -573,3 +573,73 @@ fn a_policy_that_expires_while_served_stops_being_served() {
     assert!(rest.contains("has expired"), "{rest}");
     assert!(rest.contains("expired at"), "{rest}");
 }
+
+/// Policy versions for [`accept_flood`]: each run signs a new one.
+static VERSION: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(2);
+
+/// Runs the probe's `accept` op on a free loopback port under `limits.sockets: SOCKETS` while
+/// up to `clients` connections are made to it; returns the run and how many connected.
+fn accept_flood(sb: &Sandbox, sockets: u32, accept: usize, clients: usize) -> (Run, usize) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    common::resign_policy(
+        sb,
+        &format!(
+            "capgate: 1\nname: accept\nversion: {}\ncomponents:\n  probe:\n    component: probe.wasm\n    network:\n      bind: [tcp://127.0.0.1:{port}]\n    limits: {{ sockets: {sockets}, timeout: 30s }}\n",
+            VERSION.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        ),
+    );
+    let addr = format!("127.0.0.1:{port}");
+    let mut child = sb
+        .command(common::run_argv(
+            &[],
+            "probe",
+            &["accept", &addr, &accept.to_string()],
+        ))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Connect as soon as the guest listens, until `clients` are connected or the guest has
+    // stopped listening. Peers the guest has not accepted wait in the backlog; all are held
+    // until the guest has exited.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let mut held = Vec::new();
+    while held.len() < clients && std::time::Instant::now() < deadline {
+        match std::net::TcpStream::connect(&addr) {
+            Ok(s) => held.push(s),
+            Err(_) if child.try_wait().unwrap().is_some() => break,
+            Err(_) => std::thread::sleep(std::time::Duration::from_millis(20)),
+        }
+    }
+    let out = child.wait_with_output().unwrap();
+    (Run::from_output(out), held.len())
+}
+
+#[test]
+fn accepted_connections_count_against_limits_sockets() {
+    let sb = Sandbox::new();
+    signed_policy(
+        &sb,
+        &["probe"],
+        "capgate: 1\nname: accept\nversion: 1\ncomponents:\n  probe:\n    component: probe.wasm\n",
+    );
+    // The attack: 40 peers connect to a guest that accepts all it can. The listener holds one
+    // place of four, so three connections are accepted and the fourth accept fails cleanly.
+    let (r, connected) = accept_flood(&sb, 4, 40, 40);
+    r.expect(0);
+    assert!(
+        r.stdout.contains("err: after 3: "),
+        "{}\n{}",
+        r.stdout,
+        r.stderr
+    );
+    assert!(connected > 3, "only {connected} peers connected");
+    // Control: within the limit, every connection is accepted.
+    let (r, connected) = accept_flood(&sb, 4, 3, 3);
+    r.expect(0).stdout_has("ok: accepted 3");
+    assert_eq!(connected, 3);
+}

@@ -1,8 +1,8 @@
 //! The wasmtime engine with capgate's settings, and the WASI linker with every adapter in
 //! front of wasmtime-wasi's own implementation.
 //!
-//! The linker is built once per host. wasmtime-wasi's filesystem, name lookup and socket
-//! creation are shadowed here by the adapters of [`super::wasi`], each of which decides
+//! The linker is built once per host. wasmtime-wasi's filesystem, name lookup, socket
+//! creation and TCP sockets (for `accept`) are shadowed here by the adapters of [`super::wasi`], each of which decides
 //! through its store's [`Gate`](crate::gate::Gate); nothing else is shadowed.
 
 use std::path::Path;
@@ -60,6 +60,9 @@ pub(super) fn linker(engine: &Engine) -> Result<Linker<State>, RunError> {
         store::counted_sockets,
     )
     .map_err(setup)?;
+    // Accepting a connection: counted against `limits.sockets` too.
+    sockets::tcp::add_to_linker::<State, CountedSocketsData>(&mut linker, store::counted_sockets)
+        .map_err(setup)?;
     // Every filesystem call: decided per path (see `wasi::fs`).
     filesystem::types::add_to_linker::<State, GuardedFsData>(&mut linker, store::guarded_fs)
         .map_err(setup)?;

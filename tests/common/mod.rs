@@ -281,7 +281,8 @@ pub fn run_audited(sb: &Sandbox, component: &str, args: &[&str]) -> Run {
 }
 
 /// `run --policy policy.yaml --trust trust.yaml EXTRA --component COMPONENT -- ARGS`.
-fn run_argv<'a>(extra: &[&'a str], component: &'a str, args: &[&'a str]) -> Vec<&'a str> {
+#[allow(dead_code)]
+pub fn run_argv<'a>(extra: &[&'a str], component: &'a str, args: &[&'a str]) -> Vec<&'a str> {
     let mut argv = vec!["run", "--policy", "policy.yaml", "--trust", "trust.yaml"];
     argv.extend_from_slice(extra);
     argv.extend_from_slice(&["--component", component, "--"]);

@@ -6,15 +6,22 @@
 //! wasmtime-wasi has no hook for socket creation, so this module shadows the two
 //! `create-*-socket` functions with wrappers that count first and then delegate. A socket is
 //! live while its handle is still in the store's table with its type, which is checked
-//! whenever a new one is asked for, so a dropped socket frees its place at once. Connections
-//! accepted on a listening socket are not created here: they are bounded by the per-instance
-//! handle limit instead (see `docs/policy.md`).
+//! whenever a new one is asked for, so a dropped socket frees its place at once.
+//!
+//! Connections accepted on a listening socket are sockets too: `wasi:sockets/tcp` is shadowed
+//! whole (every method but `accept` delegates unchanged), and `accept` takes a place first.
+//! Without one it fails with `new-socket-limit` and leaves the connection waiting in the
+//! kernel's backlog, so a peer flood costs the host nothing it did not grant.
 
 use std::collections::HashSet;
 
 use wasmtime::component::{HasData, Resource, ResourceTable};
-use wasmtime_wasi::p2::bindings::sockets::network::{self, ErrorCode, IpAddressFamily};
+use wasmtime_wasi::p2::bindings::sockets::network::{
+    self, ErrorCode, IpAddressFamily, IpSocketAddress, Network,
+};
+use wasmtime_wasi::p2::bindings::sockets::tcp::{self, ShutdownType};
 use wasmtime_wasi::p2::bindings::sockets::{tcp_create_socket, udp_create_socket};
+use wasmtime_wasi::p2::{DynInputStream, DynOutputStream, DynPollable};
 use wasmtime_wasi::p2::{SocketError, SocketResult, TcpSocket, UdpSocket};
 use wasmtime_wasi::sockets::WasiSocketsCtxView;
 
@@ -88,6 +95,78 @@ impl udp_create_socket::Host for CountedSockets<'_> {
         let socket = udp_create_socket::Host::create_udp_socket(&mut self.inner, family).await?;
         self.guard.udp.insert(socket.rep());
         Ok(socket)
+    }
+}
+
+/// Methods of `tcp-socket` that need no count: each passes straight to wasmtime-wasi's.
+macro_rules! delegate {
+    ($($name:ident($($arg:ident: $ty:ty),*) -> $ret:ty;)*) => {
+        $(fn $name(&mut self, this: Resource<TcpSocket>, $($arg: $ty),*) -> $ret {
+            tcp::HostTcpSocket::$name(&mut self.inner, this, $($arg),*)
+        })*
+    };
+}
+
+impl tcp::Host for CountedSockets<'_> {}
+
+impl tcp::HostTcpSocket for CountedSockets<'_> {
+    fn accept(
+        &mut self,
+        this: Resource<TcpSocket>,
+    ) -> SocketResult<(
+        Resource<TcpSocket>,
+        Resource<DynInputStream>,
+        Resource<DynOutputStream>,
+    )> {
+        if !self.guard.room(self.inner.table) {
+            return Err(ErrorCode::NewSocketLimit.into());
+        }
+        let accepted = tcp::HostTcpSocket::accept(&mut self.inner, this)?;
+        self.guard.tcp.insert(accepted.0.rep());
+        Ok(accepted)
+    }
+
+    async fn start_bind(
+        &mut self,
+        this: Resource<TcpSocket>,
+        network: Resource<Network>,
+        local_address: IpSocketAddress,
+    ) -> SocketResult<()> {
+        tcp::HostTcpSocket::start_bind(&mut self.inner, this, network, local_address).await
+    }
+
+    async fn start_listen(&mut self, this: Resource<TcpSocket>) -> SocketResult<()> {
+        tcp::HostTcpSocket::start_listen(&mut self.inner, this).await
+    }
+
+    delegate! {
+        finish_bind() -> SocketResult<()>;
+        start_connect(network: Resource<Network>, remote: IpSocketAddress) -> SocketResult<()>;
+        finish_connect()
+            -> SocketResult<(Resource<DynInputStream>, Resource<DynOutputStream>)>;
+        finish_listen() -> SocketResult<()>;
+        local_address() -> SocketResult<IpSocketAddress>;
+        remote_address() -> SocketResult<IpSocketAddress>;
+        is_listening() -> wasmtime::Result<bool>;
+        address_family() -> wasmtime::Result<IpAddressFamily>;
+        set_listen_backlog_size(value: u64) -> SocketResult<()>;
+        keep_alive_enabled() -> SocketResult<bool>;
+        set_keep_alive_enabled(value: bool) -> SocketResult<()>;
+        keep_alive_idle_time() -> SocketResult<u64>;
+        set_keep_alive_idle_time(value: u64) -> SocketResult<()>;
+        keep_alive_interval() -> SocketResult<u64>;
+        set_keep_alive_interval(value: u64) -> SocketResult<()>;
+        keep_alive_count() -> SocketResult<u32>;
+        set_keep_alive_count(value: u32) -> SocketResult<()>;
+        hop_limit() -> SocketResult<u8>;
+        set_hop_limit(value: u8) -> SocketResult<()>;
+        receive_buffer_size() -> SocketResult<u64>;
+        set_receive_buffer_size(value: u64) -> SocketResult<()>;
+        send_buffer_size() -> SocketResult<u64>;
+        set_send_buffer_size(value: u64) -> SocketResult<()>;
+        subscribe() -> wasmtime::Result<Resource<DynPollable>>;
+        shutdown(how: ShutdownType) -> SocketResult<()>;
+        drop() -> wasmtime::Result<()>;
     }
 }
 

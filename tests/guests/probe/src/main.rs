@@ -172,6 +172,29 @@ fn main() {
             }
             println!("ok: {n} x {rounds}");
         }
+        // Listens on ADDR and accepts N connections, holding every one.
+        "accept" => {
+            let n: usize = a(3).parse().unwrap_or(0);
+            let listener = match std::net::TcpListener::bind(a(2)) {
+                Ok(l) => l,
+                Err(e) => {
+                    println!("err: bind: {:?}: {e}", e.kind());
+                    return;
+                }
+            };
+            println!("listening");
+            let mut held = Vec::new();
+            while held.len() < n {
+                match listener.accept() {
+                    Ok((s, _)) => held.push(s),
+                    Err(e) => {
+                        println!("err: after {}: {:?}: {e}", held.len(), e.kind());
+                        return;
+                    }
+                }
+            }
+            println!("ok: accepted {n}");
+        }
         // Holds N pollables (handles with no host descriptor behind them).
         "pollables" => {
             let n: usize = a(2).parse().unwrap_or(0);
