@@ -358,3 +358,108 @@ fn link_types_are_checked_before_anything_runs() {
     let sb = with_caller(wasm_encoder::PrimitiveValType::String);
     call(&sb).expect(0).stdout_has("1");
 }
+
+/// A host and the vault alone under `limits.instances: INSTANCES`, with a read-write `/meet`
+/// where concurrent `gather` calls meet.
+fn pooled_vault(instances: u32) -> (Sandbox, capgate::Host, Arc<capgate::VerifiedPolicy>) {
+    let sb = Sandbox::new();
+    std::fs::create_dir_all(sb.path("meet")).unwrap();
+    signed_policy(
+        &sb,
+        &["vault"],
+        &format!(
+            "capgate: 1\nname: pool\nversion: 1\ncomponents:\n  vault:\n    component: vault.wasm\n    files: [{{ host: meet, guest: /meet, access: read-write }}]\n    limits: {{ instances: {instances}, timeout: 30s }}\n"
+        ),
+    );
+    let trust = capgate::signing::TrustRoot::load(&sb.path("trust.yaml")).unwrap();
+    let policy = capgate::VerifiedPolicy::load(
+        &sb.path("policy.yaml"),
+        &trust,
+        &capgate::signing::StateStore::at(sb.path("state")),
+    )
+    .unwrap();
+    let host = capgate::Host::new(capgate::HostConfig::new()).unwrap();
+    (sb, host, Arc::new(policy))
+}
+
+/// `gather("/meet", n, ms)` on the vault.
+async fn gather(
+    host: &capgate::Host,
+    policy: &Arc<capgate::VerifiedPolicy>,
+    n: u32,
+    ms: u32,
+) -> u32 {
+    let out = host
+        .call(
+            policy,
+            "vault",
+            "test:secrets/vault#gather",
+            &["\"/meet\"".into(), n.to_string(), ms.to_string()],
+        )
+        .await
+        .unwrap();
+    out[0].parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn calls_into_one_callee_run_on_up_to_limits_instances_instances() {
+    // Three calls at once meet in `/meet` when three instances may run...
+    let (_sb, host, policy) = pooled_vault(3);
+    let met = tokio::join!(
+        gather(&host, &policy, 3, 20_000),
+        gather(&host, &policy, 3, 20_000),
+        gather(&host, &policy, 3, 20_000),
+    );
+    assert_eq!(met, (3, 3, 3), "the three calls ran at the same time");
+
+    // ...and never more than `limits.instances` run: with two, two calls wait for a third that
+    // cannot start until one of them has returned.
+    let (_sb, host, policy) = pooled_vault(2);
+    let (a, b, c) = tokio::join!(
+        gather(&host, &policy, 3, 1_500),
+        gather(&host, &policy, 3, 1_500),
+        gather(&host, &policy, 3, 1_500),
+    );
+    // The first call to give up saw only two; a later one may see the third's file.
+    let met = [a, b, c];
+    assert_eq!(
+        met.iter().min(),
+        Some(&2),
+        "{met:?}: at most two calls ran at once"
+    );
+    assert_eq!(
+        met.iter().max(),
+        Some(&3),
+        "{met:?}: the third call ran after all"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_caller_holding_the_callee_does_not_starve_other_callers() {
+    let (_sb, host, policy) = pooled_vault(2);
+    let host = Arc::new(host);
+    // One caller keeps a call busy in the callee (a gathering no one else joins)...
+    let busy = tokio::spawn({
+        let (host, policy) = (host.clone(), policy.clone());
+        async move { gather(&host, &policy, 99, 8_000).await }
+    });
+    // ...while another caller's calls are answered, one after another, before it returns.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    for i in 0..5u32 {
+        let sum = host
+            .call(
+                &policy,
+                "vault",
+                "test:secrets/vault#add",
+                &[i.to_string(), "40".into()],
+            )
+            .await
+            .unwrap();
+        assert_eq!(sum, [(i + 40).to_string()]);
+    }
+    assert!(
+        !busy.is_finished(),
+        "the other caller's calls waited for the busy one"
+    );
+    assert_eq!(busy.await.unwrap(), 1);
+}

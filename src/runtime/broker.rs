@@ -3,10 +3,13 @@
 //! values into the callee's own store, and isolates faults.
 //!
 //! Each callee runs in its own `Store` with its own WASI context, limits and identity; no
-//! store is ever shared between components. Calls into one callee are serialised. A trap or
-//! limit hit in the callee fails the caller's call with a message naming the callee, and the
-//! callee is instantiated afresh for the next call. Links are resolved before anything runs
-//! (see [`super::links`]).
+//! store is ever shared between components. A callee keeps a pool of up to
+//! `limits.instances` instances: each call takes one (the most recently returned, so calls
+//! made one after another reach the same instance), and calls beyond the pool wait their turn
+//! in arrival order, so one caller cannot starve the others. A trap or limit hit in the callee
+//! fails the caller's call with a message naming the callee, and the instance it ran in is
+//! dropped: the next call gets a fresh one. Links are resolved before anything runs (see
+//! [`super::links`]).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -46,7 +49,11 @@ pub(crate) struct Callee {
     engine: Engine,
     policy: Arc<VerifiedPolicy>,
     recorder: Recorder,
-    live: tokio::sync::Mutex<Option<Live>>,
+    /// Instances between calls, the most recently returned last.
+    idle: std::sync::Mutex<Vec<Live>>,
+    /// One permit per instance `limits.instances` allows; tokio's semaphore hands them out
+    /// in the order they were asked for.
+    permits: tokio::sync::Semaphore,
     /// Call sites bound to this callee so far (each gets the next index).
     sites: std::sync::atomic::AtomicUsize,
     /// Its `limits`, applied to every call.
@@ -118,8 +125,9 @@ impl CallSite {
 }
 
 impl Callee {
-    /// Calls `export#function` (or the top-level `function` when `export` is `None`) in this
-    /// component's own store, starting an instance if there is none. `site` is the calling
+    /// Calls `export#function` (or the top-level `function` when `export` is `None`) in one of
+    /// this component's own instances: an idle one from the pool, or a new one; when
+    /// `limits.instances` are all busy, the call waits its turn. `site` is the calling
     /// site's index, if the call comes through one (its function is then found by index). A
     /// fault drops the instance, so the next call gets a fresh one. Returns the results when
     /// they are [`Results::Fresh`].
@@ -131,33 +139,18 @@ impl Callee {
         params: Args<'_>,
         results: Results<'_>,
     ) -> Result<Vec<Val>, InvokeError> {
-        use InvokeError::Fault;
-        let mut slot = self.live.lock().await;
-        let live = match slot.as_mut() {
+        // The semaphore is never closed, so acquiring only waits.
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| InvokeError::Fault(format!("component `{}` is closed", self.name)))?;
+        let idle = self.idle_instances().pop();
+        let mut taken = match idle {
             Some(live) => live,
-            None => {
-                let gate = Gate::new(self.policy.clone(), &self.name, self.recorder.clone());
-                let mut store = store::new_store(&self.engine, &gate, &self.limits, &[])
-                    .map_err(|e| Fault(format!("cannot start component `{}`: {e}", self.name)))?;
-                let instance = self
-                    .linker
-                    .instantiate_async(&mut store, &self.component)
-                    .await
-                    .map_err(|e| {
-                        Fault(format!(
-                            "cannot instantiate component `{}`: {}",
-                            self.name,
-                            e.root_cause()
-                        ))
-                    })?;
-                slot.insert(Live {
-                    store,
-                    instance,
-                    funcs: Default::default(),
-                    by_site: Vec::new(),
-                })
-            }
+            None => self.start().await?,
         };
+        let live = &mut taken;
         store::arm_limits(&mut live.store, &self.limits);
         let cached = match site {
             Some(i) => live.by_site.get(i).copied().flatten(),
@@ -205,17 +198,14 @@ impl Callee {
             }
         };
         let limits = self.limits;
-        // The instance leaves its slot for the call and returns only if the call completes: a
-        // fault, or a caller that gives up (dropping this future), leaves the slot empty, so
-        // no one ever gets an instance stopped halfway.
-        // INVARIANT: `live` was borrowed from `slot` above, so the slot holds an instance.
-        #[allow(clippy::expect_used)]
-        let mut live = slot.take().expect("the instance is in its slot");
+        // The instance returns to the pool only if the call completes: a fault, or a caller
+        // that gives up (dropping this future), drops it, so no one ever gets an instance
+        // stopped halfway.
         let call = func.call_async(&mut live.store, args, out);
         let outcome = store::backstop(&limits, call).await;
         match outcome {
             Ok(()) => {
-                *slot = Some(live);
+                self.idle_instances().push(taken);
                 Ok(fresh)
             }
             Err(e) => {
@@ -227,12 +217,45 @@ impl Callee {
                 );
                 // The instance may be in any state after a fault: it is not put back, so the
                 // next call starts afresh.
-                Err(Fault(format!(
+                Err(InvokeError::Fault(format!(
                     "{why}; `{}` will be restarted for the next call",
                     self.name
                 )))
             }
         }
+    }
+
+    /// A new instance in a new store.
+    async fn start(&self) -> Result<Live, InvokeError> {
+        use InvokeError::Fault;
+        let gate = Gate::new(self.policy.clone(), &self.name, self.recorder.clone());
+        let mut store = store::new_store(&self.engine, &gate, &self.limits, &[])
+            .map_err(|e| Fault(format!("cannot start component `{}`: {e}", self.name)))?;
+        let instance = self
+            .linker
+            .instantiate_async(&mut store, &self.component)
+            .await
+            .map_err(|e| {
+                Fault(format!(
+                    "cannot instantiate component `{}`: {}",
+                    self.name,
+                    e.root_cause()
+                ))
+            })?;
+        Ok(Live {
+            store,
+            instance,
+            funcs: Default::default(),
+            by_site: Vec::new(),
+        })
+    }
+
+    /// The pool's idle instances. A panic elsewhere while it was held leaves only whole
+    /// instances behind (each is pushed or popped whole), so a poisoned lock is still usable.
+    fn idle_instances(&self) -> std::sync::MutexGuard<'_, Vec<Live>> {
+        self.idle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Finds `export#function` (or the top-level `function`) in a live instance.
@@ -336,6 +359,9 @@ impl Wiring<'_> {
             return Ok(c.clone());
         }
         let linker = self.linker_for(name, callees)?;
+        let limits = self
+            .fallback
+            .apply(self.policy.policy().components[name].limits);
         let c = Arc::new(Callee {
             name: name.to_owned(),
             component: self.graph.compiled[name].clone(),
@@ -343,11 +369,10 @@ impl Wiring<'_> {
             engine: self.engine.clone(),
             policy: self.policy.clone(),
             recorder: self.recorder.clone(),
-            live: tokio::sync::Mutex::new(None),
+            idle: std::sync::Mutex::new(Vec::new()),
+            permits: tokio::sync::Semaphore::new(limits.instances.max(1) as usize),
             sites: std::sync::atomic::AtomicUsize::new(0),
-            limits: self
-                .fallback
-                .apply(self.policy.policy().components[name].limits),
+            limits,
         });
         callees.insert(name.to_owned(), c.clone());
         Ok(c)

@@ -36,6 +36,10 @@ impl Guest for Relay {
     fn add(a: u32, b: u32) -> u32 {
         next::add(a, b)
     }
+
+    fn gather(dir: String, n: u32, ms: u32) -> u32 {
+        next::gather(&dir, n, ms)
+    }
 }
 
 export!(Relay);

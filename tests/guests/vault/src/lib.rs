@@ -40,6 +40,20 @@ impl Guest for Vault {
     fn add(a: u32, b: u32) -> u32 {
         a.wrapping_add(b)
     }
+
+    fn gather(dir: String, n: u32, ms: u32) -> u32 {
+        use std::hash::BuildHasher as _;
+        let mine = std::collections::hash_map::RandomState::new().hash_one(0u8);
+        let _ = std::fs::write(format!("{dir}/{mine:016x}"), b"");
+        let start = std::time::Instant::now();
+        loop {
+            let seen = std::fs::read_dir(&dir).map(|d| d.count() as u32).unwrap_or(0);
+            if seen >= n || start.elapsed() >= std::time::Duration::from_millis(ms.into()) {
+                return seen;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
 }
 
 export!(Vault);
