@@ -335,8 +335,55 @@ fn signing_changed_content_does_not_mix_signatures() {
     sb.write("app.wasm", b"rebuilt");
     sb.capgate(["sign", "artifact", "app.wasm", "--key", "keys/release.key"])
         .expect(65)
-        .stderr_has("covers different content")
-        .stderr_has("hint: delete it to start over");
+        .stderr_has("holds 1 signature over different content")
+        .stderr_has("hint: sign with `--replace`");
+    sb.capgate([
+        "sign",
+        "artifact",
+        "app.wasm",
+        "--key",
+        "keys/release.key",
+        "--replace",
+    ])
+    .expect(0)
+    .stdout_has("discarded 1 signature over the old content");
+    verify_artifact(&sb).expect(0);
+}
+
+#[test]
+fn an_edited_policy_is_signed_again_with_replace_and_needs_every_co_signer_again() {
+    let sb = signed_sandbox();
+    verify_policy(&sb).expect(0);
+    sb.write("policy.yaml", policy("demo", 2, "rules: [extra.cedar]\n"));
+    let sign = |key: &str, replace: bool| {
+        let key = format!("keys/{key}.key");
+        let mut argv = vec!["sign", "policy", "policy.yaml", "--key", &key];
+        if replace {
+            argv.push("--replace");
+        }
+        sb.capgate(argv)
+    };
+    // Without `--replace`, the two signatures over version 1 are not dropped silently.
+    sign("alice", false)
+        .expect(65)
+        .stderr_has("holds 2 signatures over different content")
+        .stderr_has("--replace");
+    verify_policy(&sb)
+        .expect(77)
+        .stderr_has("content does not match its signature");
+    // With it, alice's signature starts a new file: one of the two the policy role needs.
+    sign("alice", true)
+        .expect(0)
+        .stdout_has("holds 1 signature")
+        .stdout_has("discarded 2 signatures over the old content; co-signers must sign again");
+    verify_policy(&sb)
+        .expect(77)
+        .stderr_has("needs 2 valid signatures by {`alice`, `bob`, `carol`}; found 1 (`alice`)");
+    // Bob signs the new content (no `--replace` needed: the file covers it now).
+    sign("bob", false)
+        .expect(0)
+        .stdout_has("holds 2 signatures");
+    verify_policy(&sb).expect(0).stdout_has("version 2");
 }
 
 #[test]

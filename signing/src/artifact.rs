@@ -14,8 +14,37 @@ use crate::key::SecretKey;
 use crate::trust::{Requirement, TrustRoot};
 
 /// Signs the artifact at `path` with `key`, creating or extending `path.sig`. Returns the
-/// signature file written.
+/// signature file written. A `path.sig` over other content is refused
+/// ([`Error::StaleSignature`]); [`sign_artifact_with`] can replace it.
 pub fn sign_artifact(path: &Path, key: &SecretKey) -> Result<SignatureFile, Error> {
+    sign_artifact_with(path, key, OnStale::Refuse).map(|s| s.file)
+}
+
+/// What signing does with an existing signature file over content the file no longer has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnStale {
+    /// Refuse ([`Error::StaleSignature`]): its signatures were someone's approval of the old
+    /// content, and nothing is discarded silently.
+    Refuse,
+    /// Discard its signatures and start a new file with this one.
+    Replace,
+}
+
+/// A signature file just written.
+#[derive(Debug, Clone)]
+pub struct Signed {
+    /// The signature file as written.
+    pub file: SignatureFile,
+    /// Signatures over older content that were discarded ([`OnStale::Replace`]).
+    pub discarded: usize,
+}
+
+/// [`sign_artifact`], choosing what happens to a signature file over other content.
+pub fn sign_artifact_with(
+    path: &Path,
+    key: &SecretKey,
+    on_stale: OnStale,
+) -> Result<Signed, Error> {
     let file = std::fs::File::open(path).map_err(|source| Error::Io {
         path: path.to_owned(),
         source,
@@ -25,15 +54,27 @@ pub fn sign_artifact(path: &Path, key: &SecretKey) -> Result<SignatureFile, Erro
         source,
     })?;
     let sig = sig_path(path);
-    let mut sf = existing_or_new(path, &sig, PayloadKind::Artifact, sha256, size, Vec::new())?;
+    let (mut sf, discarded) = existing_or_new(
+        path,
+        &sig,
+        PayloadKind::Artifact,
+        sha256,
+        size,
+        Vec::new(),
+        on_stale,
+    )?;
     sf.sign(PayloadKind::Artifact, key);
     sf.save(&sig)?;
-    Ok(sf)
+    Ok(Signed {
+        file: sf,
+        discarded,
+    })
 }
 
 /// Loads the signature file `sig` if it exists and covers exactly this content, else starts a
-/// new one. An existing file for other content is an error: appending to it would mix
-/// signatures over different bytes.
+/// new one. An existing file for other content is refused, since appending to it would mix
+/// signatures over different bytes, unless `on_stale` says to replace it; the second value
+/// is how many signatures were discarded.
 pub(crate) fn existing_or_new(
     path: &Path,
     sig: &Path,
@@ -41,19 +82,27 @@ pub(crate) fn existing_or_new(
     sha256: Sha256,
     size: u64,
     files: Vec<crate::envelope::BundleFile>,
-) -> Result<SignatureFile, Error> {
+    on_stale: OnStale,
+) -> Result<(SignatureFile, usize), Error> {
     if !sig.exists() {
-        return Ok(SignatureFile::new(kind, sha256, size, files));
+        return Ok((SignatureFile::new(kind, sha256, size, files), 0));
     }
     let sf = SignatureFile::load(sig)?;
     sf.expect_kind(sig, kind)?;
     if sf.sha256 != sha256 || sf.size != size || sf.files != files {
-        return Err(Error::StaleSignature {
-            path: path.to_owned(),
-            sig: sig.to_owned(),
-        });
+        return match on_stale {
+            OnStale::Refuse => Err(Error::StaleSignature {
+                path: path.to_owned(),
+                sig: sig.to_owned(),
+                signatures: sf.signatures.len(),
+            }),
+            OnStale::Replace => Ok((
+                SignatureFile::new(kind, sha256, size, files),
+                sf.signatures.len(),
+            )),
+        };
     }
-    Ok(sf)
+    Ok((sf, 0))
 }
 
 /// What a successful artifact check established.

@@ -176,7 +176,7 @@ pub enum Error {
     },
 
     /// There is no signature file for something that must be signed.
-    #[error("{}: not signed: `{}` does not exist (hint: sign it with `capgate sign {kind} {}`)", path.display(), sig.display(), path.display())]
+    #[error("{}: not signed: `{}` does not exist (hint: sign it with `capgate sign {kind} {} --key KEY`)", path.display(), sig.display(), path.display())]
     Unsigned {
         /// The file that should be signed.
         path: PathBuf,
@@ -207,12 +207,14 @@ pub enum Error {
     },
 
     /// An existing signature file covers different content than the file now has.
-    #[error("{}: covers different content than `{}` has now; refusing to add a signature to it (hint: delete it to start over)", sig.display(), path.display())]
+    #[error("{}: holds {signatures} signature{} over different content than `{}` has now; refusing to add one over the new content to it (hint: sign with `--replace` to discard them and start over; every co-signer then signs the new content)", sig.display(), if *signatures == 1 { "" } else { "s" }, path.display())]
     StaleSignature {
         /// The signed file.
         path: PathBuf,
         /// Its signature file.
         sig: PathBuf,
+        /// How many signatures it holds over the old content.
+        signatures: usize,
     },
 
     /// Not enough valid signatures by the keys this check accepts.

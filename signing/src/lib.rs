@@ -41,12 +41,17 @@ mod state;
 mod trust;
 pub mod yaml;
 
-pub use artifact::{ArtifactReport, VerifiedArtifact, sign_artifact, verify_artifact_file};
+pub use artifact::{
+    ArtifactReport, OnStale, Signed, VerifiedArtifact, sign_artifact, sign_artifact_with,
+    verify_artifact_file,
+};
 pub use digest::{ParseDigestError, Sha256};
 pub use envelope::{BundleFile, PayloadKind, SignatureEntry, SignatureFile, pae, sig_path};
 pub use error::{Digests, Error, ErrorClass, Shortfall, SignatureProblem, read_regular};
 pub use key::{KeyId, ParseKeyIdError, PublicKey, SecretKey};
-pub use policy::{PolicyBundle, PolicyHeader, PolicyVerifier, Provenance, sign_policy};
+pub use policy::{
+    PolicyBundle, PolicyHeader, PolicyVerifier, Provenance, sign_policy, sign_policy_with,
+};
 pub use state::StateStore;
 pub use trust::{Requirement, Role, TrustRoot, UnknownKey};
 

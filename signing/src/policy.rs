@@ -13,6 +13,7 @@ use serde_saphyr::Spanned;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
+use crate::artifact::{OnStale, Signed};
 use crate::digest::Sha256;
 use crate::envelope::{BundleFile, PayloadKind, SignatureFile, sig_path};
 use crate::error::Error;
@@ -245,21 +246,31 @@ fn read_bundle(path: &Path) -> Result<ReadBundle, Error> {
 }
 
 /// Signs the policy at `path` and every file it references with `key`, creating or extending
-/// `path.sig`.
+/// `path.sig`. A `path.sig` over other content is refused ([`Error::StaleSignature`]);
+/// [`sign_policy_with`] can replace it.
 pub fn sign_policy(path: &Path, key: &SecretKey) -> Result<SignatureFile, Error> {
+    sign_policy_with(path, key, OnStale::Refuse).map(|s| s.file)
+}
+
+/// [`sign_policy`], choosing what happens to a signature file over other content.
+pub fn sign_policy_with(path: &Path, key: &SecretKey, on_stale: OnStale) -> Result<Signed, Error> {
     let ReadBundle { yaml, entries, .. } = read_bundle(path)?;
     let sig = sig_path(path);
-    let mut sf = crate::artifact::existing_or_new(
+    let (mut sf, discarded) = crate::artifact::existing_or_new(
         path,
         &sig,
         PayloadKind::Policy,
         Sha256::of(&yaml),
         yaml.len() as u64,
         entries,
+        on_stale,
     )?;
     sf.sign(PayloadKind::Policy, key);
     sf.save(&sig)?;
-    Ok(sf)
+    Ok(Signed {
+        file: sf,
+        discarded,
+    })
 }
 
 /// Verifies policy bundles against a trust root, the clock and the rollback state.

@@ -3,8 +3,8 @@
 use std::path::Path;
 
 use capgate_signing::{
-    PolicyVerifier, Provenance, Role, SecretKey, TrustRoot, sig_path, sign_artifact, sign_policy,
-    verify_artifact_file,
+    OnStale, PolicyVerifier, Provenance, Role, SecretKey, TrustRoot, sig_path, sign_artifact_with,
+    sign_policy_with, verify_artifact_file,
 };
 use serde_json::json;
 
@@ -23,24 +23,38 @@ pub(super) fn keygen(out: &Path, force: bool) -> Result<Report, CliError> {
     ))
 }
 
-pub(super) fn sign(kind: Kind, file: &Path, key: &Path) -> Result<Report, CliError> {
+pub(super) fn sign(kind: Kind, file: &Path, key: &Path, replace: bool) -> Result<Report, CliError> {
     let key = SecretKey::load(key)?;
-    let sf = match kind {
-        Kind::Artifact => sign_artifact(file, &key)?,
-        Kind::Policy => sign_policy(file, &key)?,
+    let on_stale = if replace {
+        OnStale::Replace
+    } else {
+        OnStale::Refuse
     };
+    let signed = match kind {
+        Kind::Artifact => sign_artifact_with(file, &key, on_stale)?,
+        Kind::Policy => sign_policy_with(file, &key, on_stale)?,
+    };
+    let sf = &signed.file;
     let sig = sig_path(file);
+    let plural = |n: usize| if n == 1 { "" } else { "s" };
+    let discarded = match signed.discarded {
+        0 => String::new(),
+        n => format!(
+            "\ndiscarded {n} signature{} over the old content; co-signers must sign again",
+            plural(n)
+        ),
+    };
     Ok(Report::new(
         format!(
-            "signed {} (sha256 {}) with key {}\n{} holds {} signature{}",
+            "signed {} (sha256 {}) with key {}\n{} holds {} signature{}{discarded}",
             file.display(),
             sf.sha256,
             key.public().id(),
             sig.display(),
             sf.signatures.len(),
-            if sf.signatures.len() == 1 { "" } else { "s" }
+            plural(sf.signatures.len())
         ),
-        json!({ "file": file, "sha256": sf.sha256, "keyid": key.public().id(), "signature_file": sig, "signatures": sf.signatures.len() }),
+        json!({ "file": file, "sha256": sf.sha256, "keyid": key.public().id(), "signature_file": sig, "signatures": sf.signatures.len(), "discarded": signed.discarded }),
     ))
 }
 

@@ -58,6 +58,11 @@ enum Command {
         /// The private key (PKCS#8 PEM).
         #[arg(long, value_name = "KEY")]
         key: PathBuf,
+        /// If FILE.sig holds signatures over content FILE no longer has (FILE was edited),
+        /// discard them and start FILE.sig afresh with this signature. Without it, signing
+        /// an edited file is refused, so no co-signer's approval is dropped silently.
+        #[arg(long)]
+        replace: bool,
     },
     /// Verify an artifact or a policy bundle against a trust root.
     Verify {
@@ -278,7 +283,12 @@ fn run(cli: Cli) -> Result<Report, CliError> {
     let format = cli.log_format;
     match cli.command {
         Command::Keygen { out, force } => keys::keygen(&out, force),
-        Command::Sign { kind, file, key } => keys::sign(kind, &file, &key),
+        Command::Sign {
+            kind,
+            file,
+            key,
+            replace,
+        } => keys::sign(kind, &file, &key, replace),
         Command::Verify { kind, file, trust } => keys::verify(kind, &file, &trust),
         Command::Policy {
             command:
