@@ -36,9 +36,15 @@ pub(super) enum AuditCommand {
         logs: Logs,
         #[command(flatten)]
         filter: Filter,
-        /// Output format.
-        #[arg(long, value_enum, default_value_t = Format::Table)]
-        format: Format,
+        /// How records are listed: `table` (aligned columns) or `json` (one object per
+        /// record). [default: `json` under `--log-format json`, else `table`]
+        #[arg(
+            long,
+            value_enum,
+            hide_possible_values = true,
+            value_name = "table|json"
+        )]
+        format: Option<Format>,
     },
     /// Count decisions per component, action and decision; list the most denied resources.
     Summary {
@@ -126,7 +132,7 @@ impl Filter {
     }
 }
 
-pub(super) fn run(command: AuditCommand) -> Result<Report, CliError> {
+pub(super) fn run(command: AuditCommand, log_format: super::LogFormat) -> Result<Report, CliError> {
     match command {
         AuditCommand::Verify {
             logs,
@@ -138,7 +144,13 @@ pub(super) fn run(command: AuditCommand) -> Result<Report, CliError> {
             logs,
             filter,
             format,
-        } => query(&logs.logs, &filter, format),
+        } => {
+            let format = format.unwrap_or(match log_format {
+                super::LogFormat::Json => Format::Json,
+                super::LogFormat::Text => Format::Table,
+            });
+            query(&logs.logs, &filter, format)
+        }
         AuditCommand::Summary { logs, filter, top } => summary(&logs.logs, &filter, top),
         AuditCommand::Replay {
             logs,

@@ -21,8 +21,17 @@ pub(crate) use exit::{CliError, Exit};
 #[derive(Debug, Parser)]
 #[command(name = "capgate", version, about, long_about = None, disable_help_subcommand = true)]
 pub(crate) struct Cli {
-    /// How errors and results are printed.
-    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    /// How errors and results are printed: `text` (lines a person can act on) or `json` (one
+    /// object per line).
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value_t = LogFormat::Text,
+        hide_possible_values = true,
+        display_order = 1000,
+        value_name = "text|json"
+    )]
     pub log_format: LogFormat,
 
     #[command(subcommand)]
@@ -40,6 +49,17 @@ pub(crate) enum LogFormat {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run a `wasi:cli/run` component under a signed policy.
+    Run {
+        #[command(flatten)]
+        source: PolicyArgs,
+        /// The component to run [default: the policy's only command].
+        #[arg(long, value_name = "NAME")]
+        component: Option<String>,
+        /// Arguments passed to the guest after the policy's `args`.
+        #[arg(last = true, value_name = "ARGS")]
+        args: Vec<String>,
+    },
     /// Generate an Ed25519 key pair: NAME.key (PKCS#8 PEM, mode 0600) and NAME.pub (SPKI PEM).
     Keygen {
         /// Path prefix of the two files to write.
@@ -90,7 +110,7 @@ enum Command {
         #[arg(long = "component", value_name = "NAME", id = "name")]
         name: Option<String>,
     },
-    /// Serve a `wasi:http/incoming-handler` component over HTTP, until Ctrl-C.
+    /// Serve a `wasi:http/incoming-handler` component over HTTP, until Ctrl-C or SIGTERM.
     Serve {
         #[command(flatten)]
         source: PolicyArgs,
@@ -118,17 +138,6 @@ enum Command {
     Audit {
         #[command(subcommand)]
         command: audit::AuditCommand,
-    },
-    /// Run a `wasi:cli/run` component under a signed policy.
-    Run {
-        #[command(flatten)]
-        source: PolicyArgs,
-        /// The component to run [default: the policy's only command].
-        #[arg(long, value_name = "NAME")]
-        component: Option<String>,
-        /// Arguments passed to the guest after the policy's `args`.
-        #[arg(last = true, value_name = "ARGS")]
-        args: Vec<String>,
     },
 }
 
@@ -305,7 +314,7 @@ fn run(cli: Cli) -> Result<Report, CliError> {
             audit: None,
             audit_key: None,
         }),
-        Command::Audit { command } => audit::run(command),
+        Command::Audit { command } => audit::run(command, format),
         Command::Inspect {
             component,
             policy,
