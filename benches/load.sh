@@ -2,8 +2,8 @@
 # `capgate serve` of the image-service demo under a public load generator (`oha`) on loopback,
 # for a bounded time, with allowed and denied requests at once:
 #   - POST /dimensions (the handler's call to `get-dimensions` is allowed),
-#   - GET /admin (its call to `admin-stats` is denied; the server answers 500).
-# Afterwards it checks that every allowed request got 200, every /admin request got 500 and
+#   - GET /admin (its call to `admin-stats` is denied; the server answers 403).
+# Afterwards it checks that every allowed request got 200, every /admin request got 403 and
 # has a denial in the audit log, that the log verifies, and prints resident memory.
 #
 #   bash benches/load.sh [SECONDS]      (default 20)
@@ -74,7 +74,7 @@ denials = sum(1 for l in open("audit.jsonl") if '"decision":"deny"' in l) - deni
 print(f"duration {secs} s, allowed requests {n_a} {codes_a}, denied requests {n_d} {codes_d}")
 print(f"requests per second: {(n_a + n_d) / float(secs):.0f}; errors (no response): allowed {len(a.get('errorDistribution', {}))} kinds, denied {len(d.get('errorDistribution', {}))} kinds")
 print(f"audited denials {denials}; resident memory {before / 1024:.1f} MiB -> {after / 1024:.1f} MiB")
-ok = set(codes_a) == {"200"} and set(codes_d) == {"500"} and denials == n_d \
+ok = set(codes_a) == {"200"} and set(codes_d) == {"403"} and denials == n_d \
     and not a.get("errorDistribution") and not d.get("errorDistribution")
 print("PASS" if ok else "FAIL")
 sys.exit(0 if ok else 1)

@@ -67,7 +67,7 @@ pub use gate::DecisionEvent;
 #[cfg(feature = "runtime")]
 pub use runtime::serve::serve;
 #[cfg(feature = "runtime")]
-pub use runtime::{Cause, Host, HostConfig, LimitHit, Prepared, RunError};
+pub use runtime::{Cause, Host, HostConfig, LimitHit, Prepared, RequestFailure, RunError};
 pub use verified::VerifiedPolicy;
 
 pub use capgate_signing as signing;

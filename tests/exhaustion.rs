@@ -643,3 +643,39 @@ fn accepted_connections_count_against_limits_sockets() {
     r.expect(0).stdout_has("ok: accepted 3");
     assert_eq!(connected, 3);
 }
+
+#[test]
+fn a_failed_handler_tells_the_client_only_its_status_and_the_operator_why() {
+    let sb = Sandbox::new();
+    signed_policy(
+        &sb,
+        &["flood"],
+        "capgate: 1\nname: failing\nversion: 1\ncomponents:\n  flood:\n    component: flood.wasm\n    limits: { timeout: 1s }\n",
+    );
+    let mut server = serve_flood(&sb);
+    // The handler spins past its timeout: the client gets a bare 500...
+    let (status, body) = request(&server.addr, "GET", "/spin", b"");
+    assert_eq!(
+        (status, String::from_utf8_lossy(&body).as_ref()),
+        (500, "internal server error\n")
+    );
+    // ...and the operator the reason, on stderr.
+    let mut stderr = server.stderr.take().unwrap();
+    let mut line = String::new();
+    while !line.contains("answered 500") {
+        line.clear();
+        assert_ne!(
+            stderr.read_line(&mut line).unwrap(),
+            0,
+            "no failure reported"
+        );
+    }
+    assert!(
+        line.contains("capgate: request to `flood` answered 500: ")
+            && line.contains("`limits.timeout`"),
+        "{line}"
+    );
+    // Control: a request within the limit is answered by the handler.
+    let (status, body) = request(&server.addr, "GET", "/4", b"");
+    assert_eq!((status, body.len()), (200, 4));
+}

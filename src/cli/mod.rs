@@ -234,6 +234,11 @@ impl Report {
             json,
         }
     }
+
+    /// A command that has said everything it had to say already (on stderr).
+    fn nothing() -> Self {
+        Self::new("", serde_json::Value::Null)
+    }
 }
 
 /// Parses `std::env::args`, runs the command and returns the process exit code.
@@ -276,6 +281,7 @@ pub(crate) fn main() -> ExitCode {
         Ok(report) => {
             let mut out = std::io::stdout().lock();
             let _ = match format {
+                _ if report.json.is_null() => Ok(()),
                 LogFormat::Text => writeln!(out, "{}", report.text),
                 LogFormat::Json => writeln!(out, "{}", report.json),
             };

@@ -165,21 +165,35 @@ fn audit_salt(src: &Source<'_>) -> Option<[u8; 32]> {
 struct Throttle {
     state: std::sync::Mutex<(Option<std::time::Instant>, u32, u64)>,
     json: std::sync::atomic::AtomicBool,
+    /// What is counted.
+    what: &'static str,
+    /// Where every one of them can still be found, if anywhere.
+    note: &'static str,
 }
 
 impl Throttle {
     const PER_SECOND: u32 = 20;
 
-    /// Whether to print this denial now.
+    /// The line that says how many were not shown, in the output format in use.
+    fn say_held(&self, n: u64) {
+        if self.json.load(std::sync::atomic::Ordering::Relaxed) {
+            eprintln!(
+                "{}",
+                json!({"level": "warn", "event": "not-shown", "count": n, "what": self.what})
+            );
+        } else {
+            eprintln!("capgate: {n} more {} not shown{}", self.what, self.note);
+        }
+    }
+
+    /// Whether to print this line now.
     fn admit(&self) -> bool {
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let now = std::time::Instant::now();
         let (start, printed, held) = &mut *st;
         if start.is_none_or(|s| now.duration_since(s) >= std::time::Duration::from_secs(1)) {
             if *held > 0 {
-                eprintln!(
-                    "capgate: {held} more denials not shown (every one is in the audit log, if the policy keeps one)"
-                );
+                self.say_held(*held);
             }
             *start = Some(now);
             *printed = 0;
@@ -198,10 +212,7 @@ impl Throttle {
     fn finish(&self) {
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         if st.2 > 0 {
-            eprintln!(
-                "capgate: {} more denials not shown (every one is in the audit log, if the policy keeps one)",
-                st.2
-            );
+            self.say_held(st.2);
             st.2 = 0;
         }
     }
@@ -210,11 +221,22 @@ impl Throttle {
 static THROTTLE: Throttle = Throttle {
     state: std::sync::Mutex::new((None, 0, 0)),
     json: std::sync::atomic::AtomicBool::new(false),
+    what: "denials",
+    note: " (every one is in the audit log, if the policy keeps one)",
+};
+
+/// Failed requests of `serve`, printed on stderr under their own throttle.
+static FAILURES: Throttle = Throttle {
+    state: std::sync::Mutex::new((None, 0, 0)),
+    json: std::sync::atomic::AtomicBool::new(false),
+    what: "failed requests",
+    note: "",
 };
 
 /// Closes the host's audit logs (final checkpoint); a failure is reported, not fatal.
 fn close(host: &Host) {
     THROTTLE.finish();
+    FAILURES.finish();
     let missed = host.missed_audit_records();
     if let Err(e) = host.close() {
         eprintln!("warning: {e}");
@@ -232,10 +254,12 @@ fn host(
     format: LogFormat,
     no_cache: bool,
 ) -> Result<Host, CliError> {
-    THROTTLE.json.store(
-        matches!(format, LogFormat::Json),
-        std::sync::atomic::Ordering::Relaxed,
-    );
+    for throttle in [&THROTTLE, &FAILURES] {
+        throttle.json.store(
+            matches!(format, LogFormat::Json),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
     let config = HostConfig::new().observe_denials(move |ev| {
         if !THROTTLE.admit() {
             return;
@@ -251,6 +275,24 @@ fn host(
             LogFormat::Json => eprintln!(
                 "{}",
                 json!({"level": "warn", "event": "deny", "component": ev.component, "action": ev.action.as_str(), "resource": ev.resource, "reasons": ev.decision.reasons, "errors": ev.decision.errors})
+            ),
+        }
+    });
+    // A failed request's reason is for the operator: the client gets a bare status.
+    let config = config.observe_failures(move |f| {
+        if !FAILURES.admit() {
+            return;
+        }
+        match format {
+            LogFormat::Text => eprintln!(
+                "capgate: request to `{}` answered {}: {}",
+                f.component,
+                f.status,
+                super::safe(&f.detail)
+            ),
+            LogFormat::Json => eprintln!(
+                "{}",
+                json!({"level": "warn", "event": "request-failed", "component": f.component, "status": f.status, "detail": f.detail})
             ),
         }
     });
@@ -324,7 +366,12 @@ pub(super) fn serve(
             eprintln!("capgate: shutting down; letting requests in flight finish");
         };
         capgate::serve(host.clone(), policy.clone(), component, listener, shutdown).await?;
-        Ok(Report::new("capgate: stopped", json!({ "stopped": true })))
+        // With the server's other messages, on stderr; stdout stays empty.
+        match format {
+            LogFormat::Text => eprintln!("capgate: stopped"),
+            LogFormat::Json => eprintln!("{}", json!({ "event": "stopped" })),
+        }
+        Ok(Report::nothing())
     });
     close(&host);
     result

@@ -60,6 +60,19 @@ pub(crate) struct Callee {
     limits: crate::policy::Limits,
 }
 
+/// A call the caller's policy does not allow: the caller traps with it, and `serve` answers a
+/// request that ended this way with 403.
+#[derive(Debug)]
+pub(crate) struct CallDenied(String);
+
+impl std::fmt::Display for CallDenied {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for CallDenied {}
+
 /// One imported function of a caller, bound to its callee.
 struct CallSite {
     callee: Arc<Callee>,
@@ -94,12 +107,12 @@ impl CallSite {
             .decide_kept(&self.decided, &self.request, args)
             .await
         {
-            wasmtime::bail!(
-                "capgate: call from `{}` to `{}` {export}#{function} {}",
+            return Err(wasmtime::Error::new(CallDenied(format!(
+                "call from `{}` to `{}` {export}#{function} {}",
                 self.gate.component(),
                 callee.name,
                 denied.explain()
-            );
+            ))));
         }
         callee
             .invoke(

@@ -26,8 +26,25 @@ pub struct HostConfig {
     pub(super) audit_key: Option<Arc<SecretKey>>,
     pub(super) audit_salt: Option<[u8; 32]>,
     pub(super) audit_state: Option<PathBuf>,
+    pub(super) failures: Option<FailureObserver>,
     pub(crate) fallback: Fallback,
 }
+
+/// A served request that failed. The client is answered with a bare status; the reason is
+/// for the host's operator only.
+#[derive(Debug, Clone)]
+pub struct RequestFailure {
+    /// The served component.
+    pub component: String,
+    /// The status the client received: 403 when a call the handler made was denied, 413 for a
+    /// body past `limits.body`, 500 when the handler trapped, hit a limit or answered nothing.
+    pub status: u16,
+    /// What happened, naming the limit, the trap or the denied call.
+    pub detail: String,
+}
+
+/// Told about every served request that failed.
+pub(crate) type FailureObserver = Arc<dyn Fn(&RequestFailure) + Send + Sync>;
 
 impl Default for HostConfig {
     fn default() -> Self {
@@ -40,6 +57,7 @@ impl Default for HostConfig {
             audit_key: None,
             audit_salt: None,
             audit_state: None,
+            failures: None,
             fallback: Fallback::SAFE,
         }
     }
@@ -77,6 +95,16 @@ impl HostConfig {
     pub fn observe(mut self, observer: impl Fn(&DecisionEvent) + Send + Sync + 'static) -> Self {
         self.observer = Some(Arc::new(observer));
         self.denials_only = false;
+        self
+    }
+
+    /// Calls `observer` with every request [`serve`](crate::serve) answered with an error
+    /// status, and why; the client itself is told only the status.
+    pub fn observe_failures(
+        mut self,
+        observer: impl Fn(&RequestFailure) + Send + Sync + 'static,
+    ) -> Self {
+        self.failures = Some(Arc::new(observer));
         self
     }
 

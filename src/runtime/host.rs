@@ -353,6 +353,13 @@ impl Host {
         Ok((app.component.clone(), app.linker.clone()))
     }
 
+    /// Tells the configured observer about a failed request.
+    pub(crate) fn report_failure(&self, failure: &super::config::RequestFailure) {
+        if let Some(observe) = &self.config.failures {
+            observe(failure);
+        }
+    }
+
     /// The wasmtime engine (for embedders that compile or inspect components themselves).
     pub fn engine(&self) -> &Engine {
         &self.engine

@@ -18,7 +18,7 @@ mod store;
 mod wasi;
 mod wave;
 
-pub use config::HostConfig;
+pub use config::{HostConfig, RequestFailure};
 pub use error::{Cause, LimitHit, RunError};
 pub use host::{Host, Prepared};
 pub(crate) use limits::Fallback;

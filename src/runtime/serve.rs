@@ -2,8 +2,10 @@
 //!
 //! Each request gets a fresh instance in a fresh store, with the component's own grants and
 //! limits and its links to other components (served by the shared callees). At most
-//! `limits.instances` requests run at once; more wait. A request whose handler traps or hits
-//! a limit gets `500` with the reason, and the server goes on. On shutdown the listener stops
+//! `limits.instances` requests run at once; more wait. A request whose handler is refused a
+//! call gets `403`, one whose handler traps or hits a limit `500`, each with a bare status
+//! text: the reason goes to the host's [failure observer](crate::HostConfig::observe_failures)
+//! and never to the client. The server goes on. On shutdown the listener stops
 //! accepting and requests in flight are given time to finish.
 
 use std::convert::Infallible;
@@ -19,6 +21,8 @@ use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
+use super::broker::CallDenied;
+use super::config::RequestFailure;
 use super::error::{RunError, check_expiry, no_such};
 use super::host::Host;
 use super::store::{self, State};
@@ -79,6 +83,14 @@ impl hyper::rt::Timer for TokioTimer {
     }
 }
 
+/// Why a request got no response from its handler.
+enum Failed {
+    /// A call the handler made was denied.
+    Denied(String),
+    /// The handler trapped, hit a limit, or answered nothing.
+    Fault(String),
+}
+
 struct Served {
     host: Arc<Host>,
     gate: Gate,
@@ -115,12 +127,9 @@ impl Served {
             .get(hyper::header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
         if let Some(n) = announced.filter(|n| *n > limit) {
-            return text(
+            return self.failed(
                 413,
-                format!(
-                    "capgate: the request body is {n} bytes; `limits.body` of `{}` allows {limit}",
-                    self.component
-                ),
+                format!("the request body is {n} bytes; `limits.body` allows {limit}"),
             );
         }
         if self.gate.policy().expired() {
@@ -133,36 +142,50 @@ impl Served {
         match self.handle_inner(req, permit).await {
             // The guest's response body is capped too: past the limit the connection is cut.
             Ok(r) => r.map(|b| Capped::response(b, limit).boxed_unsync()),
-            Err(message) => text(
-                500,
-                format!("capgate: component `{}` failed: {message}", self.component),
-            ),
+            Err(Failed::Denied(why)) => self.failed(403, why),
+            Err(Failed::Fault(why)) => self.failed(500, why),
         }
+    }
+
+    /// The answer to a failed request: its status and the status's own text, nothing more;
+    /// `detail` goes to the host's failure observer.
+    fn failed(&self, status: u16, detail: String) -> hyper::Response<HyperOutgoingBody> {
+        self.host.report_failure(&RequestFailure {
+            component: self.component.clone(),
+            status,
+            detail,
+        });
+        let reason = hyper::StatusCode::from_u16(status)
+            .ok()
+            .and_then(|s| s.canonical_reason())
+            .unwrap_or("Error");
+        text(status, reason.to_lowercase())
     }
 
     async fn handle_inner(
         &self,
         req: hyper::Request<Capped<hyper::body::Incoming>>,
         permit: tokio::sync::OwnedSemaphorePermit,
-    ) -> Result<hyper::Response<HyperOutgoingBody>, String> {
-        let mut store = store::new_store(self.host.engine(), &self.gate, &self.limits, &[])
-            .map_err(|e| e.to_string())?;
+    ) -> Result<hyper::Response<HyperOutgoingBody>, Failed> {
+        let fault = |e: wasmtime::Error| Failed::Fault(e.to_string());
+        let mut store =
+            store::new_store(self.host.engine(), &self.gate, &self.limits, &[]).map_err(fault)?;
         let (sender, receiver) = tokio::sync::oneshot::channel();
         let request = store
             .data_mut()
             .http()
             .new_incoming_request(Scheme::Http, req)
-            .map_err(|e| e.to_string())?;
+            .map_err(fault)?;
         let out = store
             .data_mut()
             .http()
             .new_response_outparam(sender)
-            .map_err(|e| e.to_string())?;
+            .map_err(fault)?;
         let proxy = self
             .pre
             .instantiate_async(&mut store)
             .await
-            .map_err(|e| e.root_cause().to_string())?;
+            .map_err(|e| Failed::Fault(e.root_cause().to_string()))?;
         let limits = self.limits;
         let component = self.component.clone();
         let task = tokio::spawn(async move {
@@ -171,18 +194,28 @@ impl Served {
                 .wasi_http_incoming_handler()
                 .call_handle(&mut store, request, out);
             let r = store::backstop(&limits, call).await;
-            r.map_err(|e| {
-                store::describe_failure(&component, &limits, e, store.data().limiter_refused())
+            r.map_err(|e| match e.downcast_ref::<CallDenied>() {
+                Some(denied) => Failed::Denied(denied.to_string()),
+                None => Failed::Fault(store::describe_failure(
+                    &component,
+                    &limits,
+                    e,
+                    store.data().limiter_refused(),
+                )),
             })
         });
         match receiver.await {
             Ok(Ok(response)) => Ok(response),
-            Ok(Err(code)) => Err(format!("the handler answered with an error: {code:?}")),
+            Ok(Err(code)) => Err(Failed::Fault(format!(
+                "the handler answered with an error: {code:?}"
+            ))),
             // The handler ended without a response: report why.
             Err(_) => match task.await {
                 Ok(Err(why)) => Err(why),
-                Ok(Ok(())) => Err("the handler returned without setting a response".into()),
-                Err(e) => Err(e.to_string()),
+                Ok(Ok(())) => Err(Failed::Fault(
+                    "the handler returned without setting a response".into(),
+                )),
+                Err(e) => Err(Failed::Fault(e.to_string())),
             },
         }
     }
