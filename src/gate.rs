@@ -31,6 +31,9 @@ pub struct DecisionEvent {
     pub request: Request,
     /// The decision, as enforced.
     pub decision: Decision,
+    /// For a request no grant matched, a grant that nearly did and what it lacks (see
+    /// [`near_miss`](crate::authz::near_miss)).
+    pub hint: Option<String>,
 }
 
 /// Receives decisions made on behalf of running guests.
@@ -87,6 +90,16 @@ impl Gate {
     /// The component this gate decides for.
     pub(crate) fn component(&self) -> &str {
         &self.component
+    }
+
+    /// For a default deny, the grant that nearly allowed `request` and what it lacks.
+    pub(crate) fn hint(&self, decision: &Decision, request: &Request) -> Option<String> {
+        let default_deny =
+            !decision.allowed && decision.reasons.is_empty() && decision.errors.is_empty();
+        let spec = self.policy.policy().components.get(&*self.component)?;
+        default_deny
+            .then(|| crate::authz::near_miss(spec, request))
+            .flatten()
     }
 
     /// The verified policy this gate decides under.
@@ -214,6 +227,7 @@ impl Gate {
                 action: request.action(),
                 resource: request.resource(),
                 request: request.clone(),
+                hint: self.hint(&decision, request),
                 decision: decision.clone(),
             });
         }

@@ -72,7 +72,7 @@ fn http_escape_table() {
         "GET /named/x",
     );
 
-    let no_grant = "denied: no grant matches";
+    let no_grant = "no grant matches";
     refused(
         &p(&["http", "GET", &format!("http://127.0.0.1:{other}/api/v1")]),
         "HttpRequestDenied",
@@ -149,7 +149,7 @@ fn dns_lookups_only_for_listed_names() {
     let r = run_probe(&sb, "probe", &["lookup", "example.invalid"]);
     r.expect(0);
     assert!(r.stdout.starts_with("err: "), "{}", r.stdout);
-    r.stderr_has("denied `probe` net.lookup example.invalid: denied: no grant matches");
+    r.stderr_has("denied `probe` net.lookup example.invalid: no grant matches");
     // A component without lookup grants resolves nothing.
     let r = run_probe(&sb, "wildcard", &["lookup", "localhost"]);
     assert!(r.stdout.starts_with("err: "), "{}", r.stdout);
@@ -213,4 +213,22 @@ fn requests_that_could_differ_on_the_server_are_refused() {
         &p(format!("http://localhost.:{port}/named/x")),
         "GET /named/x",
     );
+}
+
+#[test]
+fn lookups_abandoned_before_their_answer_count_against_limits_sockets() {
+    let sb = Sandbox::new();
+    signed_probe_policy(
+        &sb,
+        "capgate: 1\nname: lookups\nversion: 1\ncomponents:\n  probe:\n    component: probe.wasm\n    network:\n      lookup: [localhost]\n    limits: { sockets: 4 }\n",
+    );
+    // The attack: lookups started and dropped at once, each leaving a resolver query on a
+    // host thread. The fifth is refused.
+    let r = run_probe(&sb, "probe", &["lookup-drop", "localhost", "50"]);
+    r.expect(0)
+        .stdout_has("err: after 4: ErrorCode { code: 10, name: \"new-socket-limit\"");
+    // Control: lookups whose answers are read give their places back, however many.
+    run_probe(&sb, "probe", &["lookup-n", "localhost", "50"])
+        .expect(0)
+        .stdout_has("ok: looked up 50");
 }

@@ -62,7 +62,7 @@ fn allowed_calls_return_values_and_a_denied_call_traps_the_caller() {
     );
     let r = run_probe(&sb, "client", &["public", "secret", "public"]);
     r.expect(69).stderr_has(
-        "component `client` trapped: capgate: call from `client` to `vault` test:secrets/vault@0.1.0#get-secret denied: no grant matches",
+        "component `client` trapped: call from `client` to `vault` test:secrets/vault@0.1.0#get-secret denied: no grant matches (`client.calls[0]` grants only `get-public`, `crash`, `count`, `add` of `test:secrets/vault`)",
     );
     // The call before the denial completed; the secret never reached the caller.
     assert_eq!(
@@ -137,6 +137,23 @@ async fn a_crashing_callee_is_restarted_and_the_host_keeps_serving() {
     // One instance serves successive calls (its counter grows)...
     assert_eq!(count().await.unwrap(), ["1"]);
     assert_eq!(count().await.unwrap(), ["2"]);
+    // A call whose arguments do not fit runs nothing and costs the instance nothing...
+    assert!(
+        host.call(
+            &policy,
+            "vault",
+            "test:secrets/vault#add",
+            &["\"x\"".into()]
+        )
+        .await
+        .is_err()
+    );
+    assert!(
+        host.call(&policy, "vault", "test:secrets/vault#no-such", &[])
+            .await
+            .is_err()
+    );
+    assert_eq!(count().await.unwrap(), ["3"]);
     // ...until it crashes: the call fails cleanly, naming the restart...
     match host
         .call(&policy, "vault", "test:secrets/vault#crash", &[])

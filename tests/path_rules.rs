@@ -67,7 +67,7 @@ fn a_forbidden_subpath_is_denied_while_its_sibling_is_allowed() {
     let r = probe(&["read", "/static/private/secret.txt"]);
     refused(&r);
     r.stderr_has(
-        "capgate: denied `probe` fs.read /static/private/secret.txt: denied by `no-private`",
+        "capgate: denied `probe` fs.read /static/private/secret.txt: forbidden by `no-private`",
     );
     refused(&probe(&["read", "/static/public/../private/secret.txt"]));
     refused(&probe(&["read", "/static//private/./secret.txt"]));

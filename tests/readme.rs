@@ -62,10 +62,20 @@ fn readme_quick_start_runs() {
         stdout.contains("http-handler  call") && stdout.contains("#admin-stats"),
         "{stdout}"
     );
+    // The refused call: a bare 403 for the client; the reason is in the server's log.
+    assert!(stdout.contains("forbidden\n 403"), "{stdout}");
+    // Where everything is, said at the start and the end.
+    let dir = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("quick start: working in "))
+        .expect("the quick start names its directory");
+    assert!(stdout.contains(&format!("are in {dir}")), "{stdout}");
+    let log = std::fs::read_to_string(std::path::Path::new(dir).join("serve.log")).unwrap();
     assert!(
-        stdout.contains("call from `http-handler` to `image-processor` example:image/image-processor@0.1.0#admin-stats denied: no grant matches"),
-        "{stdout}"
+        log.contains("call from `http-handler` to `image-processor` example:image/image-processor@0.1.0#admin-stats denied: no grant matches"),
+        "{log}"
     );
+    assert!(std::path::Path::new(dir).join("sepia.png").is_file());
     assert!(
         stdout.contains(
             "hello from a capgate guest; argv = [\"app\", \"--greeting\", \"from-the-cli\"]"

@@ -23,7 +23,7 @@ use cedar_policy::{Authorizer, Entities, Entity, PolicySet};
 pub use compile::{Identity, Lint, SCHEMA};
 #[cfg(feature = "runtime")]
 pub(crate) use request::normalise;
-pub use request::{Action, Request};
+pub use request::{Action, Request, near_miss};
 
 use crate::policy::{ComponentPolicy, Policy, PolicyError};
 
@@ -47,6 +47,21 @@ impl Decision {
             allowed: false,
             reasons: Vec::new(),
             errors: vec![message.into()],
+        }
+    }
+
+    /// Why, without the verdict: `no grant matches`, `forbidden by `r``, the problems met, or
+    /// `allowed by `g``. For a line that already says "denied".
+    pub fn reason(&self) -> String {
+        match (
+            self.allowed,
+            self.reasons.is_empty(),
+            self.errors.is_empty(),
+        ) {
+            (true, _, _) => format!("allowed by {}", quote_all(&self.reasons)),
+            (false, _, false) => self.errors.join("; "),
+            (false, true, true) => "no grant matches".to_owned(),
+            (false, false, true) => format!("forbidden by {}", quote_all(&self.reasons)),
         }
     }
 

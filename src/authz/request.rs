@@ -368,6 +368,42 @@ pub(crate) fn normalise(path: &str) -> String {
     format!("/{}", parts.join("/"))
 }
 
+/// For a request no grant matched, a grant that nearly did and what it lacks, e.g.
+/// ``app.files[0]` grants `/config` read-only`: a default deny is then not mistaken for a
+/// missing grant.
+pub fn near_miss(component: &crate::policy::ComponentPolicy, request: &Request) -> Option<String> {
+    match request {
+        Request::File { write: true, path } => component
+            .files
+            .iter()
+            .find(|g| g.access == crate::policy::Access::ReadOnly && within(path, &g.guest))
+            .map(|g| format!("`{}` grants `{}` read-only", g.id, g.guest)),
+        Request::Call {
+            component: callee,
+            interface,
+            function,
+        } => component.calls.iter().find_map(|g| {
+            let listed = g.functions.as_ref()?;
+            (g.component == *callee
+                && interface_matches(&g.interface, interface)
+                && !listed.contains(function))
+            .then(|| {
+                format!(
+                    "`{}` grants only {} of `{}`",
+                    g.id,
+                    listed
+                        .iter()
+                        .map(|f| format!("`{f}`"))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    g.interface
+                )
+            })
+        }),
+        _ => None,
+    }
+}
+
 /// Is `path` the mount point or below it?
 fn within(path: &str, mount: &str) -> bool {
     mount == "/" || path == mount || path.strip_prefix(mount).is_some_and(|r| r.starts_with('/'))

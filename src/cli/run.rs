@@ -266,15 +266,19 @@ fn host(
         }
         match format {
             LogFormat::Text => eprintln!(
-                "capgate: denied `{}` {} {}: {}",
+                "capgate: denied `{}` {} {}: {}{}",
                 ev.component,
                 ev.action,
                 super::safe(&ev.resource),
-                super::safe(&ev.decision.explain())
+                super::safe(&ev.decision.reason()),
+                ev.hint
+                    .as_deref()
+                    .map(|h| format!(" ({})", super::safe(h)))
+                    .unwrap_or_default()
             ),
             LogFormat::Json => eprintln!(
                 "{}",
-                json!({"level": "warn", "event": "deny", "component": ev.component, "action": ev.action.as_str(), "resource": ev.resource, "reasons": ev.decision.reasons, "errors": ev.decision.errors})
+                json!({"level": "warn", "event": "deny", "component": ev.component, "action": ev.action.as_str(), "resource": ev.resource, "reasons": ev.decision.reasons, "errors": ev.decision.errors, "hint": ev.hint})
             ),
         }
     });

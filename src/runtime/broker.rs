@@ -107,8 +107,13 @@ impl CallSite {
             .decide_kept(&self.decided, &self.request, args)
             .await
         {
+            let hint = self
+                .gate
+                .hint(&denied, &self.request)
+                .map(|h| format!(" ({h})"))
+                .unwrap_or_default();
             return Err(wasmtime::Error::new(CallDenied(format!(
-                "call from `{}` to `{}` {export}#{function} {}",
+                "call from `{}` to `{}` {export}#{function} {}{hint}",
                 self.gate.component(),
                 callee.name,
                 denied.explain()
@@ -176,7 +181,14 @@ impl Callee {
         let func = match cached {
             Some(f) => f,
             None => {
-                let f = self.lookup(live, export, function)?;
+                let f = match self.lookup(live, export, function) {
+                    Ok(f) => f,
+                    // Nothing ran: the instance goes back whole.
+                    Err(e) => {
+                        self.idle_instances().push(taken);
+                        return Err(e);
+                    }
+                };
                 match site {
                     Some(i) => {
                         if live.by_site.len() <= i {
@@ -197,10 +209,16 @@ impl Callee {
         let parsed;
         let args: &[Val] = match params {
             Args::Given(v) => v,
-            Args::Parse(parse) => {
-                parsed = parse(&func.ty(&live.store)).map_err(InvokeError::Args)?;
-                &parsed
-            }
+            Args::Parse(parse) => match parse(&func.ty(&live.store)) {
+                Ok(v) => {
+                    parsed = v;
+                    &parsed
+                }
+                Err(e) => {
+                    self.idle_instances().push(taken);
+                    return Err(InvokeError::Args(e));
+                }
+            },
         };
         let mut fresh = Vec::new();
         let out = match results {
@@ -244,16 +262,26 @@ impl Callee {
         let gate = Gate::new(self.policy.clone(), &self.name, self.recorder.clone());
         let mut store = store::new_store(&self.engine, &gate, &self.limits, &[])
             .map_err(|e| Fault(format!("cannot start component `{}`: {e}", self.name)))?;
-        let instance = self
-            .linker
-            .instantiate_async(&mut store, &self.component)
+        // Instantiation runs guest code (start functions), so it is under the timeout too.
+        let instantiate = self.linker.instantiate_async(&mut store, &self.component);
+        let instance = store::backstop(&self.limits, instantiate)
             .await
             .map_err(|e| {
-                Fault(format!(
-                    "cannot instantiate component `{}`: {}",
-                    self.name,
-                    e.root_cause()
-                ))
+                if e.downcast_ref::<wasmtime::Trap>().is_some() {
+                    let refused = store.data().limiter_refused();
+                    Fault(store::describe_failure(
+                        &self.name,
+                        &self.limits,
+                        e,
+                        refused,
+                    ))
+                } else {
+                    Fault(format!(
+                        "cannot instantiate component `{}`: {}",
+                        self.name,
+                        e.root_cause()
+                    ))
+                }
             })?;
         Ok(Live {
             store,

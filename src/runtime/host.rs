@@ -400,18 +400,31 @@ impl Host {
                 source: Some(e.into()),
             }
         })?;
-        let command = match &app.command {
-            Some(pre) => pre.instantiate_async(&mut store).await,
-            None => {
-                wasmtime_wasi::p2::bindings::Command::instantiate_async(
-                    &mut store,
-                    &app.component,
-                    &app.linker,
-                )
-                .await
+        // Instantiation runs guest code (start functions): a start function blocked in a host
+        // call, where epochs cannot reach it, is stopped by the backstop.
+        let command = store::backstop(&limits, async {
+            match &app.command {
+                Some(pre) => pre.instantiate_async(&mut store).await,
+                None => {
+                    wasmtime_wasi::p2::bindings::Command::instantiate_async(
+                        &mut store,
+                        &app.component,
+                        &app.linker,
+                    )
+                    .await
+                }
             }
-        }
-        .map_err(instantiate)?;
+        })
+        .await
+        .map_err(|e| {
+            // A start function that traps or hits a limit is a guest failure (69), not a
+            // component that cannot be instantiated (65).
+            if e.downcast_ref::<wasmtime::Trap>().is_some() {
+                store::classify(component, &limits, e, store.data().limiter_refused())
+            } else {
+                instantiate(e)
+            }
+        })?;
         Ok(Prepared {
             component: component.to_owned(),
             limits,

@@ -181,11 +181,18 @@ impl Served {
             .http()
             .new_response_outparam(sender)
             .map_err(fault)?;
-        let proxy = self
-            .pre
-            .instantiate_async(&mut store)
+        // Instantiation runs guest code (start functions), under the timeout too.
+        let proxy = store::backstop(&self.limits, self.pre.instantiate_async(&mut store))
             .await
-            .map_err(|e| Failed::Fault(e.root_cause().to_string()))?;
+            .map_err(|e| {
+                let refused = store.data().limiter_refused();
+                Failed::Fault(store::describe_failure(
+                    &self.component,
+                    &self.limits,
+                    e,
+                    refused,
+                ))
+            })?;
         let limits = self.limits;
         let component = self.component.clone();
         let task = tokio::spawn(async move {

@@ -94,7 +94,7 @@ pub(crate) fn filtered_dns(s: &mut State) -> FilteredDns<'_> {
             ctx: s.wasi.sockets(),
             table: &mut s.table,
         },
-        guard: &s.lookup,
+        guard: &mut s.lookup,
     }
 }
 
@@ -143,7 +143,7 @@ pub(crate) fn new_store(
                 connections: Default::default(),
                 max_connections: limits.sockets as usize,
             },
-            lookup: LookupGuard { gate: gate.clone() },
+            lookup: LookupGuard::new(gate.clone(), limits.sockets),
             fs: FsGuard::new(gate.clone(), limits.files),
             sockets: SocketCount::new(limits.sockets),
         },

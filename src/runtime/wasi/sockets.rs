@@ -9,9 +9,12 @@
 //! whenever a new one is asked for, so a dropped socket frees its place at once.
 //!
 //! Connections accepted on a listening socket are sockets too: `wasi:sockets/tcp` is shadowed
-//! whole (every method but `accept` delegates unchanged), and `accept` takes a place first.
-//! Without one it fails with `new-socket-limit` and leaves the connection waiting in the
-//! kernel's backlog, so a peer flood costs the host nothing it did not grant.
+//! whole (every method but `listen` and `accept` delegates unchanged), and `accept` takes a
+//! place first. Without one it fails with `new-socket-limit`. A listener takes two places:
+//! its own, and one for the connection wasmtime-wasi accepts ahead of the guest (when the
+//! guest waits on the listener, one connection is taken from the backlog and held ready); so
+//! the descriptors a guest makes the host hold never exceed `limits.sockets`, and further
+//! peers wait in the kernel's backlog.
 
 use std::collections::HashSet;
 
@@ -30,6 +33,8 @@ use wasmtime_wasi::sockets::WasiSocketsCtxView;
 pub(crate) struct SocketCount {
     tcp: HashSet<u32>,
     udp: HashSet<u32>,
+    /// Listening sockets: each counts twice (itself, and the connection accepted ahead).
+    listening: HashSet<u32>,
     max: usize,
 }
 
@@ -38,6 +43,7 @@ impl SocketCount {
         Self {
             tcp: HashSet::new(),
             udp: HashSet::new(),
+            listening: HashSet::new(),
             max: max as usize,
         }
     }
@@ -45,14 +51,20 @@ impl SocketCount {
     /// Whether one more socket fits. Sockets the guest has dropped are forgotten only when the
     /// count looks full, so creating a socket below the limit does not scan them all.
     fn room(&mut self, table: &ResourceTable) -> bool {
-        if self.tcp.len() + self.udp.len() < self.max {
+        if self.held() < self.max {
             return true;
         }
-        self.tcp
-            .retain(|&rep| table.get(&Resource::<TcpSocket>::new_borrow(rep)).is_ok());
+        let tcp_alive = |&rep: &u32| table.get(&Resource::<TcpSocket>::new_borrow(rep)).is_ok();
+        self.tcp.retain(tcp_alive);
+        self.listening.retain(tcp_alive);
         self.udp
             .retain(|&rep| table.get(&Resource::<UdpSocket>::new_borrow(rep)).is_ok());
-        self.tcp.len() + self.udp.len() < self.max
+        self.held() < self.max
+    }
+
+    /// Places taken, counting a listener twice.
+    fn held(&self) -> usize {
+        self.tcp.len() + self.udp.len() + self.listening.len()
     }
 }
 
@@ -79,6 +91,8 @@ impl tcp_create_socket::Host for CountedSockets<'_> {
             return Err(ErrorCode::NewSocketLimit.into());
         }
         let socket = tcp_create_socket::Host::create_tcp_socket(&mut self.inner, family)?;
+        // A new socket at a dropped listener's handle is not listening.
+        self.guard.listening.remove(&socket.rep());
         self.guard.tcp.insert(socket.rep());
         Ok(socket)
     }
@@ -122,6 +136,7 @@ impl tcp::HostTcpSocket for CountedSockets<'_> {
             return Err(ErrorCode::NewSocketLimit.into());
         }
         let accepted = tcp::HostTcpSocket::accept(&mut self.inner, this)?;
+        self.guard.listening.remove(&accepted.0.rep());
         self.guard.tcp.insert(accepted.0.rep());
         Ok(accepted)
     }
@@ -136,7 +151,14 @@ impl tcp::HostTcpSocket for CountedSockets<'_> {
     }
 
     async fn start_listen(&mut self, this: Resource<TcpSocket>) -> SocketResult<()> {
-        tcp::HostTcpSocket::start_listen(&mut self.inner, this).await
+        // The socket already holds one place; listening needs a second.
+        let rep = this.rep();
+        if !self.guard.listening.contains(&rep) && !self.guard.room(self.inner.table) {
+            return Err(ErrorCode::NewSocketLimit.into());
+        }
+        tcp::HostTcpSocket::start_listen(&mut self.inner, this).await?;
+        self.guard.listening.insert(rep);
+        Ok(())
     }
 
     delegate! {

@@ -195,6 +195,29 @@ fn main() {
             }
             println!("ok: accepted {n}");
         }
+        // Starts N lookups of NAME, dropping each stream before its answer is read.
+        "lookup-drop" => {
+            let n: usize = a(3).parse().unwrap_or(0);
+            let net = wasi::sockets::instance_network::instance_network();
+            for i in 0..n {
+                if let Err(e) = wasi::sockets::ip_name_lookup::resolve_addresses(&net, &a(2)) {
+                    println!("err: after {i}: {e:?}");
+                    return;
+                }
+            }
+            println!("ok: started {n}");
+        }
+        // Looks NAME up N times, one after another, reading each answer.
+        "lookup-n" => {
+            let n: usize = a(3).parse().unwrap_or(0);
+            for i in 0..n {
+                if let Err(e) = (a(2).as_str(), 80).to_socket_addrs() {
+                    println!("err: after {i}: {e}");
+                    return;
+                }
+            }
+            println!("ok: looked up {n}");
+        }
         // Holds N pollables (handles with no host descriptor behind them).
         "pollables" => {
             let n: usize = a(2).parse().unwrap_or(0);
