@@ -368,3 +368,74 @@ fn a_broken_new_version_does_not_lock_out_the_working_one() {
     common::resign_policy(&sb, good);
     common::run_probe(&sb, "probe", &["exit", "0"]).expect(0);
 }
+
+/// Each error a newcomer meets first has the shape `error: FILE:LINE:COLUMN: what was
+/// expected (hint: what to do)`, with a real line and column and the file named as given.
+#[test]
+fn every_newcomer_error_has_a_location_an_expectation_and_a_hint() {
+    let app = "components:\n  app:\n    component: app.wasm\n";
+    let rules_policy = format!("{HEAD}rules: [rules.cedar]\n{app}");
+    // (case, policy, rules, the whole message after `error: `)
+    let cases: Vec<(&str, String, &str, &str)> = vec![
+        (
+            "misspelt top-level key",
+            format!("capgate: 1\nname: bad\nverison: 1\n{app}"),
+            "",
+            "p.yaml:3:1: unknown key `verison`, and `version` is missing (hint: did you mean `version`?)",
+        ),
+        (
+            "a number with an exponent",
+            format!("{HEAD}{app}    limits: {{ fuel: 2e9 }}\n"),
+            "",
+            "p.yaml:7:21: `fuel` must be a whole number, found `2e9` (hint: write it in digits only, with no exponent, sign or separators, e.g. `fuel: 2000000000`)",
+        ),
+        (
+            "a misspelt component key",
+            format!("{HEAD}{app}    netwrk: {{}}\n"),
+            "",
+            "p.yaml:7:5: unknown field `netwrk`",
+        ),
+        (
+            "a rule without its `;`",
+            rules_policy.clone(),
+            "@id(\"x\")\nforbid(principal, action, resource)\n",
+            "rules.cedar:2:36: not valid Cedar: unexpected end of input (hint: every rule ends with `;`: is one missing?)",
+        ),
+        (
+            "a rule that does not type-check",
+            rules_policy.clone(),
+            "@id(\"x\")\nforbid(principal, action == Action::\"net.connect\", resource)\nwhen { resource.nope == \"x\" };\n",
+            "(hint: `capgate policy schema` prints the entities, actions and context of each action)",
+        ),
+    ];
+    for (name, policy, rules, want) in cases {
+        let sb = sandbox();
+        if !rules.is_empty() {
+            sb.write("rules.cedar", rules);
+        }
+        let r = check(&sb, &policy);
+        assert_eq!(r.code, 65, "{name}: {}", r.stderr);
+        let line = r.stderr.lines().next().unwrap_or_default();
+        assert!(line.contains(want), "{name}: {line:?} lacks {want:?}");
+        // The shape: a relative file, a line and a column above zero, a hint.
+        let rest = line.strip_prefix("error: ").expect("an error line");
+        let mut parts = rest.splitn(4, ':');
+        let (file, l, c) = (parts.next(), parts.next(), parts.next());
+        assert!(
+            matches!(file, Some("p.yaml" | "rules.cedar")),
+            "{name}: {line}"
+        );
+        assert!(
+            l.and_then(|l| l.parse::<u64>().ok()).is_some_and(|l| l > 0)
+                && c.and_then(|c| c.trim().parse::<u64>().ok())
+                    .is_some_and(|c| c > 0),
+            "{name}: no line and column in {line}"
+        );
+        assert!(line.contains(" (hint: "), "{name}: no hint in {line}");
+    }
+    // `capgate policy schema` prints what the hint promises.
+    let sb = sandbox();
+    sb.capgate(["policy", "schema"])
+        .expect(0)
+        .stdout_has("action \"net.connect\"");
+}

@@ -47,6 +47,21 @@ pub struct PolicyHeader {
     pub rules: Vec<String>,
 }
 
+/// A top-level key of `yaml` that looks like a misspelling of `want` (a required key that is
+/// missing), with its 1-based line: `verison:` for `version`.
+fn misspelt<'y>(yaml: &'y [u8], want: &str) -> Option<(u64, &'y str)> {
+    let text = std::str::from_utf8(yaml).ok()?;
+    text.lines().enumerate().find_map(|(i, l)| {
+        let key = l.split_once(':')?.0;
+        let plain = !key.is_empty()
+            && key
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        (plain && key != want && crate::yaml::edit_distance(key, want) <= 2)
+            .then_some((i as u64 + 1, key))
+    })
+}
+
 impl PolicyHeader {
     /// Reads the header fields from policy YAML, ignoring every other key.
     pub fn parse(path: &Path, yaml: &[u8]) -> Result<Self, Error> {
@@ -59,6 +74,17 @@ impl PolicyHeader {
                 message,
                 hint: hint.map(str::to_owned),
             }
+        };
+        // A required key that is missing, perhaps because it is misspelt.
+        let missing = |want: &str, message: String, hint: &str| match misspelt(yaml, want) {
+            Some((line, found)) => Error::Syntax {
+                path: path.to_owned(),
+                line,
+                column: 1,
+                message: format!("unknown key `{found}`, and `{want}` is missing"),
+                hint: Some(format!("did you mean `{want}`?")),
+            },
+            None => err(None, message, Some(hint)),
         };
         match &raw.capgate {
             Some(v) if v.value == 1 => {}
@@ -73,16 +99,16 @@ impl PolicyHeader {
                 ));
             }
             None => {
-                return Err(err(
-                    None,
+                return Err(missing(
+                    "capgate",
                     "missing `capgate: 1` (the policy format version)".into(),
-                    Some("add `capgate: 1` as the first line"),
+                    "add `capgate: 1` as the first line",
                 ));
             }
         }
         let name = raw
             .name
-            .ok_or_else(|| err(None, "missing `name`".into(), Some("add `name: my-app`")))?;
+            .ok_or_else(|| missing("name", "missing `name`".into(), "add `name: my-app`"))?;
         if name.value.is_empty()
             || !name
                 .value
@@ -99,10 +125,10 @@ impl PolicyHeader {
             ));
         }
         let version = raw.version.ok_or_else(|| {
-            err(
-                None,
+            missing(
+                "version",
                 "missing `version`".into(),
-                Some("add `version: 1` and raise it with every change"),
+                "add `version: 1` and raise it with every change",
             )
         })?;
         if version.value == 0 {

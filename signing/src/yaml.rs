@@ -38,7 +38,7 @@ fn options() -> Options {
 
 /// Parses `text` (read from `path`) into `T` with capgate's strict settings.
 pub fn from_str<T: DeserializeOwned>(path: &Path, text: &str) -> Result<T, Error> {
-    serde_saphyr::from_str_with_options(text, options()).map_err(|e| syntax_error(path, &e))
+    serde_saphyr::from_str_with_options(text, options()).map_err(|e| syntax_error(path, text, &e))
 }
 
 /// Parses YAML bytes, refusing input that is not UTF-8 with the offending position.
@@ -65,7 +65,7 @@ pub fn from_slice<T: DeserializeOwned>(path: &Path, bytes: &[u8]) -> Result<T, E
     }
 }
 
-fn syntax_error(path: &Path, e: &serde_saphyr::Error) -> Error {
+fn syntax_error(path: &Path, text: &str, e: &serde_saphyr::Error) -> Error {
     let (line, column) = e
         .location()
         .map(|l| (l.line(), l.column()))
@@ -77,6 +77,25 @@ fn syntax_error(path: &Path, e: &serde_saphyr::Error) -> Error {
     }
     let message = message.trim().trim_end_matches('.').to_string();
     let hint = suggestion(&message).map(|s| format!("did you mean `{s}`?"));
+    // "invalid u64" alone names neither the key nor the value: say both.
+    if matches!(
+        message.as_str(),
+        "invalid u64" | "invalid u32" | "invalid u16" | "invalid u8"
+    ) && let Some((key, value)) = key_and_value_at(text, line, column)
+    {
+        return Error::Syntax {
+            path: path.to_owned(),
+            line,
+            column,
+            message: format!(
+                "`{key}` must be a whole number, found `{}`",
+                crate::error::clip(value)
+            ),
+            hint: Some(format!(
+                "write it in digits only, with no exponent, sign or separators, e.g. `{key}: 2000000000`"
+            )),
+        };
+    }
     Error::Syntax {
         path: path.to_owned(),
         line,
@@ -107,7 +126,32 @@ pub fn suggestion(message: &str) -> Option<String> {
         .map(|(_, c)| c.to_string())
 }
 
-fn edit_distance(a: &str, b: &str) -> usize {
+/// The key whose value starts at `line`:`column` (1-based) of `text`, and that value as
+/// written, for a YAML line like `  fuel: 2e9` or `limits: { fuel: 2e9 }`.
+fn key_and_value_at(text: &str, line: u64, column: u64) -> Option<(&str, &str)> {
+    let l = text
+        .lines()
+        .nth(usize::try_from(line).ok()?.checked_sub(1)?)?;
+    let at = l
+        .char_indices()
+        .nth(usize::try_from(column).ok()?.checked_sub(1)?)
+        .map(|(i, _)| i)?;
+    let (before, after) = l.split_at(at);
+    let before = before.trim_end().strip_suffix(':')?;
+    let start = before
+        .rfind(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '-'))
+        .map_or(0, |i| i + 1);
+    let key = &before[start..];
+    let value = after
+        .split([',', '}', ']', '#'])
+        .next()
+        .unwrap_or(after)
+        .trim();
+    (!key.is_empty() && !value.is_empty()).then_some((key, value))
+}
+
+/// Levenshtein distance, for suggestions.
+pub(crate) fn edit_distance(a: &str, b: &str) -> usize {
     let b: Vec<char> = b.chars().collect();
     let mut prev: Vec<usize> = (0..=b.len()).collect();
     for (i, ca) in a.chars().enumerate() {

@@ -324,12 +324,17 @@ fn parse_rules(
                     .and_then(|mut l| l.next())
                     .map_or(0, |l| l.offset());
                 let message = first.map_or_else(|| errs.to_string(), |e| e.to_string());
+                // Cedar says where the input ended; what usually ends it early is a rule
+                // without its closing `;`.
+                let hint = message
+                    .contains("unexpected end of input")
+                    .then(|| "every rule ends with `;`: is one missing?".to_owned());
                 invalid(
                     &src.path,
                     &src.text,
                     offset,
                     format!("not valid Cedar: {message}"),
-                    None,
+                    hint,
                 )
             },
         )?;
@@ -417,7 +422,16 @@ fn validate_rules(
             .labels()
             .and_then(|mut l| l.next())
             .map_or(0, |l| l.offset());
-        return Err(invalid(&path, text, base + within, format!("rule does not type-check against the schema: {e}"), Some("see policies/capgate.cedarschema for the entities, actions and context of each action".into())));
+        return Err(invalid(
+            &path,
+            text,
+            base + within,
+            format!("rule does not type-check against the schema: {e}"),
+            Some(
+                "`capgate policy schema` prints the entities, actions and context of each action"
+                    .into(),
+            ),
+        ));
     }
 
     Ok(())

@@ -93,8 +93,8 @@ enum Command {
         #[command(flatten)]
         trust: TrustArgs,
     },
-    /// Check a policy: parse it, validate its rules against the schema, verify signatures when
-    /// `--trust` is given, and report lints.
+    /// Check a policy (parse it, validate its rules, verify signatures with `--trust`, report
+    /// lints), or print the Cedar schema rules are checked against.
     Policy {
         #[command(subcommand)]
         command: PolicyCommand,
@@ -154,6 +154,9 @@ enum PolicyCommand {
         #[arg(long, value_name = "DIR", env = "CAPGATE_STATE_DIR")]
         state_dir: Option<PathBuf>,
     },
+    /// Print the Cedar schema every rule is validated against: the entities, the actions and
+    /// the context of each.
+    Schema,
 }
 
 /// What is being signed or verified.
@@ -320,6 +323,12 @@ fn run(cli: Cli) -> Result<Report, CliError> {
             audit: None,
             audit_key: None,
         }),
+        Command::Policy {
+            command: PolicyCommand::Schema,
+        } => Ok(Report::new(
+            capgate::authz::SCHEMA.trim_end(),
+            serde_json::json!({ "schema": capgate::authz::SCHEMA }),
+        )),
         Command::Audit { command } => audit::run(command, format),
         Command::Inspect {
             component,

@@ -355,7 +355,8 @@ impl Default for AuditSpec {
 pub struct RulesSource {
     /// The path as the policy names it.
     pub name: String,
-    /// The file, resolved.
+    /// The file as messages name it: the policy's directory, as the policy's own path gives
+    /// it (relative if that is), joined with `name`.
     pub path: PathBuf,
     /// Its text.
     pub text: String,

@@ -210,8 +210,13 @@ pub fn parse(bundle: &PolicyBundle) -> Result<Policy, PolicyError> {
             message: format!("rules file `{name}` was not read with the policy"),
             hint: None,
         })?;
+        // Messages name the file as the policy's own path does (relative if it is).
+        let shown = match bundle.dir() {
+            d if d.as_os_str().is_empty() || d == Path::new(".") => name.into(),
+            d => d.join(name),
+        };
         let text = String::from_utf8(bytes.to_vec()).map_err(|_| PolicyError::Invalid {
-            path: dir.join(name),
+            path: shown.clone(),
             line: 0,
             column: 0,
             message: "not valid UTF-8 text".into(),
@@ -219,7 +224,7 @@ pub fn parse(bundle: &PolicyBundle) -> Result<Policy, PolicyError> {
         })?;
         rules.push(RulesSource {
             name: name.clone(),
-            path: dir.join(name),
+            path: shown,
             text,
         });
     }
