@@ -353,3 +353,50 @@ fn guest_traps_and_exits() {
     // wasi:cli/exit in WASI 0.2 carries success or failure only, so any non-zero code is 1.
     f.probe(&["exit", "3"]).expect(1);
 }
+
+#[test]
+fn a_guest_exit_code_becomes_capgate_exit_code() {
+    // A guest that calls `wasi:cli/exit`'s `exit-with-code`, as `wasmtime run` passes it on.
+    let exiting = |code: u8| {
+        wat::parse_str(format!(
+            r#"(component
+  (type $et (instance
+    (type (func (param "status-code" u8)))
+    (export "exit-with-code" (func (type 0)))))
+  (import "wasi:cli/exit@0.2.0" (instance $exit (type $et)))
+  (alias export $exit "exit-with-code" (func $ewc))
+  (core func $cewc (canon lower (func $ewc)))
+  (core module $m
+    (import "h" "ewc" (func $ewc (param i32)))
+    (func (export "run") (result i32) (call $ewc (i32.const {code})) i32.const 0))
+  (core instance $hi (export "ewc" (func $cewc)))
+  (core instance $i (instantiate $m (with "h" (instance $hi))))
+  (func $run (result (result)) (canon lift (core func $i "run")))
+  (instance $ri (export "run" (func $run)))
+  (export "wasi:cli/run@0.2.0" (instance $ri)))"#
+        ))
+        .unwrap()
+    };
+    let sb = Sandbox::new();
+    let policy = |v: u32| {
+        format!("capgate: 1\nname: exits\nversion: {v}\ncomponents:\n  e:\n    component: e.wasm\n")
+    };
+    sb.write("e.wasm", exiting(42));
+    common::signed_policy(&sb, &[], &policy(1));
+    sb.capgate(["sign", "artifact", "e.wasm", "--key", "keys/release.key"])
+        .expect(0);
+    run_probe(&sb, "e", &[]).expect(42);
+    // Control: code 0 is success.
+    sb.write("e.wasm", exiting(0));
+    sb.capgate([
+        "sign",
+        "artifact",
+        "e.wasm",
+        "--key",
+        "keys/release.key",
+        "--replace",
+    ])
+    .expect(0);
+    common::resign_policy(&sb, &policy(2));
+    run_probe(&sb, "e", &[]).expect(0);
+}

@@ -300,6 +300,8 @@ fn host(
             ),
         }
     });
+    // Long compilations say so on a terminal, and stay quiet in pipes.
+    let config = config.progress(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     let config = audit_config(src, policy, config)?;
     let host = match default_cache_dir().filter(|_| !no_cache) {
         Some(dir) => match Host::new(config.clone().cache_dir(&dir)) {

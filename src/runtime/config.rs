@@ -27,6 +27,7 @@ pub struct HostConfig {
     pub(super) audit_salt: Option<[u8; 32]>,
     pub(super) audit_state: Option<PathBuf>,
     pub(super) failures: Option<FailureObserver>,
+    pub(super) progress: bool,
     pub(crate) fallback: Fallback,
 }
 
@@ -58,6 +59,7 @@ impl Default for HostConfig {
             audit_salt: None,
             audit_state: None,
             failures: None,
+            progress: false,
             fallback: Fallback::SAFE,
         }
     }
@@ -95,6 +97,14 @@ impl HostConfig {
     pub fn observe(mut self, observer: impl Fn(&DecisionEvent) + Send + Sync + 'static) -> Self {
         self.observer = Some(Arc::new(observer));
         self.denials_only = false;
+        self
+    }
+
+    /// Prints a line on stderr when compiling a component takes more than a second (a first
+    /// run of a large component; later runs use the cache). Off by default: a library does not
+    /// print unless asked. The CLI turns it on when stderr is a terminal.
+    pub fn progress(mut self, on: bool) -> Self {
+        self.progress = on;
         self
     }
 

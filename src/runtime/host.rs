@@ -370,7 +370,27 @@ impl Host {
         let artifact = policy
             .artifact(component)
             .ok_or_else(|| no_such(policy, component))?;
-        Component::new(&self.engine, artifact.bytes()).map_err(|e| RunError::Invalid {
+        // A compilation that takes a while says so (when asked to), so a first run of a large
+        // component does not look hung; one served from the cache says nothing.
+        let (done, waiting) = std::sync::mpsc::channel::<()>();
+        let notice = self.config.progress.then(|| {
+            let (name, kib) = (component.to_owned(), artifact.bytes().len() / 1024);
+            std::thread::spawn(move || {
+                if waiting.recv_timeout(std::time::Duration::from_secs(1))
+                    == Err(std::sync::mpsc::RecvTimeoutError::Timeout)
+                {
+                    eprintln!(
+                        "capgate: compiling `{name}` ({kib} KiB) to native code; later runs use the cache"
+                    );
+                }
+            })
+        });
+        let compiled = Component::new(&self.engine, artifact.bytes());
+        drop(done);
+        if let Some(n) = notice {
+            let _ = n.join();
+        }
+        compiled.map_err(|e| RunError::Invalid {
             component: component.to_owned(),
             message: e.to_string(),
             source: Some(e.into()),
