@@ -27,6 +27,11 @@ pub enum Coverage {
 pub struct Import {
     /// The import's name, e.g. `wasi:filesystem/preopens@0.2.3`.
     pub name: String,
+    /// The policy key that grants it, e.g. `files` (or why none is needed).
+    pub key: &'static str,
+    /// For an interface of another component (not WASI): its functions, which a `calls`
+    /// entry may list.
+    pub functions: Vec<String>,
     /// What the policy does with it, when a policy was given.
     pub coverage: Option<Coverage>,
 }
@@ -57,8 +62,17 @@ pub fn inspect(bytes: &[u8], policy: Option<&ComponentPolicy>) -> Result<Inspect
     let ty = component.component_type();
     let imports = ty
         .imports(&engine)
-        .map(|(name, _)| Import {
+        .map(|(name, item)| Import {
             name: name.to_owned(),
+            key: policy_key(name),
+            functions: match item.ty {
+                wasmtime::component::types::ComponentItem::ComponentInstance(i)
+                    if !name.starts_with("wasi:") =>
+                {
+                    i.exports(&engine).map(|(f, _)| f.to_owned()).collect()
+                }
+                _ => Vec::new(),
+            },
             coverage: policy.map(|p| coverage(p, name)),
         })
         .collect();
@@ -69,8 +83,41 @@ pub fn inspect(bytes: &[u8], policy: Option<&ComponentPolicy>) -> Result<Inspect
     Ok(Inspection { imports, exports })
 }
 
+/// The policy key that grants an import, or why none is needed.
+pub fn policy_key(import: &str) -> &'static str {
+    match import.split('@').next().unwrap_or(import) {
+        "wasi:filesystem/types" | "wasi:filesystem/preopens" => "files (and cwd)",
+        "wasi:sockets/tcp" | "wasi:sockets/tcp-create-socket" => "network.connect, network.bind",
+        "wasi:sockets/udp" | "wasi:sockets/udp-create-socket" => "network.udp",
+        "wasi:sockets/ip-name-lookup" => "network.lookup",
+        "wasi:sockets/network" | "wasi:sockets/instance-network" => "network (any of its keys)",
+        "wasi:http/outgoing-handler" => "http",
+        "wasi:http/types" => "http (the types of requests and responses)",
+        "wasi:cli/environment" => "env, env_from_host, args, cwd",
+        "wasi:cli/stdin" | "wasi:cli/stdout" | "wasi:cli/stderr" => "stdio",
+        "wasi:cli/terminal-input"
+        | "wasi:cli/terminal-output"
+        | "wasi:cli/terminal-stdin"
+        | "wasi:cli/terminal-stdout"
+        | "wasi:cli/terminal-stderr" => "none (no terminal is ever attached)",
+        "wasi:cli/exit" | "wasi:io/error" | "wasi:io/poll" | "wasi:io/streams" => {
+            "none (always provided)"
+        }
+        "wasi:clocks/monotonic-clock" | "wasi:clocks/wall-clock" => "none (always provided)",
+        "wasi:random/random" | "wasi:random/insecure" | "wasi:random/insecure-seed" => {
+            "none (always provided)"
+        }
+        other if other.starts_with("wasi:") => "none: capgate does not provide it",
+        _ => "calls",
+    }
+}
+
 fn count(n: usize, what: &str) -> String {
-    format!("{n} {what}{}", if n == 1 { "" } else { "s" })
+    match (n, what.strip_suffix('y')) {
+        (1, _) => format!("1 {what}"),
+        (_, Some(stem)) => format!("{n} {stem}ies"),
+        _ => format!("{n} {what}s"),
+    }
 }
 
 fn granted_or_denied(n: usize, what: &str, key: &str) -> Coverage {

@@ -74,3 +74,49 @@ fn inspect_lists_imports_and_what_the_policy_grants() {
     ])
     .expect(64);
 }
+
+#[test]
+fn inspect_names_the_policy_key_of_each_import_and_refuses_what_will_not_instantiate() {
+    let sb = Sandbox::new();
+    std::fs::copy(guests::guest("vault-client"), sb.path("client.wasm")).unwrap();
+    std::fs::create_dir_all(sb.path("a")).unwrap();
+    std::fs::create_dir_all(sb.path("b")).unwrap();
+    // Each import with the key that grants it; another component's interface with its
+    // functions, which `calls.functions` may list.
+    let r = sb.capgate(["inspect", "client.wasm"]);
+    r.expect(0)
+        .stdout_has("test:secrets/vault@0.1.0  [calls]\n    functions: get-public, get-secret, read-file, env, crash, count, add")
+        .stdout_has("wasi:filesystem/preopens@0.2.6  [files (and cwd)]")
+        .stdout_has("wasi:cli/environment@0.2.6  [env, env_from_host, args, cwd]");
+    // A policy of one component needs no `--component`; counts read as English.
+    sb.write(
+        "one.yaml",
+        "capgate: 1\nname: one\nversion: 1\ncomponents:\n  client:\n    component: client.wasm\n    files: [{ host: a, guest: /a }, { host: b, guest: /b }]\n",
+    );
+    // Nothing links `test:secrets/vault`: the listing says so, and the exit status too.
+    let r = sb.capgate(["inspect", "client.wasm", "--policy", "one.yaml"]);
+    r.expect(65)
+        .stdout_has("granted: 2 preopened directories")
+        .stdout_has("NOT PROVIDED: no `calls` entry names this interface")
+        .stderr_has(
+            "1 import is not provided: `client.wasm` will not instantiate under this policy",
+        );
+    // Control: with the link, it will.
+    sb.write(
+        "two.yaml",
+        "capgate: 1\nname: two\nversion: 1\ncomponents:\n  client:\n    component: client.wasm\n    calls: [{ component: vault, interface: test:secrets/vault }]\n  vault:\n    component: client.wasm\n",
+    );
+    sb.capgate(["inspect", "client.wasm", "--policy", "two.yaml"])
+        .expect(64)
+        .stderr_has("has 2 components; say which with `--component NAME`");
+    sb.capgate([
+        "inspect",
+        "client.wasm",
+        "--policy",
+        "two.yaml",
+        "--component",
+        "client",
+    ])
+    .expect(0)
+    .stdout_has("granted: linked to vault");
+}

@@ -104,10 +104,15 @@ enum Command {
         /// The component (.wasm).
         component: PathBuf,
         /// A policy to compare the imports with.
-        #[arg(long, value_name = "POLICY.yaml", requires = "name")]
+        #[arg(long, value_name = "POLICY.yaml")]
         policy: Option<PathBuf>,
-        /// The component's name in the policy.
-        #[arg(long = "component", value_name = "NAME", id = "name")]
+        /// The component's name in the policy (needed when it has more than one).
+        #[arg(
+            long = "component",
+            value_name = "NAME",
+            id = "name",
+            requires = "policy"
+        )]
         name: Option<String>,
     },
     /// Serve a `wasi:http/incoming-handler` component over HTTP, until Ctrl-C or SIGTERM.

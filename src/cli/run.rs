@@ -529,16 +529,32 @@ pub(super) fn inspect(
         Some(p) => Some(capgate::danger::load_unsigned_policy(p)?),
         None => None,
     };
+    let shown = || policy.map(|p| p.display().to_string()).unwrap_or_default();
     let spec = match (&loaded, name) {
         (Some(l), Some(n)) => Some(l.policy().components.get(n).ok_or_else(|| {
-            CliError::new(
-                Exit::Usage,
-                format!(
-                    "no component `{n}` in `{}`",
-                    policy.map(|p| p.display().to_string()).unwrap_or_default()
-                ),
-            )
+            CliError::new(Exit::Usage, format!("no component `{n}` in `{}`", shown()))
         })?),
+        // A policy of one component needs no `--component`.
+        (Some(l), None) => {
+            let all = &l.policy().components;
+            match all.values().next() {
+                Some(only) if all.len() == 1 => Some(only),
+                _ => {
+                    return Err(CliError::new(
+                        Exit::Usage,
+                        format!(
+                            "`{}` has {} components; say which with `--component NAME` (one of {})",
+                            shown(),
+                            all.len(),
+                            all.keys()
+                                .map(|k| format!("`{k}`"))
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                    ));
+                }
+            }
+        }
         _ => None,
     };
     let found = capgate::inspect::inspect(&bytes, spec)
@@ -557,20 +573,33 @@ pub(super) fn inspect(
             }
             Some(_) => String::new(),
         };
-        text.push_str(&format!("\n  {}{note}", i.name));
+        text.push_str(&format!("\n  {}  [{}]{note}", i.name, i.key));
+        if !i.functions.is_empty() {
+            text.push_str(&format!("\n    functions: {}", i.functions.join(", ")));
+        }
     }
     text.push_str("\nexports:");
     for e in &found.exports {
         text.push_str(&format!("\n  {e}"));
     }
-    if missing > 0 {
-        text.push_str(&format!("\nwarning: {missing} import{} not provided: the component will not instantiate under this policy", if missing == 1 { " is" } else { "s are" }));
-    }
     let imports: Vec<serde_json::Value> = found
         .imports
         .iter()
-        .map(|i| json!({"name": i.name, "coverage": i.coverage.as_ref().map(|c| format!("{c:?}"))}))
+        .map(|i| json!({"name": i.name, "key": i.key, "functions": i.functions, "coverage": i.coverage.as_ref().map(|c| format!("{c:?}"))}))
         .collect();
+    // A component that will not instantiate under the policy is an error (65), after the
+    // listing that shows why.
+    if missing > 0 {
+        println!("{text}");
+        return Err(CliError::new(
+            Exit::DataErr,
+            format!(
+                "{missing} import{} not provided: `{}` will not instantiate under this policy",
+                if missing == 1 { " is" } else { "s are" },
+                component.display()
+            ),
+        ));
+    }
     Ok(Report::new(
         text,
         json!({"imports": imports, "exports": found.exports}),

@@ -86,6 +86,10 @@ async fn guarded_send(
     options: Option<RequestOptions>,
     slot: Slot,
 ) -> SendResult {
+    // Shared by the connection and by the name lookup, which runs on a host thread until the
+    // resolver answers even if the guest abandons the request: the place is given back only
+    // when both have ended.
+    let slot = Arc::new(slot);
     let uri = request.uri().clone();
     let scheme = match uri.scheme_str() {
         Some("https") => HttpScheme::Https,
@@ -140,10 +144,22 @@ async fn guarded_send(
         .collect();
     let candidates: Vec<SocketAddr> = match bare_host.parse::<IpAddr>() {
         Ok(ip) => vec![SocketAddr::new(ip, port)],
-        Err(_) => match tokio::net::lookup_host((bare_host.as_str(), port)).await {
-            Ok(addrs) => addrs.collect(),
-            Err(_) => return Err(Error::DestinationNotFound),
-        },
+        Err(_) => {
+            let held = slot.clone();
+            let name = bare_host.clone();
+            // Not aborted with this request: it keeps its place until the resolver answers.
+            let lookup = tokio::spawn(async move {
+                let found = tokio::net::lookup_host((name.as_str(), port))
+                    .await
+                    .map(Iterator::collect::<Vec<_>>);
+                drop(held);
+                found
+            });
+            match lookup.await {
+                Ok(Ok(addrs)) => addrs,
+                _ => return Err(Error::DestinationNotFound),
+            }
+        }
     };
     let vetted: Vec<SocketAddr> = candidates
         .iter()
@@ -307,7 +323,7 @@ fn names_internal(g: &HostPattern, host: &str, ip: IpAddr) -> bool {
 }
 
 /// Sends `request` on `stream`; the connection keeps `slot` until it ends.
-async fn exchange<S>(stream: S, request: http::Request<WasiBody>, slot: Slot) -> SendResult
+async fn exchange<S>(stream: S, request: http::Request<WasiBody>, slot: Arc<Slot>) -> SendResult
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
 {
