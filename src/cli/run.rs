@@ -248,11 +248,15 @@ fn close(host: &Host) {
     }
 }
 
+/// Instance slots `serve` reserves with the pooling allocator.
+const SERVE_POOL: u32 = 1000;
+
 fn host(
     src: &Source<'_>,
     policy: &VerifiedPolicy,
     format: LogFormat,
     no_cache: bool,
+    pool: Option<u32>,
 ) -> Result<Host, CliError> {
     for throttle in [&THROTTLE, &FAILURES] {
         throttle.json.store(
@@ -302,6 +306,10 @@ fn host(
     });
     // Long compilations say so on a terminal, and stay quiet in pipes.
     let config = config.progress(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    let config = match pool {
+        Some(n) => config.pooling(n),
+        None => config,
+    };
     let config = audit_config(src, policy, config)?;
     let host = match default_cache_dir().filter(|_| !no_cache) {
         Some(dir) => match Host::new(config.clone().cache_dir(&dir)) {
@@ -337,7 +345,7 @@ fn runtime(serving: bool) -> Result<tokio::runtime::Runtime, CliError> {
 
 pub(super) fn run(src: &Source<'_>, a: &RunArgs<'_>) -> Result<i32, CliError> {
     let policy = Arc::new(load(src, true)?);
-    let host = host(src, &policy, a.format, a.no_cache)?;
+    let host = host(src, &policy, a.format, a.no_cache, None)?;
     let result = pick_component(&host, &policy, a.component)
         .and_then(|name| Ok(runtime(false)?.block_on(host.run(&policy, &name, a.args))?));
     close(&host);
@@ -352,7 +360,7 @@ pub(super) fn serve(
     format: LogFormat,
 ) -> Result<Report, CliError> {
     let policy = Arc::new(load(src, true)?);
-    let host = Arc::new(host(src, &policy, format, no_cache)?);
+    let host = Arc::new(host(src, &policy, format, no_cache, Some(SERVE_POOL))?);
     let result = runtime(true)?.block_on(async {
         let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| {
             CliError::new(
@@ -408,7 +416,7 @@ pub(super) fn call(
     no_cache: bool,
 ) -> Result<Report, CliError> {
     let policy = Arc::new(load(src, true)?);
-    let host = host(src, &policy, LogFormat::Text, no_cache)?;
+    let host = host(src, &policy, LogFormat::Text, no_cache, None)?;
     let results = runtime(false)
         .and_then(|rt| Ok(rt.block_on(host.call(&policy, component, function, args))?));
     close(&host);

@@ -17,12 +17,16 @@ use super::store::{self, MAX_WASM_STACK, State, TICK};
 use super::wasi::{dns::FilteredDnsData, fs::GuardedFsData, sockets::CountedSocketsData};
 
 /// An engine with epoch interruption, fuel and a bounded wasm stack, caching compiled code in
-/// `cache` if given (which must already have passed the privacy check).
-pub(super) fn engine(cache: Option<&Path>) -> Result<Engine, RunError> {
+/// `cache` if given (which must already have passed the privacy check), and with the pooling
+/// allocator sized for `pool` instances if given.
+pub(super) fn engine(cache: Option<&Path>, pool: Option<u32>) -> Result<Engine, RunError> {
     let mut c = Config::new();
     c.epoch_interruption(true)
         .consume_fuel(true)
         .max_wasm_stack(MAX_WASM_STACK);
+    if let Some(slots) = pool {
+        c.allocation_strategy(pooling(slots));
+    }
     if let Some(dir) = cache {
         let mut cc = wasmtime::CacheConfig::new();
         cc.with_directory(dir);
@@ -32,6 +36,35 @@ pub(super) fn engine(cache: Option<&Path>) -> Result<Engine, RunError> {
         c.cache(Some(cache));
     }
     Engine::new(&c).map_err(|e| RunError::engine("the engine", e))
+}
+
+/// The pooling allocator for `slots` component instances at once: memories, tables, instances
+/// and fiber stacks are reserved once and reused, instead of mapped and unmapped for every
+/// instance (which costs a TLB shootdown on every core each time). The per-instance bounds
+/// are those the limiter enforces anyway (`super::limits`), so a component that runs under
+/// the on-demand allocator runs under this one; a slot's contents are reset by wasmtime before
+/// reuse, so nothing of one instance reaches the next.
+fn pooling(slots: u32) -> wasmtime::PoolingAllocationConfig {
+    use super::limits::{MAX_INSTANCES, MAX_MEMORIES, MAX_TABLE_ELEMENTS, MAX_TABLES};
+    let per_component = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+    let mut p = wasmtime::PoolingAllocationConfig::new();
+    p.total_component_instances(slots)
+        .total_core_instances(slots.saturating_mul(8))
+        .total_memories(slots.saturating_mul(2))
+        .total_tables(slots.saturating_mul(4))
+        .total_stacks(slots)
+        .max_core_instances_per_component(per_component(MAX_INSTANCES))
+        .max_memories_per_component(per_component(MAX_MEMORIES))
+        .max_tables_per_component(per_component(MAX_TABLES))
+        .max_memories_per_module(per_component(MAX_MEMORIES))
+        .max_tables_per_module(per_component(MAX_TABLES))
+        .table_elements(MAX_TABLE_ELEMENTS)
+        // A 32-bit memory's whole range: `limits.memory` is enforced by the limiter.
+        .max_memory_size(1 << 32)
+        // Pages kept mapped between instances are zeroed instead of unmapped.
+        .linear_memory_keep_resident(1 << 20)
+        .table_keep_resident(64 << 10);
+    p
 }
 
 /// The WASI linker: wasmtime-wasi and wasi:http, with capgate's adapters in front of the

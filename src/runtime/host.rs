@@ -83,7 +83,7 @@ impl Host {
                 why,
             })?;
         }
-        let engine = engine::engine(config.cache_dir.as_deref())?;
+        let engine = engine::engine(config.cache_dir.as_deref(), config.pool)?;
         let linker = engine::linker(&engine)?;
         let ticker = engine::start_ticker(&engine)?;
         Ok(Self {

@@ -48,7 +48,7 @@ pub(crate) struct Limiter {
 }
 
 /// Table elements any one table may hold.
-const MAX_TABLE_ELEMENTS: usize = 1 << 20;
+pub(crate) const MAX_TABLE_ELEMENTS: usize = 1 << 20;
 
 /// The bytes one table element is counted as.
 const TABLE_ELEMENT: usize = std::mem::size_of::<usize>();

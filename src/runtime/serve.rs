@@ -281,7 +281,13 @@ pub async fn serve(
             // queue until one ends.
             accepted = listener.accept(), if connections.len() < MAX_CONNECTIONS => {
                 let stream = match accepted {
-                    Ok((stream, _)) => stream,
+                    // A response's head and body may leave in separate writes: without
+                    // TCP_NODELAY, Nagle holds the second until the client's delayed ACK
+                    // (40 ms), which set the server's tail latency.
+                    Ok((stream, _)) => {
+                        let _ = stream.set_nodelay(true);
+                        stream
+                    }
                     // Out of descriptors (or another passing failure): back off instead of
                     // spinning on accept, and let connections end meanwhile.
                     Err(_) => {
