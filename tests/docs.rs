@@ -7,12 +7,18 @@ use std::process::Command;
 
 const MARK: &str = "<!-- runnable -->";
 
+/// The mark on a line of its own (as prose may quote it).
+fn mark_line() -> String {
+    format!("\n{MARK}\n")
+}
+
 /// The runnable blocks of a Markdown file, in order.
 fn runnable_blocks(text: &str) -> Vec<String> {
     let mut blocks = Vec::new();
+    let mark = mark_line();
     let mut rest = text;
-    while let Some(i) = rest.find(MARK) {
-        rest = &rest[i + MARK.len()..];
+    while let Some(i) = rest.find(&mark) {
+        rest = &rest[i + mark.len()..];
         let body = rest
             .trim_start()
             .strip_prefix("```sh\n")
@@ -81,7 +87,7 @@ fn every_runnable_block_of_the_docs_runs() {
     let mut ran = Vec::new();
     for file in doc_files() {
         let text = std::fs::read_to_string(&file).unwrap();
-        if !text.contains(MARK) {
+        if !text.contains(&mark_line()) {
             continue;
         }
         let (stdout, stderr) = run_doc(&file);
@@ -118,7 +124,7 @@ fn every_runnable_block_of_the_docs_runs() {
 #[test]
 fn runnable_blocks_are_found_in_order() {
     let text = format!(
-        "a\n{MARK}\n```sh\necho one\n```\nb\n```sh\necho not this\n```\n{MARK}\n```sh\necho two\n```\n"
+        "a\n{MARK}\n```sh\necho one\n```\nb `{MARK}` in prose\n```sh\necho not this\n```\n{MARK}\n```sh\necho two\n```\n"
     );
     assert_eq!(runnable_blocks(&text), ["echo one", "echo two"]);
 }
