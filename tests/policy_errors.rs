@@ -27,10 +27,10 @@ fn a_good_policy_passes_as_the_control() {
     let r = check(
         &sb,
         &format!(
-            "{HEAD}rules: [rules.cedar]\ncomponents:\n  app:\n    component: app.wasm\n    files: [{{ host: static, guest: /static }}]\n    network: {{ connect: [tcp://10.0.0.0/8:5432] }}\n    http: [https://api.example.com, {{ url: https://*.github.com/repos/, methods: [GET] }}]\n    limits: {{ memory: 64MiB, timeout: 5s }}\n"
+            "{HEAD}rules: [rules.cedar]\ncomponents:\n  app:\n    component: app.wasm\n    files: [{{ host: static, guest: /static }}]\n    network: {{ connect: [tcp://10.0.0.0/8:5432] }}\n    http: [https://api.example.com, {{ url: https://*.github.com/repos/, methods: [GET] }}, {{ url: https://hooks.example.com/, methods: POST }}]\n    limits: {{ memory: 64MiB, timeout: 5s }}\n"
         ),
     );
-    r.expect(0).stdout_has("ok: policy `bad` version 1 (1 component, 1 rules file), signatures not checked (no `--trust`)").stdout_has("app: 4 grants");
+    r.expect(0).stdout_has("ok: policy `bad` version 1 (1 component, 1 rules file), signatures not checked (no `--trust`)").stdout_has("app: 5 grants");
 }
 
 #[test]

@@ -89,7 +89,7 @@ pub(super) fn http(
         let field = format!("{name}.http[{i}]");
         let (url, methods) = match &h.value {
             RawHttp::Url(u) => (u, None),
-            RawHttp::Full(f) => (&f.url, f.methods.as_ref()),
+            RawHttp::Full(f) => (&f.url, f.methods.as_ref().map(|m| m.list())),
         };
         let url: UrlPattern = url
             .parse()
@@ -104,7 +104,7 @@ pub(super) fn http(
                 ));
             }
             Some(ms) => {
-                for m in ms {
+                for m in &ms {
                     if m.is_empty() || !m.bytes().all(|b| b.is_ascii_uppercase()) {
                         return Err(cx.err(
                             &h.referenced,
@@ -116,7 +116,7 @@ pub(super) fn http(
                         ));
                     }
                 }
-                Some(ms.clone())
+                Some(ms)
             }
         };
         http.push(HttpGrant {

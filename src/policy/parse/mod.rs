@@ -131,7 +131,24 @@ enum RawHttp {
 #[serde(deny_unknown_fields)]
 struct RawHttpFull {
     url: String,
-    methods: Option<Vec<String>>,
+    methods: Option<RawMethods>,
+}
+
+/// `methods: [GET, POST]`, or one method written alone (`methods: GET`).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawMethods {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl RawMethods {
+    fn list(&self) -> Vec<String> {
+        match self {
+            Self::One(m) => vec![m.clone()],
+            Self::Many(ms) => ms.clone(),
+        }
+    }
 }
 
 #[derive(Deserialize)]
