@@ -202,3 +202,98 @@ fn coverage(p: &ComponentPolicy, import: &str) -> Coverage {
         }
     }
 }
+
+/// A starter policy for the component `bytes` (read from `file`, as the policy will name it):
+/// valid policy YAML in which every capability the component's imports could use is present
+/// but commented out, with the key that grants it and a placeholder, so nothing is granted
+/// until someone uncomments it. The artifact is pinned by its SHA-256. `name` is the policy's
+/// and the component's name.
+pub fn suggest(bytes: &[u8], file: &str, name: &str) -> Result<String, InspectError> {
+    let found = inspect(bytes, None)?;
+    let has = |prefix: &str| found.imports.iter().any(|i| i.name.starts_with(prefix));
+    let digest = capgate_signing::Sha256::of(bytes);
+    let mut y = format!(
+        "# A starter policy for `{file}`, from its imports. Nothing is granted until you\n\
+         # uncomment it: fill in the placeholders, keep what the component needs, then run\n\
+         # `capgate policy check` and sign it.\n\
+         capgate: 1\n\
+         name: {name}\n\
+         version: 1\n\
+         components:\n  {name}:\n    component: {file}\n    sha256: {digest}\n"
+    );
+    let mut say = |lines: &[&str]| {
+        for l in lines {
+            y.push_str("    ");
+            y.push_str(l);
+            y.push('\n');
+        }
+    };
+    if has("wasi:filesystem/") {
+        say(&[
+            "# wasi:filesystem: directories it may open (read-only unless it must write).",
+            "# files:",
+            "#   - { host: ./data, guest: /data, access: read-only }",
+            "# cwd: /data",
+        ]);
+    }
+    if has("wasi:cli/environment") {
+        say(&[
+            "# wasi:cli/environment: its arguments and environment variables.",
+            "# args: [--flag]",
+            "# env: { KEY: value }",
+            "# env_from_host: [HOME]",
+        ]);
+    }
+    if has("wasi:cli/stdin") || has("wasi:cli/stdout") || has("wasi:cli/stderr") {
+        say(&[
+            "# wasi:cli/stdin, stdout, stderr: stdin is closed and output inherited unless you say.",
+            "# stdio: { stdin: inherit, stdout: inherit, stderr: inherit }",
+        ]);
+    }
+    let tcp = has("wasi:sockets/tcp");
+    let udp = has("wasi:sockets/udp");
+    let lookup = has("wasi:sockets/ip-name-lookup");
+    if tcp || udp || lookup {
+        say(&[
+            "# wasi:sockets: addresses (not names), CIDR ranges and port ranges.",
+            "# network:",
+        ]);
+        if tcp {
+            say(&[
+                "#   connect: [tcp://203.0.113.10:443]",
+                "#   bind: [tcp://127.0.0.1:8080]",
+            ]);
+        }
+        if udp {
+            say(&["#   udp: [udp://203.0.113.53:53]"]);
+        }
+        if lookup {
+            say(&["#   lookup: [api.example.com]"]);
+        }
+    }
+    if has("wasi:http/outgoing-handler") {
+        say(&[
+            "# wasi:http/outgoing-handler: outbound requests, by scheme, host, path prefix and method.",
+            "# http:",
+            "#   - https://api.example.com/v1/",
+            "#   - { url: https://hooks.example.com/, methods: [POST] }",
+        ]);
+    }
+    let links: Vec<&Import> = found.imports.iter().filter(|i| i.key == "calls").collect();
+    if !links.is_empty() {
+        say(&[
+            "# Other components' interfaces: each needs a `calls` entry naming the component",
+            "# (defined in this policy) that provides it, and the functions it may call.",
+            "# calls:",
+        ]);
+        for l in links {
+            let base = l.name.split('@').next().unwrap_or(&l.name);
+            y.push_str(&format!(
+                "    #   - {{ component: PROVIDER, interface: {base}, functions: [{}] }}\n",
+                l.functions.join(", ")
+            ));
+        }
+    }
+    y.push_str("    limits: { timeout: 60s, memory: 256MiB }\n");
+    Ok(y)
+}

@@ -120,3 +120,50 @@ fn inspect_names_the_policy_key_of_each_import_and_refuses_what_will_not_instant
     .expect(0)
     .stdout_has("granted: linked to vault");
 }
+
+#[test]
+fn policy_suggest_writes_a_starter_policy_that_grants_nothing_until_edited() {
+    let sb = Sandbox::new();
+    std::fs::copy(guests::guest("probe"), sb.path("probe.wasm")).unwrap();
+    let r = sb.capgate(["policy", "suggest", "probe.wasm"]);
+    r.expect(0);
+    let yaml = r.stdout.clone();
+    // One commented entry per capability its imports could use, with the key that grants it.
+    for line in [
+        "name: probe\n",
+        "    component: probe.wasm\n",
+        "    # files:\n",
+        "    # network:\n",
+        "    #   connect: [tcp://203.0.113.10:443]\n",
+        "    #   udp: [udp://203.0.113.53:53]\n",
+        "    #   lookup: [api.example.com]\n",
+        "    # http:\n",
+        "    # env: { KEY: value }\n",
+    ] {
+        assert!(yaml.contains(line), "no {line:?} in\n{yaml}");
+    }
+    // As printed, it is a valid policy that grants nothing (every grant is commented out).
+    sb.write("probe.yaml", &yaml);
+    sb.capgate(["policy", "check", "probe.yaml"])
+        .expect(0)
+        .stdout_has("probe: 0 grants");
+    // Uncommenting an entry grants it.
+    sb.write("data/x", "x");
+    sb.write(
+        "probe.yaml",
+        yaml.replace("    # files:\n    #   - {", "    files:\n      - {"),
+    );
+    sb.capgate(["policy", "check", "probe.yaml"])
+        .expect(0)
+        .stdout_has("probe: 1 grant");
+
+    // Another component's interface comes with its functions, for `calls.functions`.
+    std::fs::copy(guests::guest("vault-client"), sb.path("client.wasm")).unwrap();
+    sb.capgate(["policy", "suggest", "client.wasm", "--name", "my-client"])
+        .expect(0)
+        .stdout_has("name: my-client\n")
+        .stdout_has("#   - { component: PROVIDER, interface: test:secrets/vault, functions: [get-public, get-secret, read-file, env, crash, count, add] }");
+    sb.capgate(["policy", "suggest", "client.wasm", "--name", "Bad Name"])
+        .expect(64)
+        .stderr_has("is not a valid name");
+}

@@ -162,6 +162,15 @@ enum PolicyCommand {
     /// Print the Cedar schema every rule is validated against: the entities, the actions and
     /// the context of each.
     Schema,
+    /// Print a starter policy for a component: every capability its imports could use, each
+    /// commented out (denied) with the key that grants it, and its artifact pinned.
+    Suggest {
+        /// The component (.wasm).
+        component: PathBuf,
+        /// The policy's and the component's name [default: from the file name].
+        #[arg(long, value_name = "NAME")]
+        name: Option<String>,
+    },
 }
 
 /// What is being signed or verified.
@@ -328,6 +337,9 @@ fn run(cli: Cli) -> Result<Report, CliError> {
             audit: None,
             audit_key: None,
         }),
+        Command::Policy {
+            command: PolicyCommand::Suggest { component, name },
+        } => run::suggest(&component, name.as_deref()),
         Command::Policy {
             command: PolicyCommand::Schema,
         } => Ok(Report::new(

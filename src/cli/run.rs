@@ -524,6 +524,34 @@ pub(super) fn check(src: &Source<'_>) -> Result<Report, CliError> {
     ))
 }
 
+pub(super) fn suggest(component: &Path, name: Option<&str>) -> Result<Report, CliError> {
+    let bytes = capgate::signing::read_regular(component, 512 * 1024 * 1024)?;
+    // A name the policy format accepts: lowercase letters, digits and dashes.
+    let derived: String = component
+        .file_stem()
+        .map(|s| s.to_string_lossy().to_lowercase())
+        .unwrap_or_default()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    let name = name.map_or(derived, str::to_owned);
+    if name.is_empty()
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    {
+        return Err(CliError::new(
+            Exit::Usage,
+            format!(
+                "`{name}` is not a valid name: expected `[a-z0-9-]+` (hint: pass `--name my-app`)"
+            ),
+        ));
+    }
+    let yaml = capgate::inspect::suggest(&bytes, &component.display().to_string(), &name)
+        .map_err(|e| CliError::new(Exit::DataErr, format!("{}: {e}", component.display())))?;
+    Ok(Report::new(yaml.trim_end(), json!({ "policy": yaml })))
+}
+
 pub(super) fn inspect(
     component: &Path,
     policy: Option<&Path>,
