@@ -99,7 +99,9 @@ pub fn policy_key(import: &str) -> &'static str {
         | "wasi:cli/terminal-output"
         | "wasi:cli/terminal-stdin"
         | "wasi:cli/terminal-stdout"
-        | "wasi:cli/terminal-stderr" => "none (no terminal is ever attached)",
+        | "wasi:cli/terminal-stderr" => {
+            "none (always provided; a terminal only behind inherited stdio)"
+        }
         "wasi:cli/exit" | "wasi:io/error" | "wasi:io/poll" | "wasi:io/streams" => {
             "none (always provided)"
         }
