@@ -166,4 +166,8 @@ fn policy_suggest_writes_a_starter_policy_that_grants_nothing_until_edited() {
     sb.capgate(["policy", "suggest", "client.wasm", "--name", "Bad Name"])
         .expect(64)
         .stderr_has("is not a valid name");
+    // It names the component too: a name that starts with a digit would not pass the check.
+    sb.capgate(["policy", "suggest", "client.wasm", "--name", "1client"])
+        .expect(64)
+        .stderr_has("expected a lowercase letter");
 }

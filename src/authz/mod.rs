@@ -67,15 +67,12 @@ impl Decision {
 
     /// A short human explanation: which grant or rule decided, or that none matched.
     pub fn explain(&self) -> String {
-        match (
-            self.allowed,
-            self.reasons.is_empty(),
-            self.errors.is_empty(),
-        ) {
-            (true, _, _) => format!("allowed by {}", quote_all(&self.reasons)),
-            (false, _, false) => format!("denied: {}", self.errors.join("; ")),
-            (false, true, true) => "denied: no grant matches".to_owned(),
-            (false, false, true) => format!("denied by {}", quote_all(&self.reasons)),
+        if self.allowed {
+            self.reason()
+        } else if self.reasons.is_empty() || !self.errors.is_empty() {
+            format!("denied: {}", self.reason())
+        } else {
+            format!("denied by {}", quote_all(&self.reasons))
         }
     }
 }

@@ -535,15 +535,12 @@ pub(super) fn suggest(component: &Path, name: Option<&str>) -> Result<Report, Cl
         .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
         .collect();
     let name = name.map_or(derived, str::to_owned);
-    if name.is_empty()
-        || !name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-    {
+    // It names the component too, so it follows the component names' rule.
+    if !capgate::policy::is_ident(&name) {
         return Err(CliError::new(
             Exit::Usage,
             format!(
-                "`{name}` is not a valid name: expected `[a-z0-9-]+` (hint: pass `--name my-app`)"
+                "`{name}` is not a valid name: expected a lowercase letter, then `[a-z0-9-]*` (hint: pass `--name my-app`)"
             ),
         ));
     }

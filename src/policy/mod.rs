@@ -16,4 +16,4 @@ pub use model::{
     HttpGrant, Input, Limits, LookupGrant, Network, OnFailure, Output, Policy, RulesSource,
     SocketGrant, Stdio, defaults,
 };
-pub use parse::parse;
+pub use parse::{is_ident, parse};

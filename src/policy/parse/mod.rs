@@ -204,7 +204,9 @@ impl Ctx<'_> {
     }
 }
 
-fn is_ident(s: &str) -> bool {
+/// Whether `s` is a valid component name: a lowercase letter, then lowercase letters, digits
+/// and dashes. (Every such name is also a valid policy name.)
+pub fn is_ident(s: &str) -> bool {
     s.bytes().next().is_some_and(|b| b.is_ascii_lowercase())
         && s.bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
