@@ -199,6 +199,58 @@ fn serving_a_component_that_is_not_a_handler_is_refused() {
 }
 
 /// The resident memory of a process, from `/proc/PID/status`, in KiB.
+/// Grants `admin-stats` (which counts the images an instance of the processor has filtered),
+/// marks the processor `reusable` or not, and signs the policy again.
+fn count_filtered(sb: &Sandbox, reusable: bool) {
+    let path = "policies/image-service/policy.yaml";
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let policy = std::fs::read_to_string(root.join(path))
+        .unwrap()
+        .replace(
+            "functions: [apply-filter, get-dimensions]",
+            "functions: [apply-filter, get-dimensions, admin-stats]",
+        )
+        .replace(
+            "limits: { memory: 128MiB, timeout: 10s }",
+            &format!("limits: {{ memory: 128MiB, timeout: 10s }}\n    reusable: {reusable}"),
+        )
+        .replace(
+            "version: 1",
+            &format!("version: {}", 1 + u8::from(reusable)),
+        );
+    assert!(policy.contains("admin-stats") && policy.contains("reusable"));
+    std::fs::remove_file(sb.path(&format!("{path}.sig"))).unwrap();
+    sb.write(path, policy);
+    sign_policy(sb);
+}
+
+#[test]
+fn a_linked_callee_keeps_nothing_of_one_request_for_the_next_unless_reusable() {
+    let sb = sandbox();
+    let (png_in, _) = test_png(3, 2);
+    let filter_then_stats = |server: &Server| {
+        for _ in 0..2 {
+            let (status, _) = request(&server.addr, "POST", "/filter?type=invert", &png_in);
+            assert_eq!(status, 200);
+        }
+        let (status, body) = request(&server.addr, "GET", "/admin", b"");
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+        String::from_utf8_lossy(&body).into_owned()
+    };
+
+    // By default each request's calls reach an instance of its own, dropped at its end.
+    count_filtered(&sb, false);
+    let server = start(&sb, &[]);
+    assert_eq!(filter_then_stats(&server), "processed 0 images");
+    drop(server);
+
+    // Control: a processor declared reusable keeps one instance's count across requests
+    // (successive requests reach the most recently used instance).
+    count_filtered(&sb, true);
+    let server = start(&sb, &[]);
+    assert_eq!(filter_then_stats(&server), "processed 2 images");
+}
+
 fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap()

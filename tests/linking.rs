@@ -192,7 +192,7 @@ async fn a_crashing_callee_is_restarted_and_the_host_keeps_serving() {
     assert_eq!(
         count().await.unwrap(),
         ["2"],
-        "client's `public` ran on the fresh vault instance"
+        "the runs' vault instances were their own: the host's instance goes on counting"
     );
     assert_eq!(
         host.call(
@@ -205,6 +205,18 @@ async fn a_crashing_callee_is_restarted_and_the_host_keeps_serving() {
         .unwrap(),
         ["42"]
     );
+}
+
+#[test]
+fn calls_within_one_run_reach_the_same_callee_instance() {
+    let sb = fixture();
+    // The run is one scope: the vault it started keeps its state between its calls...
+    lines(
+        &run_probe(&sb, "client", &["count", "count", "count"]),
+        &["count: 1", "count: 2", "count: 3"],
+    );
+    // ...and the next run starts from nothing.
+    lines(&run_probe(&sb, "client", &["count"]), &["count: 1"]);
 }
 
 #[test]

@@ -276,6 +276,10 @@ pub struct ComponentPolicy {
     pub calls: Vec<CallGrant>,
     /// Resource limits.
     pub limits: Limits,
+    /// Whether one instance of it, linked as a callee, may serve calls made for different
+    /// runs and served requests (so state it keeps carries over between them). When `false`,
+    /// an instance serves one run or request and is dropped at its end.
+    pub reusable: bool,
 }
 
 /// Which decisions are written to the audit log.

@@ -3,10 +3,12 @@
 //! values into the callee's own store, and isolates faults.
 //!
 //! Each callee runs in its own `Store` with its own WASI context, limits and identity; no
-//! store is ever shared between components. A callee keeps a pool of up to
-//! `limits.instances` instances: each call takes one (the most recently returned, so calls
-//! made one after another reach the same instance), and calls beyond the pool wait their turn
-//! in arrival order, so one caller cannot starve the others. A trap or limit hit in the callee
+//! store is ever shared between components. A callee runs up to `limits.instances` calls at
+//! once, each in an instance of its own; calls beyond that wait their turn in arrival order,
+//! so one caller cannot starve the others. Between calls an instance is kept for the run or
+//! served request that started it (see [`super::scope`]), so calls made one after another in
+//! one request reach the same instance and no request reaches another's; a `reusable`
+//! component's instances are kept for every request. A trap or limit hit in the callee
 //! fails the caller's call with a message naming the callee, and the instance it ran in is
 //! dropped: the next call gets a fresh one. Links are resolved before anything runs (see
 //! [`super::links`]).
@@ -21,6 +23,7 @@ use super::error::RunError;
 use super::limits::Fallback;
 use super::links::base_name;
 pub(crate) use super::links::{Graph, resolve};
+use super::scope::{Scope, ScopeRef};
 use super::store::{self, State};
 use crate::authz::{Decision, Request};
 use crate::gate::{Gate, Recorder};
@@ -39,6 +42,8 @@ struct Live {
     >,
     /// Functions called through call sites, by the site's index (no lookup per call).
     by_site: Vec<Option<wasmtime::component::Func>>,
+    /// The scope it serves ([`Scope::id`]), or `None` when it is shared.
+    scope: Option<u64>,
 }
 
 /// A component other components call, and its (lazily started) instance.
@@ -51,6 +56,8 @@ pub(crate) struct Callee {
     recorder: Recorder,
     /// Instances between calls, the most recently returned last.
     idle: std::sync::Mutex<Vec<Live>>,
+    /// Whether its instances serve every scope (the policy's `reusable`).
+    reusable: bool,
     /// One permit per instance `limits.instances` allows; tokio's semaphore hands them out
     /// in the order they were asked for.
     permits: tokio::sync::Semaphore,
@@ -90,7 +97,12 @@ struct CallSite {
 
 impl CallSite {
     /// A call from the caller: authorised (`call` action), recorded, then invoked.
-    async fn call(&self, params: &[Val], results: &mut [Val]) -> wasmtime::Result<()> {
+    async fn call(
+        &self,
+        scope: &ScopeRef,
+        params: &[Val],
+        results: &mut [Val],
+    ) -> wasmtime::Result<()> {
         let callee = &self.callee;
         let Request::Call {
             interface: export,
@@ -121,6 +133,7 @@ impl CallSite {
         }
         callee
             .invoke(
+                scope,
                 Some(export),
                 function,
                 Some(self.index),
@@ -144,13 +157,14 @@ impl CallSite {
 
 impl Callee {
     /// Calls `export#function` (or the top-level `function` when `export` is `None`) in one of
-    /// this component's own instances: an idle one from the pool, or a new one; when
-    /// `limits.instances` are all busy, the call waits its turn. `site` is the calling
-    /// site's index, if the call comes through one (its function is then found by index). A
-    /// fault drops the instance, so the next call gets a fresh one. Returns the results when
-    /// they are [`Results::Fresh`].
+    /// this component's own instances: an idle one kept for the caller's `scope` (any shared
+    /// one, for a `reusable` component), or a new one; when `limits.instances` calls are
+    /// running, the call waits its turn. `site` is the calling site's index, if the call comes
+    /// through one (its function is then found by index). A fault drops the instance, so the
+    /// next call gets a fresh one. Returns the results when they are [`Results::Fresh`].
     pub(crate) async fn invoke(
-        &self,
+        self: &Arc<Self>,
+        scope: &ScopeRef,
         export: Option<&str>,
         function: &str,
         site: Option<usize>,
@@ -163,10 +177,22 @@ impl Callee {
             .acquire()
             .await
             .map_err(|_| InvokeError::Fault(format!("component `{}` is closed", self.name)))?;
-        let idle = self.idle_instances().pop();
+        // Held until the instance is back in the pool, so the scope cannot end (and drop its
+        // instances) between the two.
+        let scope = if self.reusable { None } else { scope.current() };
+        let tag = scope.as_ref().map(|s| {
+            s.touch(self);
+            s.id()
+        });
+        let idle = {
+            let mut idle = self.idle_instances();
+            idle.iter()
+                .rposition(|l| l.scope == tag)
+                .map(|i| idle.remove(i))
+        };
         let mut taken = match idle {
             Some(live) => live,
-            None => self.start().await?,
+            None => self.start(scope.as_ref()).await?,
         };
         let live = &mut taken;
         store::arm_limits(&mut live.store, &self.limits);
@@ -256,11 +282,16 @@ impl Callee {
         }
     }
 
-    /// A new instance in a new store.
-    async fn start(&self) -> Result<Live, InvokeError> {
+    /// A new instance in a new store, for `scope` (or shared).
+    async fn start(&self, scope: Option<&Arc<Scope>>) -> Result<Live, InvokeError> {
         use InvokeError::Fault;
         let gate = Gate::new(self.policy.clone(), &self.name, self.recorder.clone());
-        let mut store = store::new_store(&self.engine, &gate, &self.limits, &[])
+        // Its own calls run in the same scope.
+        let member = match scope {
+            Some(s) => ScopeRef::Member(Arc::downgrade(s)),
+            None => ScopeRef::Shared,
+        };
+        let mut store = store::new_store(&self.engine, &gate, &self.limits, &[], member)
             .map_err(|e| Fault(format!("cannot start component `{}`: {e}", self.name)))?;
         // Instantiation runs guest code (start functions), so it is under the timeout too.
         let instantiate = self.linker.instantiate_async(&mut store, &self.component);
@@ -288,7 +319,22 @@ impl Callee {
             instance,
             funcs: Default::default(),
             by_site: Vec::new(),
+            scope: scope.map(|s| s.id()),
         })
+    }
+
+    /// Drops the idle instances kept for scope `id`, which has ended.
+    pub(crate) fn forget(&self, id: u64) {
+        let ended: Vec<Live> = {
+            let mut idle = self.idle_instances();
+            let (ended, kept) = std::mem::take(&mut *idle)
+                .into_iter()
+                .partition(|l| l.scope == Some(id));
+            *idle = kept;
+            ended
+        };
+        // Stores are dropped outside the lock.
+        drop(ended);
     }
 
     /// The pool's idle instances. A panic elsewhere while it was held leaves only whole
@@ -411,6 +457,7 @@ impl Wiring<'_> {
             policy: self.policy.clone(),
             recorder: self.recorder.clone(),
             idle: std::sync::Mutex::new(Vec::new()),
+            reusable: self.policy.policy().components[name].reusable,
             permits: tokio::sync::Semaphore::new(limits.instances.max(1) as usize),
             sites: std::sync::atomic::AtomicUsize::new(0),
             limits,
@@ -456,9 +503,10 @@ impl Wiring<'_> {
                         .sites
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
                 });
-                inst.func_new_async(f, move |_store, _ty, params, results| {
+                inst.func_new_async(f, move |store, _ty, params, results| {
                     let site = site.clone();
-                    Box::new(async move { site.call(params, results).await })
+                    let scope = store.data().scope().clone();
+                    Box::new(async move { site.call(&scope, params, results).await })
                 })
                 .map_err(link_err)?;
             }

@@ -17,6 +17,7 @@ use wasmtime_wasi::I32Exit;
 use super::broker::{self, Callee};
 use super::config::{HostConfig, check_private_dir};
 use super::error::{RunError, check_expiry, no_such};
+use super::scope::ScopeRef;
 use super::store::{self, State};
 use super::{engine, wave};
 use crate::audit::{Auditor, Checkpointer, JsonlOptions, JsonlSink, OnFailure};
@@ -321,8 +322,10 @@ impl Host {
         };
         let parse =
             |ty: &wasmtime::component::types::ComponentFunc| wave::parse_args(function, ty, args);
+        // The host is one caller: its calls share instances, as documented above.
         let results = callee
             .invoke(
+                &ScopeRef::Shared,
                 export,
                 name,
                 None,
@@ -413,13 +416,12 @@ impl Host {
         let gate = self.gate(policy, component)?;
         let instantiate =
             |e: wasmtime::Error| instantiate_error(component, &app.component, &self.engine, e);
-        let mut store = store::new_store(&self.engine, &gate, &limits, args).map_err(|e| {
-            RunError::Instantiate {
+        let mut store = store::new_store(&self.engine, &gate, &limits, args, ScopeRef::owner())
+            .map_err(|e| RunError::Instantiate {
                 component: component.to_owned(),
                 message: e.to_string(),
                 source: Some(e.into()),
-            }
-        })?;
+            })?;
         // Instantiation runs guest code (start functions): a start function blocked in a host
         // call, where epochs cannot reach it, is stopped by the backstop.
         let command = store::backstop(&limits, async {

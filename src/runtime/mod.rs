@@ -13,6 +13,7 @@ mod error;
 mod host;
 mod limits;
 mod links;
+mod scope;
 pub(crate) mod serve;
 mod store;
 mod wasi;

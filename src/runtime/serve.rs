@@ -25,6 +25,7 @@ use super::broker::CallDenied;
 use super::config::RequestFailure;
 use super::error::{RunError, check_expiry, no_such};
 use super::host::Host;
+use super::scope::ScopeRef;
 use super::store::{self, State};
 use super::wasi::body::Capped;
 use crate::gate::Gate;
@@ -168,8 +169,14 @@ impl Served {
         permit: tokio::sync::OwnedSemaphorePermit,
     ) -> Result<hyper::Response<HyperOutgoingBody>, Failed> {
         let fault = |e: wasmtime::Error| Failed::Fault(e.to_string());
-        let mut store =
-            store::new_store(self.host.engine(), &self.gate, &self.limits, &[]).map_err(fault)?;
+        let mut store = store::new_store(
+            self.host.engine(),
+            &self.gate,
+            &self.limits,
+            &[],
+            ScopeRef::owner(),
+        )
+        .map_err(fault)?;
         let (sender, receiver) = tokio::sync::oneshot::channel();
         let request = store
             .data_mut()

@@ -14,6 +14,7 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use super::error::{LimitHit, RunError};
 use super::limits::Limiter;
+use super::scope::ScopeRef;
 use super::wasi::{
     self,
     dns::{FilteredDns, LookupGuard},
@@ -40,12 +41,19 @@ pub(crate) struct State {
     lookup: LookupGuard,
     fs: FsGuard,
     sockets: SocketCount,
+    /// The run or request this store works for, which its calls to other components run in.
+    scope: ScopeRef,
 }
 
 impl State {
     /// Whether the limiter refused a memory growth.
     pub(crate) fn limiter_refused(&self) -> bool {
         self.limiter.memory_refused()
+    }
+
+    /// The scope this store's calls to other components run in.
+    pub(crate) fn scope(&self) -> &ScopeRef {
+        &self.scope
     }
 }
 
@@ -128,6 +136,7 @@ pub(crate) fn new_store(
     gate: &Gate,
     limits: &Limits,
     args: &[String],
+    scope: ScopeRef,
 ) -> Result<Store<State>, wasmtime::Error> {
     let spec = &gate.policy().policy().components[gate.component()];
     let wasi = wasi::wasi_ctx(gate, spec, args)?;
@@ -146,6 +155,7 @@ pub(crate) fn new_store(
             lookup: LookupGuard::new(gate.clone(), limits.sockets),
             fs: FsGuard::new(gate.clone(), limits.files),
             sockets: SocketCount::new(limits.sockets),
+            scope,
         },
     );
     store.limiter(|s| &mut s.limiter);

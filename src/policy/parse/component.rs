@@ -97,5 +97,6 @@ pub(super) fn component(
         http,
         calls,
         limits,
+        reusable: rc.reusable,
     })
 }

@@ -81,6 +81,8 @@ struct RawComponent {
     calls: Vec<Spanned<RawCall>>,
     #[serde(default)]
     limits: RawLimits,
+    #[serde(default)]
+    reusable: bool,
 }
 
 #[derive(Deserialize)]
