@@ -301,6 +301,7 @@ fn audit_append() -> Row {
         },
         count: None,
         until: None,
+        enforced: None,
     };
     let entry = Entry::Decision {
         ts: capgate::audit::timestamp(),

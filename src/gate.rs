@@ -29,8 +29,11 @@ pub struct DecisionEvent {
     pub resource: String,
     /// The whole request.
     pub request: Request,
-    /// The decision, as enforced.
+    /// The decision, as enforced; or, when `enforced` is false, what report-only rules would
+    /// have decided (nothing was enforced by it).
     pub decision: Decision,
+    /// `false` for a report-only rule's would-be decision (see [`Decision::report`]).
+    pub enforced: bool,
     /// For a request no grant matched, a grant that nearly did and what it lacks (see
     /// [`near_miss`](crate::authz::near_miss)).
     pub hint: Option<String>,
@@ -54,7 +57,7 @@ impl Recorder {
     fn quiet(&self, decision: &Decision) -> bool {
         let observed = self.observer.is_some() && !(self.denials_only && decision.allowed);
         let written = self.audit.as_ref().is_some_and(|a| a.keeps(decision));
-        !observed && !written
+        !observed && !written && decision.report.as_deref().is_none_or(|r| self.quiet(r))
     }
 }
 
@@ -210,7 +213,7 @@ impl Gate {
     ) -> Decision {
         let recorder = &self.recorder;
         let decision = match &recorder.audit {
-            Some(a) if a.keeps(&decision) => a.admit(
+            Some(a) if a.keeps(&decision) || decision.report.as_deref().is_some_and(|r| a.keeps(r)) => a.admit(
                 &self.policy,
                 &self.component,
                 request,
@@ -219,17 +222,22 @@ impl Gate {
             ),
             _ => decision,
         };
-        if let Some(observer) = &recorder.observer
-            && !(recorder.denials_only && decision.allowed)
-        {
-            observer(&DecisionEvent {
-                component: self.component.to_string(),
-                action: request.action(),
-                resource: request.resource(),
-                request: request.clone(),
-                hint: self.hint(&decision, request),
-                decision: decision.clone(),
-            });
+        if let Some(observer) = &recorder.observer {
+            let report = decision.report.as_deref().map(|r| (r, false));
+            for (d, enforced) in std::iter::once((&decision, true)).chain(report) {
+                if recorder.denials_only && d.allowed {
+                    continue;
+                }
+                observer(&DecisionEvent {
+                    component: self.component.to_string(),
+                    action: request.action(),
+                    resource: request.resource(),
+                    request: request.clone(),
+                    hint: self.hint(d, request),
+                    decision: d.clone(),
+                    enforced,
+                });
+            }
         }
         decision
     }

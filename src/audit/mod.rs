@@ -200,20 +200,41 @@ impl Auditor {
     }
 
     /// Records `decision` (if the level asks for it) and returns the decision to enforce.
-    /// `sensitive` values are recorded only as salted hashes.
+    /// `sensitive` values are recorded only as salted hashes. A decision with a
+    /// [`report`](Decision::report) gets a second record for it, marked not enforced.
     pub(crate) fn admit(
         &self,
         policy: &VerifiedPolicy,
         component: &str,
         request: &Request,
-        decision: Decision,
+        mut decision: Decision,
         sensitive: Vec<(&'static str, Vec<u8>)>,
+    ) -> Decision {
+        let report = decision.report.take();
+        let mut enforced = self.admit_one(policy, component, request, decision, &sensitive, true);
+        if let Some(would) = report {
+            // What report-only rules would decide is only ever recorded: whatever becomes of
+            // this record, the decision enforced is the one above.
+            let _ = self.admit_one(policy, component, request, (*would).clone(), &sensitive, false);
+            enforced.report = Some(would);
+        }
+        enforced
+    }
+
+    fn admit_one(
+        &self,
+        policy: &VerifiedPolicy,
+        component: &str,
+        request: &Request,
+        decision: Decision,
+        sensitive: &[(&'static str, Vec<u8>)],
+        enforced: bool,
     ) -> Decision {
         if !self.keeps(&decision) {
             return decision;
         }
         let p = policy.policy();
-        let record = DecisionRecord::new(
+        let mut record = DecisionRecord::new(
             PolicyRef {
                 name: p.name.clone(),
                 version: p.version,
@@ -231,6 +252,9 @@ impl Auditor {
                 .map(|(k, v)| (*k, self.hash_sensitive(v)))
                 .collect(),
         );
+        if !enforced {
+            record.enforced = Some(false);
+        }
         let ts = timestamp();
         if let Some(fold) = &self.fold {
             let mut fold = fold.lock().unwrap_or_else(|e| e.into_inner());
@@ -277,6 +301,7 @@ impl Auditor {
                             decision.reasons
                         },
                         errors,
+                        report: None,
                     }
                 }
                 OnFailure::Continue => {

@@ -581,9 +581,16 @@ pub fn replay(
             line: l.line,
             message: format!("the recorded request cannot be rebuilt: {m}"),
         })?;
-        let now = policy
+        let mut now = policy
             .authority()
             .decide_uncached(&record.component, &request);
+        // A report-only rule's record is compared with what the policy's report-only rules
+        // would decide now (which is the enforced decision where they would change nothing).
+        if !record.was_enforced()
+            && let Some(would) = now.report.take()
+        {
+            now = *would;
+        }
         if now.allowed != (record.decision == Verdict::Allow) {
             changes.push(Change {
                 file: l.file,

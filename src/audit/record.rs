@@ -80,12 +80,22 @@ pub struct DecisionRecord {
     /// The time of the last of the folded denials.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub until: Option<String>,
+    /// `false` for what the policy's report-only rules (`@mode("report")`) would have decided
+    /// where that differs from the decision enforced (which has its own record, written just
+    /// before when the level keeps it); absent for a decision that was enforced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enforced: Option<bool>,
 }
 
 impl DecisionRecord {
     /// How many decisions this record stands for: `count` if repeats were folded, else one.
     pub fn decisions(&self) -> u64 {
         self.count.unwrap_or(1)
+    }
+
+    /// Whether the decision was enforced: `false` for a report-only rule's would-be decision.
+    pub fn was_enforced(&self) -> bool {
+        self.enforced != Some(false)
     }
 
     /// The record of `decision` on `request`. `sensitive` values are written as salted hashes
@@ -114,6 +124,7 @@ impl DecisionRecord {
             policy,
             count: None,
             until: None,
+            enforced: None,
         }
     }
 

@@ -82,10 +82,17 @@ impl std::fmt::Display for Lint {
 
 /// One component's compiled policies.
 pub(super) struct Slice {
-    /// Its grants' permits and the rules that apply to it: what Cedar would decide over.
+    /// Its grants' permits and the enforced rules that apply to it: what Cedar would decide
+    /// over.
     pub all: PolicySet,
-    /// The rules alone.
+    /// `all` and the report-only rules that apply to it.
+    pub all_with_report: PolicySet,
+    /// The enforced rules alone.
     pub rules: PolicySet,
+    /// The enforced and the report-only rules.
+    pub rules_with_report: PolicySet,
+    /// Whether any report-only rule applies to it.
+    pub reports: bool,
     pub identity: Identity,
 }
 
@@ -94,11 +101,26 @@ pub(super) struct Compiled {
     pub lints: Vec<Lint>,
 }
 
-/// Where a rule came from, to locate errors.
+/// Where a rule came from, to locate errors, and how it applies.
 struct RuleOrigin {
     path: PathBuf,
     text: String,
     offset: usize,
+    /// Marked `@mode("report")`: evaluated and recorded, never enforced.
+    report: bool,
+}
+
+/// Whether a rule is report-only: `@mode("report")`. `@mode("enforce")`, or no `@mode`, is
+/// enforced; any other value is an error (a misspelt mode must not silently enforce, nor
+/// silently not).
+fn report_only(p: &CedarPolicy) -> Result<bool, String> {
+    match p.annotation("mode") {
+        None | Some("enforce") => Ok(false),
+        Some("report") => Ok(true),
+        Some(other) => Err(format!(
+            "`@mode(\"{other}\")` is not a mode: expected `report` or `enforce`"
+        )),
+    }
 }
 
 fn line_col(text: &str, offset: usize) -> (u64, u64) {
@@ -198,10 +220,15 @@ pub(super) fn compile(
     let (mut all, grants) = grant_policies(policy);
     let (rules, origins) = parse_rules(policy, &mut all)?;
     validate_rules(policy, &all, &rules, &origins)?;
+    let report: HashSet<&str> = origins
+        .iter()
+        .filter(|(_, o)| o.report)
+        .map(|(id, _)| id.as_str())
+        .collect();
     let slices = grants
         .into_iter()
         .map(|(name, own)| {
-            let slice = slice(&name, own, &rules, identity(&name));
+            let slice = slice(&name, own, &rules, &report, identity(&name));
             (name, slice)
         })
         .collect();
@@ -365,6 +392,15 @@ fn parse_rules(
                     Some("add `@id(\"a-name\")` before `permit` or `forbid`, so decisions can name it".into()),
                 ));
             };
+            let report = report_only(&p).map_err(|message| {
+                invalid(
+                    &src.path,
+                    &src.text,
+                    offset,
+                    message,
+                    Some("`@mode(\"report\")` records what a rule would decide without enforcing it".into()),
+                )
+            })?;
             let renamed = p.new_id(PolicyId::new(id));
             if all.policy(renamed.id()).is_some() {
                 let other = match origins.get(id) {
@@ -391,6 +427,7 @@ fn parse_rules(
                     path: src.path.clone(),
                     text: src.text.clone(),
                     offset,
+                    report,
                 },
             );
             rules.push(renamed);
@@ -437,14 +474,23 @@ fn validate_rules(
     Ok(())
 }
 
-/// One component's slice: its grants, and the rules whose principal could be it.
-fn slice(name: &str, own: Vec<CedarPolicy>, rules: &[CedarPolicy], identity: Identity) -> Slice {
+/// One component's slice: its grants, and the rules whose principal could be it, enforced or
+/// (ids in `report`) report-only.
+fn slice(
+    name: &str,
+    own: Vec<CedarPolicy>,
+    rules: &[CedarPolicy],
+    report: &HashSet<&str>,
+    identity: Identity,
+) -> Slice {
     let mut set = PolicySet::new();
     let mut own_rules = PolicySet::new();
     // Ids were checked unique across every grant and rule, so adding cannot fail.
     for p in own {
         let _ = set.add(p);
     }
+    let (mut set_with_report, mut rules_with_report) = (set.clone(), PolicySet::new());
+    let mut reports = false;
     let me = component_uid(name);
     for r in rules {
         let applies = match r.principal_constraint() {
@@ -452,13 +498,22 @@ fn slice(name: &str, own: Vec<CedarPolicy>, rules: &[CedarPolicy], identity: Ide
             _ => true,
         };
         if applies {
-            let _ = set.add(r.clone());
-            let _ = own_rules.add(r.clone());
+            let _ = set_with_report.add(r.clone());
+            let _ = rules_with_report.add(r.clone());
+            if report.contains(AsRef::<str>::as_ref(r.id())) {
+                reports = true;
+            } else {
+                let _ = set.add(r.clone());
+                let _ = own_rules.add(r.clone());
+            }
         }
     }
     Slice {
         all: set,
+        all_with_report: set_with_report,
         rules: own_rules,
+        rules_with_report,
+        reports,
         identity,
     }
 }

@@ -37,6 +37,10 @@ pub struct Decision {
     pub reasons: Vec<String>,
     /// Problems met while deciding; any problem makes the decision a deny.
     pub errors: Vec<String>,
+    /// What the decision would be if the policy's report-only rules (`@mode("report")`) were
+    /// enforced too, when that differs from this one. It is recorded (`"enforced": false` in
+    /// the audit log), never enforced.
+    pub report: Option<Box<Decision>>,
 }
 
 impl Decision {
@@ -47,6 +51,7 @@ impl Decision {
             allowed: false,
             reasons: Vec::new(),
             errors: vec![message.into()],
+            report: None,
         }
     }
 
@@ -77,6 +82,15 @@ impl Decision {
     }
 }
 
+/// `enforced`, with `would` (the decision with report-only rules enforced too) as its report
+/// when the two differ.
+fn with_report(mut enforced: Decision, would: Decision) -> Decision {
+    if would.allowed != enforced.allowed {
+        enforced.report = Some(Box::new(would));
+    }
+    enforced
+}
+
 fn quote_all(ids: &[String]) -> String {
     ids.iter()
         .map(|r| format!("`{r}`"))
@@ -87,10 +101,16 @@ fn quote_all(ids: &[String]) -> String {
 /// Decides requests for one component.
 struct Slice {
     component: ComponentPolicy,
-    /// Its grants' permits and its rules: the whole policy Cedar would decide over.
+    /// Its grants' permits and its enforced rules: the whole policy Cedar would decide over.
     policies: PolicySet,
-    /// The rules alone, which Cedar evaluates; grants are matched natively.
+    /// `policies` and its report-only rules.
+    policies_with_report: PolicySet,
+    /// The enforced rules alone, which Cedar evaluates; grants are matched natively.
     rules: PolicySet,
+    /// The enforced and the report-only rules.
+    rules_with_report: PolicySet,
+    /// Whether any report-only rule applies to it.
+    reports: bool,
     identity: compile::Identity,
     /// The `Component` entity, made on the first uncached decision.
     principal: std::sync::OnceLock<Entity>,
@@ -135,7 +155,10 @@ impl Authority {
                     Slice {
                         component,
                         policies: compiled.all,
+                        policies_with_report: compiled.all_with_report,
                         rules: compiled.rules,
+                        rules_with_report: compiled.rules_with_report,
+                        reports: compiled.reports,
                         identity: compiled.identity,
                         principal: std::sync::OnceLock::new(),
                         cache: Mutex::new(HashMap::new()),
@@ -217,16 +240,33 @@ impl Authority {
     /// checks, at a cost that does not grow with the number of grants.
     fn evaluate(&self, slice: &Slice, request: &Request) -> Decision {
         let grants = request.matching_grants(&slice.component);
-        if slice.rules.is_empty() {
+        let enforced = self.combine(slice, request, grants.clone(), &slice.rules);
+        if !slice.reports {
+            return enforced;
+        }
+        let would = self.combine(slice, request, grants, &slice.rules_with_report);
+        with_report(enforced, would)
+    }
+
+    /// The decision over the grants that match (`grants`) and `rules`.
+    fn combine(
+        &self,
+        slice: &Slice,
+        request: &Request,
+        grants: Vec<String>,
+        rules: &PolicySet,
+    ) -> Decision {
+        if rules.is_empty() {
             let mut reasons = grants;
             reasons.sort();
             return Decision {
                 allowed: !reasons.is_empty(),
                 reasons,
                 errors: Vec::new(),
+                report: None,
             };
         }
-        let (decision, fired, errors) = match self.cedar(slice, request, &grants, &slice.rules) {
+        let (decision, fired, errors) = match self.cedar(slice, request, &grants, rules) {
             Ok(r) => r,
             Err(failure) => return failure,
         };
@@ -236,6 +276,7 @@ impl Authority {
                 allowed: false,
                 reasons: fired,
                 errors,
+                report: None,
             };
         }
         let mut reasons = grants;
@@ -248,6 +289,7 @@ impl Authority {
             allowed: errors.is_empty() && !reasons.is_empty(),
             reasons,
             errors,
+            report: None,
         }
     }
 
@@ -260,15 +302,21 @@ impl Authority {
             return Decision::failure(format!("no component `{component}` in this policy"));
         };
         let grants = request.matching_grants(&slice.component);
-        match self.cedar(slice, request, &grants, &slice.policies) {
+        let over = |set: &PolicySet| match self.cedar(slice, request, &grants, set) {
             Ok((decision, reasons, errors)) => Decision {
                 allowed: errors.is_empty() && decision == cedar_policy::Decision::Allow,
                 // For an allow, the permits; for a deny, the forbids (Cedar reports only those).
                 reasons,
                 errors,
+                report: None,
             },
             Err(failure) => failure,
+        };
+        let enforced = over(&slice.policies);
+        if !slice.reports {
+            return enforced;
         }
+        with_report(enforced, over(&slice.policies_with_report))
     }
 
     /// Cedar's decision on `request` over `set`: the decision, the policies that determined

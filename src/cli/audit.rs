@@ -424,9 +424,11 @@ fn query(logs: &[PathBuf], filter: &Filter, format: Format) -> Result<Report, Cl
                     l.ts.clone(),
                     r.component.clone(),
                     r.action.clone(),
-                    match r.count {
-                        Some(n) => format!("{} ×{n}", r.decision),
-                        None => r.decision.to_string(),
+                    match (r.count, r.was_enforced()) {
+                        (Some(n), true) => format!("{} ×{n}", r.decision),
+                        (None, true) => r.decision.to_string(),
+                        (Some(n), false) => format!("{} (report-only) ×{n}", r.decision),
+                        (None, false) => format!("{} (report-only)", r.decision),
                     },
                     r.resource.clone(),
                     if by.is_empty() {
@@ -484,6 +486,8 @@ fn render<const N: usize>(rows: &[[String; N]]) -> String {
 fn summary(logs: &[PathBuf], filter: &Filter, top: usize) -> Result<Report, CliError> {
     let mut counts: BTreeMap<(String, String, Verdict), u64> = BTreeMap::new();
     let mut denied: BTreeMap<(String, String, String), u64> = BTreeMap::new();
+    // Would-be denials of report-only rules, by component, action, resource and rules.
+    let mut reported: BTreeMap<(String, String, String, String), u64> = BTreeMap::new();
     let mut total = 0u64;
     let gaps = std::cell::Cell::new(0u64);
     let lines = stream(logs)?.inspect(|l| {
@@ -498,6 +502,19 @@ fn summary(logs: &[PathBuf], filter: &Filter, top: usize) -> Result<Report, CliE
     for row in decisions(lines, filter) {
         let (_, r) = row?;
         let n = r.decisions();
+        if !r.was_enforced() {
+            if r.decision == Verdict::Deny {
+                let by = if r.errors.is_empty() {
+                    r.reasons.join(",")
+                } else {
+                    r.errors.join("; ")
+                };
+                *reported
+                    .entry((r.component.clone(), r.action.clone(), r.resource.clone(), by))
+                    .or_default() += n;
+            }
+            continue;
+        }
         total += n;
         *counts
             .entry((r.component.clone(), r.action.clone(), r.decision))
@@ -535,6 +552,24 @@ fn summary(logs: &[PathBuf], filter: &Filter, top: usize) -> Result<Report, CliE
         }
         text.push_str(&format!("\n\nmost denied\n{}", render(&t)));
     }
+    if !reported.is_empty() {
+        let mut t = vec![[
+            "COUNT".to_owned(),
+            "COMPONENT".to_owned(),
+            "ACTION".to_owned(),
+            "RESOURCE".to_owned(),
+            "RULES".to_owned(),
+        ]];
+        let mut rows: Vec<_> = reported.iter().collect();
+        rows.sort_by(|a, b| b.1.cmp(a.1).then_with(|| a.0.cmp(b.0)));
+        for ((c, a, r, by), n) in rows {
+            t.push([n.to_string(), c.clone(), a.clone(), r.clone(), by.clone()]);
+        }
+        text.push_str(&format!(
+            "\n\nreport-only rules would have denied (not enforced)\n{}",
+            render(&t)
+        ));
+    }
     if gaps > 0 {
         text.push_str(&format!(
             "\n\nwarning: the log records {gaps} lost record(s) (gap records)"
@@ -546,6 +581,7 @@ fn summary(logs: &[PathBuf], filter: &Filter, top: usize) -> Result<Report, CliE
             "decisions": total,
             "counts": counts.iter().map(|((c, a, d), n)| json!({"component": c, "action": a, "decision": d, "count": n})).collect::<Vec<_>>(),
             "top_denied": top_denied.iter().map(|((c, a, r), n)| json!({"component": c, "action": a, "resource": r, "count": n})).collect::<Vec<_>>(),
+            "report_only_denied": reported.iter().map(|((c, a, r, by), n)| json!({"component": c, "action": a, "resource": r, "rules": by, "count": n})).collect::<Vec<_>>(),
             "missed": gaps,
         }),
     ))

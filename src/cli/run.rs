@@ -268,9 +268,15 @@ fn host(
         if !THROTTLE.admit() {
             return;
         }
+        // A report-only rule's would-be denial was not enforced: it says so.
+        let (verb, event) = if ev.enforced {
+            ("denied", "deny")
+        } else {
+            ("report-only rules would deny", "report-deny")
+        };
         match format {
             LogFormat::Text => eprintln!(
-                "capgate: denied `{}` {} {}: {}{}",
+                "capgate: {verb} `{}` {} {}: {}{}",
                 ev.component,
                 ev.action,
                 super::safe(&ev.resource),
@@ -282,7 +288,7 @@ fn host(
             ),
             LogFormat::Json => eprintln!(
                 "{}",
-                json!({"level": "warn", "event": "deny", "component": ev.component, "action": ev.action.as_str(), "resource": ev.resource, "reasons": ev.decision.reasons, "errors": ev.decision.errors, "hint": ev.hint})
+                json!({"level": "warn", "event": event, "component": ev.component, "action": ev.action.as_str(), "resource": ev.resource, "reasons": ev.decision.reasons, "errors": ev.decision.errors, "hint": ev.hint})
             ),
         }
     });

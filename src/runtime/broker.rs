@@ -51,6 +51,9 @@ pub(crate) struct Callee {
     name: String,
     component: Component,
     linker: Linker<State>,
+    /// Its imports resolved against `linker` once, so each instance it starts skips that;
+    /// `None` when they do not resolve (instantiating then says why).
+    pre: Option<wasmtime::component::InstancePre<State>>,
     engine: Engine,
     policy: Arc<VerifiedPolicy>,
     recorder: Recorder,
@@ -294,7 +297,16 @@ impl Callee {
         let mut store = store::new_store(&self.engine, &gate, &self.limits, &[], member)
             .map_err(|e| Fault(format!("cannot start component `{}`: {e}", self.name)))?;
         // Instantiation runs guest code (start functions), so it is under the timeout too.
-        let instantiate = self.linker.instantiate_async(&mut store, &self.component);
+        let instantiate = async {
+            match &self.pre {
+                Some(pre) => pre.instantiate_async(&mut store).await,
+                None => {
+                    self.linker
+                        .instantiate_async(&mut store, &self.component)
+                        .await
+                }
+            }
+        };
         let instance = store::backstop(&self.limits, instantiate)
             .await
             .map_err(|e| {
@@ -449,9 +461,11 @@ impl Wiring<'_> {
         let limits = self
             .fallback
             .apply(self.policy.policy().components[name].limits);
+        let component = self.graph.compiled[name].clone();
         let c = Arc::new(Callee {
             name: name.to_owned(),
-            component: self.graph.compiled[name].clone(),
+            pre: linker.instantiate_pre(&component).ok(),
+            component,
             linker,
             engine: self.engine.clone(),
             policy: self.policy.clone(),

@@ -62,7 +62,7 @@ fn pooling(slots: u32) -> wasmtime::PoolingAllocationConfig {
         // A 32-bit memory's whole range: `limits.memory` is enforced by the limiter.
         .max_memory_size(1 << 32)
         // Pages kept mapped between instances are zeroed instead of unmapped.
-        .linear_memory_keep_resident(1 << 20)
+        .linear_memory_keep_resident(0)
         .table_keep_resident(64 << 10);
     p
 }
