@@ -213,13 +213,17 @@ impl Gate {
     ) -> Decision {
         let recorder = &self.recorder;
         let decision = match &recorder.audit {
-            Some(a) if a.keeps(&decision) || decision.report.as_deref().is_some_and(|r| a.keeps(r)) => a.admit(
-                &self.policy,
-                &self.component,
-                request,
-                decision,
-                sensitive(),
-            ),
+            Some(a)
+                if a.keeps(&decision) || decision.report.as_deref().is_some_and(|r| a.keeps(r)) =>
+            {
+                a.admit(
+                    &self.policy,
+                    &self.component,
+                    request,
+                    decision,
+                    sensitive(),
+                )
+            }
             _ => decision,
         };
         if let Some(observer) = &recorder.observer {

@@ -15,6 +15,7 @@ mod chain;
 mod file;
 mod read;
 mod record;
+mod replay;
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -22,13 +23,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub use capgate_signing::Sha256;
 pub use chain::{CHECKPOINT_PAYLOAD_TYPE, Checkpointer, checkpoint_message};
 pub use file::{JsonlOptions, JsonlSink, anchor_path, check_anchor};
-pub use read::{
-    Broken, Change, LineKind, LogLine, LogReader, Proof, Verified, replay, verify, verify_lines,
-};
+pub use read::{Broken, LineKind, LogLine, LogReader, Proof, Verified, verify, verify_lines};
 pub use record::{
     BadTimestamp, DecisionRecord, Entry, Gap, GapTag, MalformedRecord, PolicyRef, Verdict,
     parse_ts, timestamp,
 };
+pub use replay::{Change, replay};
 
 use crate::VerifiedPolicy;
 use crate::authz::{Decision, Request};
@@ -215,7 +215,14 @@ impl Auditor {
         if let Some(would) = report {
             // What report-only rules would decide is only ever recorded: whatever becomes of
             // this record, the decision enforced is the one above.
-            let _ = self.admit_one(policy, component, request, (*would).clone(), &sensitive, false);
+            let _ = self.admit_one(
+                policy,
+                component,
+                request,
+                (*would).clone(),
+                &sensitive,
+                false,
+            );
             enforced.report = Some(would);
         }
         enforced

@@ -99,6 +99,8 @@ pub(super) struct Slice {
 pub(super) struct Compiled {
     pub slices: BTreeMap<String, Slice>,
     pub lints: Vec<Lint>,
+    /// Ids of the report-only rules, sorted.
+    pub report: Vec<String>,
 }
 
 /// Where a rule came from, to locate errors, and how it applies.
@@ -232,9 +234,12 @@ pub(super) fn compile(
             (name, slice)
         })
         .collect();
+    let mut report: Vec<String> = report.into_iter().map(str::to_owned).collect();
+    report.sort();
     Ok(Compiled {
         slices,
         lints: lint_rules(policy, &rules, &origins),
+        report,
     })
 }
 
@@ -392,13 +397,16 @@ fn parse_rules(
                     Some("add `@id(\"a-name\")` before `permit` or `forbid`, so decisions can name it".into()),
                 ));
             };
-            let report = report_only(&p).map_err(|message| {
+            let report = report_only(p).map_err(|message| {
                 invalid(
                     &src.path,
                     &src.text,
                     offset,
                     message,
-                    Some("`@mode(\"report\")` records what a rule would decide without enforcing it".into()),
+                    Some(
+                        "`@mode(\"report\")` records what a rule would decide without enforcing it"
+                            .into(),
+                    ),
                 )
             })?;
             let renamed = p.new_id(PolicyId::new(id));

@@ -125,6 +125,7 @@ const CACHE_LIMIT: usize = 4096;
 pub struct Authority {
     slices: Arc<BTreeMap<String, Slice>>,
     lints: Arc<Vec<Lint>>,
+    report: Arc<Vec<String>>,
 }
 
 impl std::fmt::Debug for Authority {
@@ -169,12 +170,19 @@ impl Authority {
         Ok(Self {
             slices: Arc::new(slices),
             lints: Arc::new(compiled.lints),
+            report: Arc::new(compiled.report),
         })
     }
 
     /// Things in the rules that are legal but probably mistakes.
     pub fn lints(&self) -> &[Lint] {
         &self.lints
+    }
+
+    /// Ids of the report-only rules (`@mode("report")`): evaluated and recorded, never
+    /// enforced.
+    pub fn report_only(&self) -> &[String] {
+        &self.report
     }
 
     /// Decides whether `component` may do `request`. Pure: it records nothing and enforces

@@ -510,7 +510,12 @@ fn summary(logs: &[PathBuf], filter: &Filter, top: usize) -> Result<Report, CliE
                     r.errors.join("; ")
                 };
                 *reported
-                    .entry((r.component.clone(), r.action.clone(), r.resource.clone(), by))
+                    .entry((
+                        r.component.clone(),
+                        r.action.clone(),
+                        r.resource.clone(),
+                        by,
+                    ))
                     .or_default() += n;
             }
             continue;

@@ -524,9 +524,20 @@ pub(super) fn check(src: &Source<'_>) -> Result<Report, CliError> {
     for l in &lints {
         text.push_str(&format!("\nwarning: {l}"));
     }
+    let report = policy.authority().report_only();
+    if !report.is_empty() {
+        text.push_str(&format!(
+            "\nnote: report-only rules (recorded, not enforced): {}",
+            report
+                .iter()
+                .map(|r| format!("`{r}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
     Ok(Report::new(
         text,
-        json!({"ok": true, "name": p.name, "version": p.version, "components": p.components.keys().collect::<Vec<_>>(), "warnings": lints}),
+        json!({"ok": true, "name": p.name, "version": p.version, "components": p.components.keys().collect::<Vec<_>>(), "warnings": lints, "report_only": report}),
     ))
 }
 
