@@ -47,6 +47,7 @@
 //   authz     `Policy` → compiled `Authority`; `Request` → `Decision` (pure)
 //   verified  signatures → parse → resolved against the filesystem → compiled: `VerifiedPolicy`
 //   audit     decisions → tamper-evident records; logs read back, verified and replayed
+//   learn     allowed decisions of audit logs → the narrowest policy that allows them
 //   gate      the one route from an enforcement point to a decision: decide, record, return
 //   runtime   engine, stores, limits, WASI adapters, calls between components, `serve`
 //   inspect   a component's imports against a policy's grants
@@ -57,6 +58,7 @@ pub mod danger;
 mod gate;
 #[cfg(feature = "runtime")]
 pub mod inspect;
+pub mod learn;
 pub mod policy;
 #[cfg(feature = "runtime")]
 mod runtime;

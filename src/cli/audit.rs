@@ -190,13 +190,15 @@ fn exists(logs: &[PathBuf]) -> Result<(), CliError> {
     Ok(())
 }
 
-fn broken(b: Broken) -> CliError {
+pub(super) fn broken(b: Broken) -> CliError {
     CliError::new(Exit::NoPerm, format!("audit log refused: {b}"))
 }
 
 /// Every line of the logs in chain order (rotated files sorted by their first `seq`), read
 /// as it is used: memory stays bounded however large the logs are.
-fn stream(logs: &[PathBuf]) -> Result<impl Iterator<Item = Result<LogLine, Broken>>, CliError> {
+pub(super) fn stream(
+    logs: &[PathBuf],
+) -> Result<impl Iterator<Item = Result<LogLine, Broken>>, CliError> {
     exists(logs)?;
     let mut files: Vec<(u64, PathBuf)> = Vec::new();
     for f in logs {
@@ -592,7 +594,7 @@ fn summary(logs: &[PathBuf], filter: &Filter, top: usize) -> Result<Report, CliE
     ))
 }
 
-fn replay(logs: &[PathBuf], src: &super::run::Source<'_>) -> Result<Report, CliError> {
+pub(super) fn replay(logs: &[PathBuf], src: &super::run::Source<'_>) -> Result<Report, CliError> {
     let policy = super::run::load(src, false)?;
     let name = &policy.policy().name;
     let (records, others) = (std::cell::Cell::new(0u64), std::cell::Cell::new(0u64));

@@ -7,6 +7,7 @@
 mod audit;
 mod exit;
 mod keys;
+mod learn;
 mod run;
 
 use std::io::Write as _;
@@ -170,6 +171,29 @@ enum PolicyCommand {
         /// The policy's and the component's name [default: from the file name].
         #[arg(long, value_name = "NAME")]
         name: Option<String>,
+    },
+    /// Write the narrowest policy that still allows every request a broad policy allowed in
+    /// audit logs (written under `audit: { level: all }`), and prove it by replaying the logs.
+    Learn {
+        /// The audit log(s) of runs under the broad policy.
+        #[arg(required = true, value_name = "LOG")]
+        logs: Vec<PathBuf>,
+        /// The broad policy the logs were written under.
+        #[arg(long, value_name = "BROAD.yaml")]
+        policy: PathBuf,
+        /// The trust root the broad policy is verified against.
+        #[arg(long, value_name = "TRUST.yaml")]
+        trust: Option<PathBuf>,
+        /// Do not check the broad policy's signatures (a draft not yet signed).
+        #[arg(long)]
+        allow_unsigned: bool,
+        /// Where accepted policy versions are remembered (read only here).
+        #[arg(long, value_name = "DIR", env = "CAPGATE_STATE_DIR")]
+        state_dir: Option<PathBuf>,
+        /// Where to write the learned policy, in the broad policy's directory; never
+        /// overwritten [default: NAME.learned.yaml beside the broad policy].
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
     },
 }
 
@@ -340,6 +364,33 @@ fn run(cli: Cli) -> Result<Report, CliError> {
         Command::Policy {
             command: PolicyCommand::Suggest { component, name },
         } => run::suggest(&component, name.as_deref()),
+        Command::Policy {
+            command:
+                PolicyCommand::Learn {
+                    logs,
+                    policy,
+                    trust,
+                    allow_unsigned,
+                    state_dir,
+                    out,
+                },
+        } => {
+            if trust.is_none() && !allow_unsigned {
+                return Err(CliError::new(
+                    Exit::Usage,
+                    "`--trust TRUST.yaml` is required to verify the broad policy (hint: `--allow-unsigned` reads an unsigned draft)",
+                ));
+            }
+            let src = run::Source {
+                policy: &policy,
+                trust: trust.as_deref(),
+                state_dir: state_dir.as_deref(),
+                allow_unsigned: trust.is_none(),
+                audit: None,
+                audit_key: None,
+            };
+            learn::learn(&logs, &src, out.as_deref())
+        }
         Command::Policy {
             command: PolicyCommand::Schema,
         } => Ok(Report::new(
