@@ -45,6 +45,7 @@
 //
 //   policy    bytes of a verified bundle → parsed `Policy` (pure: reads no file)
 //   authz     `Policy` → compiled `Authority`; `Request` → `Decision` (pure)
+//   diff      two `Policy` versions → their permission delta (and, with a solver, the rules')
 //   verified  signatures → parse → resolved against the filesystem → compiled: `VerifiedPolicy`
 //   audit     decisions → tamper-evident records; logs read back, verified and replayed
 //   learn     allowed decisions of audit logs → the narrowest policy that allows them
@@ -54,6 +55,7 @@
 pub mod audit;
 pub mod authz;
 pub mod danger;
+pub mod diff;
 #[cfg(feature = "runtime")]
 mod gate;
 #[cfg(feature = "runtime")]

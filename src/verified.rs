@@ -39,11 +39,18 @@ impl VerifiedPolicy {
     /// Verifies the policy at `path` and every component artifact it names, against `trust`.
     /// Only once all of it has loaded is the version recorded in `state` as accepted, so a
     /// signed but broken new version cannot lock out the working one.
+    /// A copy of the accepted bundle is kept in `state` for later versions to be compared
+    /// with ([`StateStore::keep`]); failing to keep it does not fail the load.
     pub fn load(path: &Path, trust: &TrustRoot, state: &StateStore) -> Result<Self, PolicyError> {
-        let loaded = Self::check(path, trust, state)?;
+        let bundle = PolicyVerifier::new(trust, state)
+            .check_only()
+            .verify(path)?;
+        let kept = bundle.clone();
+        let loaded = Self::from_bundle(bundle, Some(trust))?;
         let header = (loaded.policy.name.clone(), loaded.policy.version);
         // `accept` checks again under the state lock, so a concurrent newer accept still wins.
         state.accept_content(path, &header.0, header.1, Some(&loaded.policy.sha256))?;
+        let _ = state.keep(&kept);
         Ok(loaded)
     }
 

@@ -223,6 +223,11 @@ impl PolicyBundle {
         self.files.get(name).map(Vec::as_slice)
     }
 
+    /// Every referenced file, by the name the policy gives it.
+    pub fn files(&self) -> impl Iterator<Item = (&str, &[u8])> {
+        self.files.iter().map(|(k, v)| (k.as_str(), v.as_slice()))
+    }
+
     /// The trust-relevant header fields.
     pub fn header(&self) -> &PolicyHeader {
         &self.header

@@ -13,6 +13,9 @@ use crate::error::Error;
 
 const FILE: &str = "policy-versions.json";
 
+/// Where copies of accepted policies are kept, one directory per policy name.
+const ACCEPTED: &str = "accepted";
+
 #[derive(Default, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Versions {
@@ -131,6 +134,58 @@ impl StateStore {
 
     fn path(&self) -> PathBuf {
         self.dir.join(FILE)
+    }
+
+    /// The directory a copy of policy `name` is kept in (its name hashed: policy names are
+    /// not file names).
+    fn kept_dir(&self, name: &str) -> PathBuf {
+        let id = crate::Sha256::of(name.as_bytes()).to_string();
+        self.dir.join(ACCEPTED).join(&id[..32])
+    }
+
+    /// Keeps a copy of `bundle` (its YAML and rules files) as the accepted version of its
+    /// policy, replacing the copy of an earlier version, so a later version can be compared
+    /// with what this host runs (`capgate sign policy` and `capgate policy diff` do). Nothing
+    /// is written when the copy is already of this content. A bundle naming a file outside
+    /// its own directory is not kept.
+    pub fn keep(&self, bundle: &crate::PolicyBundle) -> Result<(), Error> {
+        let dir = self.kept_dir(&bundle.header().name);
+        let digest = bundle.sha256().to_string();
+        if fs::read_to_string(dir.join("digest")).is_ok_and(|d| d == digest) {
+            return Ok(());
+        }
+        let inside = |name: &str| {
+            let p = Path::new(name);
+            p.is_relative()
+                && p.components()
+                    .all(|c| matches!(c, std::path::Component::Normal(_)))
+        };
+        if !bundle.files().all(|(name, _)| inside(name)) {
+            return Ok(());
+        }
+        let io = |e| self.io(e);
+        fs::create_dir_all(&dir).map_err(io)?;
+        // The marker goes first and last: a copy caught half-written has no valid marker.
+        let _ = fs::remove_file(dir.join("digest"));
+        for (name, bytes) in bundle.files() {
+            let path = dir.join(name);
+            if let Some(parent) = path.parent() {
+                fs::create_dir_all(parent).map_err(io)?;
+            }
+            crate::error::write_file(&path, bytes)?;
+        }
+        crate::error::write_file(&dir.join("policy.yaml"), bundle.yaml())?;
+        crate::error::write_file(&dir.join("digest"), digest.as_bytes())
+    }
+
+    /// The kept copy of the accepted version of policy `name` (see [`StateStore::keep`]):
+    /// the path of its YAML, beside its rules files.
+    pub fn kept(&self, name: &str) -> Option<PathBuf> {
+        let dir = self.kept_dir(name);
+        let yaml = dir.join("policy.yaml");
+        let digest = fs::read_to_string(dir.join("digest")).ok()?;
+        let bytes = fs::read(&yaml).ok()?;
+        (crate::Sha256::of(&bytes).to_string() == digest).then_some(yaml)
     }
 
     fn read(&self) -> Result<Versions, Error> {

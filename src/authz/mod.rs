@@ -20,6 +20,8 @@ use std::sync::{Arc, Mutex};
 
 use cedar_policy::{Authorizer, Entities, Entity, PolicySet};
 
+#[cfg(feature = "symcc")]
+pub(crate) use compile::schema;
 pub use compile::{Identity, Lint, SCHEMA};
 #[cfg(feature = "runtime")]
 pub(crate) use request::normalise;

@@ -56,6 +56,12 @@ pub(crate) struct CliError {
     message: String,
 }
 
+impl std::fmt::Display for CliError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
 impl CliError {
     /// An error with this exit code and message.
     pub(crate) fn new(exit: Exit, message: impl Into<String>) -> Self {

@@ -5,6 +5,7 @@
 //! of the spec; it never makes a trust decision itself.
 
 mod audit;
+mod diff;
 mod exit;
 mod keys;
 mod learn;
@@ -84,6 +85,11 @@ enum Command {
         /// an edited file is refused, so no co-signer's approval is dropped silently.
         #[arg(long)]
         replace: bool,
+        /// Where this host remembers accepted policies: a policy is signed after its delta
+        /// against the version accepted there is printed.
+        /// [default: $XDG_STATE_HOME/capgate, else ~/.local/state/capgate]
+        #[arg(long, value_name = "DIR", env = "CAPGATE_STATE_DIR")]
+        state_dir: Option<PathBuf>,
     },
     /// Verify an artifact or a policy bundle against a trust root.
     Verify {
@@ -171,6 +177,19 @@ enum PolicyCommand {
         /// The policy's and the component's name [default: from the file name].
         #[arg(long, value_name = "NAME")]
         name: Option<String>,
+    },
+    /// The permission delta from OLD to NEW: every grant added, removed, widened or narrowed,
+    /// every limit raised or lowered, and the requests a change of rules newly allows or
+    /// denies (decided with the cvc5 solver when it is installed).
+    Diff {
+        /// The old version (YAML).
+        old: PathBuf,
+        /// The new version (YAML).
+        new: PathBuf,
+        /// Also replay these audit logs under NEW and list the recorded requests whose
+        /// decision would change (repeatable).
+        #[arg(long = "log", value_name = "LOG")]
+        logs: Vec<PathBuf>,
     },
     /// Write the narrowest policy that still allows every request a broad policy allowed in
     /// audit logs (written under `audit: { level: all }`), and prove it by replaying the logs.
@@ -276,6 +295,15 @@ impl Report {
         }
     }
 
+    /// This report with `text` before its own, and `json` under `key`.
+    fn prefixed(mut self, text: &str, key: &str, json: serde_json::Value) -> Self {
+        self.text = format!("{text}\n{}", self.text);
+        if let Some(o) = self.json.as_object_mut() {
+            o.insert(key.to_owned(), json);
+        }
+        self
+    }
+
     /// A command that has said everything it had to say already (on stderr).
     fn nothing() -> Self {
         Self::new("", serde_json::Value::Null)
@@ -344,7 +372,19 @@ fn run(cli: Cli) -> Result<Report, CliError> {
             file,
             key,
             replace,
-        } => keys::sign(kind, &file, &key, replace),
+            state_dir,
+        } => {
+            // What a co-signer approves: the delta against what this host runs.
+            let delta = match kind {
+                Kind::Policy => Some(delta_against_accepted(&file, state_dir.as_deref())),
+                Kind::Artifact => None,
+            };
+            let signed = keys::sign(kind, &file, &key, replace)?;
+            Ok(match delta {
+                Some((text, json)) => signed.prefixed(&text, "delta", json),
+                None => signed,
+            })
+        }
         Command::Verify { kind, file, trust } => keys::verify(kind, &file, &trust),
         Command::Policy {
             command:
@@ -392,6 +432,9 @@ fn run(cli: Cli) -> Result<Report, CliError> {
             learn::learn(&logs, &src, out.as_deref())
         }
         Command::Policy {
+            command: PolicyCommand::Diff { old, new, logs },
+        } => diff::diff(&old, &new, &logs),
+        Command::Policy {
             command: PolicyCommand::Schema,
         } => Ok(Report::new(
             capgate::authz::SCHEMA.trim_end(),
@@ -434,6 +477,57 @@ fn run(cli: Cli) -> Result<Report, CliError> {
 /// `text` as it may be shown on a terminal: control characters (newlines, escape sequences),
 /// bidirectional overrides and backslashes written as escapes, so a string a guest chose
 /// cannot forge a line or recolour the screen. JSON output needs none of this.
+/// The delta of the policy at `file` against the version of it this host accepted (the copy
+/// the state store keeps), as text and JSON. Never an error: what cannot be compared is said.
+fn delta_against_accepted(
+    file: &std::path::Path,
+    state_dir: Option<&std::path::Path>,
+) -> (String, serde_json::Value) {
+    use serde_json::json;
+    let new = match diff::read(file) {
+        Ok(p) => p,
+        Err(e) => {
+            return (
+                format!("delta: not computed, the policy cannot be read: {e}"),
+                json!({"compared": false, "why": e.to_string()}),
+            );
+        }
+    };
+    let Ok(state) = run::state(state_dir) else {
+        return (
+            "delta: not computed, no state directory (pass `--state-dir`)".into(),
+            json!({"compared": false, "why": "no state directory"}),
+        );
+    };
+    let Some(kept) = state.kept(&new.name) else {
+        return (
+            format!(
+                "delta: no version of `{}` was accepted on this host before (state directory {}): nothing to compare",
+                new.name,
+                state.dir().display()
+            ),
+            json!({"compared": false, "why": "no accepted version"}),
+        );
+    };
+    match diff::read(&kept) {
+        Ok(old) => {
+            let delta = capgate::diff::diff(&old, &new);
+            let rules = capgate::diff::rules::delta(&old, &new);
+            (
+                format!(
+                    "delta against the version this host accepted:\n{}",
+                    diff::render(&old, &new, &delta, &rules)
+                ),
+                json!({"compared": true, "old_version": old.version, "changes": delta.changes, "rules": rules}),
+            )
+        }
+        Err(e) => (
+            format!("delta: not computed, the accepted copy cannot be read: {e}"),
+            json!({"compared": false, "why": e.to_string()}),
+        ),
+    }
+}
+
 pub(crate) fn safe(text: &str) -> std::borrow::Cow<'_, str> {
     let unsafe_char = |c: char| {
         c.is_control()
