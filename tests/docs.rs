@@ -113,6 +113,26 @@ fn every_runnable_block_of_the_docs_runs() {
             );
             assert!(stdout.contains("[files (and cwd)]"), "{stdout}");
         }
+        // And what the least-privilege walkthrough says.
+        if file.ends_with("docs/least-privilege.md") {
+            for said in [
+                "proof: replayed 4 decisions under `probe-svc` version 2: 0 would change",
+                "{ host: \"srv\", guest: \"/srv\", access: read-write }  # 4 records: 3 reads, 1 write",
+                "# dropped: every `network.connect` grant, no allowed record",
+                "+ added    files: /srv/config (read-only) from srv/config",
+                "recorded requests: replayed 4 decisions under `probe-svc` version 2: 0 would change",
+                "delta against the version this host accepted:",
+                "err: NotFound",
+                "report-only rules would have denied (not enforced)",
+                "- newly denied  fs.write: Path",
+                "2 would change (2 allow → deny, 0 deny → allow)",
+            ] {
+                assert!(
+                    stdout.contains(said),
+                    "least-privilege: no {said:?} in\n{stdout}"
+                );
+            }
+        }
         ran.push(file);
     }
     assert!(

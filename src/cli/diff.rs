@@ -73,10 +73,13 @@ pub(super) fn render(old: &Policy, new: &Policy, delta: &Delta, rules: &RulesDel
             safe(why)
         )),
     }
+    // Where the solver decided the rules, its answer replaces "a rule changed, it may allow
+    // more".
+    let decided = matches!(rules, RulesDelta::Decided { .. });
     let more = delta
         .changes
         .iter()
-        .filter(|c| c.effect.grants_more())
+        .filter(|c| c.effect.grants_more() && !(decided && c.key == "rules"))
         .count();
     text.push_str(&format!(
         "\n{} change(s), {more} of which may allow more",

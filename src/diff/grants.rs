@@ -75,10 +75,11 @@ fn identity(out: &mut Out<'_>, a: &ComponentPolicy, b: &ComponentPolicy) {
     }
     let pin = |p: &Option<capgate_signing::Sha256>| p.map_or("none".to_owned(), |s| s.to_string());
     if a.sha256 != b.sha256 {
-        let effect = if b.sha256.is_none() {
-            Effect::Widened
-        } else {
-            Effect::Changed
+        // A pin added admits one artifact where any signed one was admitted.
+        let effect = match (a.sha256, b.sha256) {
+            (_, None) => Effect::Widened,
+            (None, Some(_)) => Effect::Narrowed,
+            _ => Effect::Changed,
         };
         out.push(
             "sha256",
