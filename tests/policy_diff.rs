@@ -107,11 +107,16 @@ fn changes(v: &Value) -> Vec<(String, String, String, String)> {
         .collect()
 }
 
+/// Placeholders and their values.
+type Edits<'a> = &'a [(&'a str, &'a str)];
+/// A change's key, effect and description.
+type Expected<'a> = (&'a str, &'a str, &'a str);
+
 #[test]
 fn each_kind_of_grant_change_is_named_with_its_direction() {
     let sb = sandbox();
     let old = policy(1, &[]);
-    let table: &[(&[(&str, &str)], (&str, &str, &str))] = &[
+    let table: &[(Edits, Expected)] = &[
         // A new host.
         (
             &[(
