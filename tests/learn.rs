@@ -128,7 +128,9 @@ fn a_learned_policy_allows_what_ran_and_nothing_only_the_broad_one_allowed() {
         "# dropped: probe.files[1] (`/logs`), no allowed record",
         &format!("        - \"tcp://{pong}\"  # 1 record"),
         "        - \"localhost\"  # 1 record",
-        &format!("{{ url: \"http://{web}/v1\", methods: [GET] }}  # 2 records, 2 distinct paths"),
+        &format!(
+            "{{ url: \"http://{web}/v1\", methods: [\"GET\"] }}  # 2 records, 2 distinct paths"
+        ),
         "env: { \"MODE\": \"prod\" }",
         "limits: { memory: 64MiB, timeout: 20s }",
         "sha256: ",

@@ -295,7 +295,8 @@ fn http(y: &mut String, c: &ComponentPolicy, seen: &Seen) {
             "{scheme}://{authority}{}",
             if prefix == "/" { "" } else { &prefix }
         );
-        let methods: Vec<&str> = h.methods.iter().map(String::as_str).collect();
+        // Methods, like every string a guest chose, are quoted: none can add YAML of its own.
+        let methods: Vec<String> = h.methods.iter().map(|m| q(m)).collect();
         let n: u64 = h.paths.values().sum();
         let _ = writeln!(
             y,
@@ -341,11 +342,12 @@ fn calls(y: &mut String, c: &ComponentPolicy, seen: &Seen) {
     }
     y.push_str("    calls:\n");
     for ((callee, iface), functions) in &seen.calls {
-        let names: Vec<&str> = functions.keys().map(String::as_str).collect();
+        let names: Vec<String> = functions.keys().map(|f| q(f)).collect();
         let n: u64 = functions.values().sum();
         let _ = writeln!(
             y,
-            "      - {{ component: {callee}, interface: {}, functions: [{}] }}  # {}",
+            "      - {{ component: {}, interface: {}, functions: [{}] }}  # {}",
+            q(callee),
             q(iface),
             names.join(", "),
             plural(n, "record")
