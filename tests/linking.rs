@@ -219,6 +219,49 @@ fn calls_within_one_run_reach_the_same_callee_instance() {
     lines(&run_probe(&sb, "client", &["count"]), &["count: 1"]);
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn a_callee_reached_through_a_reusable_one_still_belongs_to_the_callers_run() {
+    let sb = Sandbox::new();
+    sb.write("secret/token.txt", "token-123\n");
+    let policy = POLICY
+        .replace(
+            "functions: [get-public] }",
+            "functions: [get-public, count] }",
+        )
+        .replace(
+            "functions: [get-public, get-secret] }",
+            "functions: [get-public, get-secret, count] }",
+        )
+        .replace(
+            "  relay:\n    component: relay.wasm\n",
+            "  relay:\n    component: relay.wasm\n    reusable: true\n",
+        );
+    assert!(policy.contains("reusable: true") && policy.contains("get-secret, count"));
+    signed_policy(&sb, &["vault", "vault-client", "relay"], &policy);
+    let trust = capgate::signing::TrustRoot::load(&sb.path("trust.yaml")).unwrap();
+    let policy = Arc::new(
+        capgate::VerifiedPolicy::load(
+            &sb.path("policy.yaml"),
+            &trust,
+            &capgate::signing::StateStore::at(sb.path("state")),
+        )
+        .unwrap(),
+    );
+    let host = capgate::Host::new(capgate::HostConfig::new()).unwrap();
+    // Two runs count through the shared relay into the vault...
+    for _ in 0..2 {
+        assert_eq!(
+            host.run(&policy, "chained", &["count".into()]).await.unwrap(),
+            0
+        );
+    }
+    // ...whose instances were the runs' own: the host's (shared) vault instance starts from
+    // nothing, and goes on counting.
+    let count = || host.call(&policy, "vault", "test:secrets/vault#count", &[]);
+    assert_eq!(count().await.unwrap(), ["1"]);
+    assert_eq!(count().await.unwrap(), ["2"]);
+}
+
 #[test]
 fn capgate_call_speaks_wave() {
     let sb = fixture();

@@ -182,7 +182,8 @@ impl Callee {
             .map_err(|_| InvokeError::Fault(format!("component `{}` is closed", self.name)))?;
         // Held until the instance is back in the pool, so the scope cannot end (and drop its
         // instances) between the two.
-        let scope = if self.reusable { None } else { scope.current() };
+        let caller = scope.current();
+        let scope = if self.reusable { None } else { caller.clone() };
         let tag = scope.as_ref().map(|s| {
             s.touch(self);
             s.id()
@@ -198,6 +199,12 @@ impl Callee {
             None => self.start(scope.as_ref()).await?,
         };
         let live = &mut taken;
+        // This call's own calls run in its caller's scope, even from a `reusable` instance
+        // shared by every scope: what it calls that is not reusable stays the caller's.
+        live.store.data_mut().set_scope(match &caller {
+            Some(s) => ScopeRef::Member(Arc::downgrade(s)),
+            None => ScopeRef::Shared,
+        });
         store::arm_limits(&mut live.store, &self.limits);
         let cached = match site {
             Some(i) => live.by_site.get(i).copied().flatten(),

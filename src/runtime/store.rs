@@ -55,6 +55,12 @@ impl State {
     pub(crate) fn scope(&self) -> &ScopeRef {
         &self.scope
     }
+
+    /// Sets the scope the next call's calls run in (a linked instance serves calls of
+    /// several scopes one after another).
+    pub(crate) fn set_scope(&mut self, scope: ScopeRef) {
+        self.scope = scope;
+    }
 }
 
 impl WasiView for State {
