@@ -116,7 +116,7 @@ fn every_runnable_block_of_the_docs_runs() {
         // And what the least-privilege walkthrough says.
         if file.ends_with("docs/least-privilege.md") {
             for said in [
-                "proof: replayed 4 decisions under `probe-svc` version 2: 0 would change",
+                "proof: the 3 distinct request(s) learned from are all allowed under the learned policy",
                 "{ host: \"srv\", guest: \"/srv\", access: read-write }  # 4 records: 3 reads, 1 write",
                 "# dropped: every `network.connect` grant, no allowed record",
                 "+ added    files: /srv/config (read-only) from srv/config",

@@ -16,7 +16,7 @@ components:
     component: probe.wasm
     env: { MODE: \"prod\" }
     files:
-      - { host: data, guest: /data, access: read-write }
+      - { host: data, guest: /data }
       - { host: logs, guest: /logs, access: read-write }
     network:
       connect: [tcp://127.0.0.1:1-65535]
@@ -88,11 +88,6 @@ fn a_learned_policy_allows_what_ran_and_nothing_only_the_broad_one_allowed() {
     // Controls: everything the learned policy must deny, the broad one allows (kept out of
     // the observed log).
     let only_broad: Vec<Vec<String>> = vec![
-        vec![
-            "write".into(),
-            "/data/app/config.txt".into(),
-            "changed".into(),
-        ],
         vec!["read".into(), "/data/secret.txt".into()],
         vec!["write".into(), "/logs/x".into(), "x".into()],
         vec!["connect".into(), other_pong.clone()],
@@ -103,8 +98,7 @@ fn a_learned_policy_allows_what_ran_and_nothing_only_the_broad_one_allowed() {
         let args: Vec<&str> = w.iter().map(String::as_str).collect();
         ok(&probe(&sb, "policy.yaml", &args));
     }
-    sb.write("data/app/config.txt", "config");
-
+    std::fs::remove_file(sb.path("logs/x")).unwrap();
     let learn = sb.capgate([
         "policy",
         "learn",
@@ -117,14 +111,14 @@ fn a_learned_policy_allows_what_ran_and_nothing_only_the_broad_one_allowed() {
     learn.expect(0);
     learn.stdout_has("learned `svc` version 2 from ");
     learn.stdout_has("wrote policy.learned.yaml");
-    learn.stdout_has(": 0 would change (0 allow → deny, 0 deny → allow)");
-    learn.stdout_has("every allowed decision in the logs is still allowed");
+    learn.stdout_has("proof: the 6 distinct request(s) learned from are all allowed under the learned policy, and 0 of the 0 recorded denial(s) would be allowed");
+    learn.stdout_has("every allowed decision learned from is still allowed, and nothing denied is");
     let learned = std::fs::read_to_string(sb.path("policy.learned.yaml")).unwrap();
 
     // Each grant is exactly what was used, with its evidence.
     for want in [
         "version: 2",
-        "{ host: \"data/app\", guest: \"/data/app\", access: read-only }  # 2 records: 2 reads, 0 writes (was read-write)",
+        "{ host: \"data/app\", guest: \"/data/app\", access: read-only }  # 2 records: 2 reads, 0 writes",
         "# dropped: probe.files[1] (`/logs`), no allowed record",
         &format!("        - \"tcp://{pong}\"  # 1 record"),
         "        - \"localhost\"  # 1 record",
@@ -185,10 +179,7 @@ fn a_learned_policy_allows_what_ran_and_nothing_only_the_broad_one_allowed() {
         let args: Vec<&str> = w.iter().map(String::as_str).collect();
         refused(&probe(&sb, "policy.learned.yaml", &args));
     }
-    assert_eq!(
-        std::fs::read_to_string(sb.path("data/app/config.txt")).unwrap(),
-        "config"
-    );
+    assert!(!sb.path("logs/x").exists());
 }
 
 #[test]
@@ -215,10 +206,11 @@ fn learning_from_a_log_without_allowed_decisions_says_what_is_needed() {
 }
 
 #[test]
-fn a_write_keeps_its_mount_read_write_and_a_relative_mount_stays_where_it_is() {
+fn a_writable_mount_stays_where_it_is_and_a_read_only_one_moves_down() {
     let sb = Sandbox::new();
     sb.write("data/out/.keep", "");
-    sb.write("data/deep/dir/f.txt", "f");
+    sb.write("ro/deep/dir/f.txt", "f");
+    sb.write("ro/other.txt", "o");
     signed_probe_policy(
         &sb,
         "capgate: 1
@@ -230,7 +222,8 @@ components:
     component: probe.wasm
     files:
       - { host: data, guest: /data, access: read-write }
-      - { host: data, guest: rel, access: read-only }
+      - { host: ro, guest: /ro }
+      - { host: ro, guest: rel }
 ",
     );
     ok(&probe(
@@ -238,6 +231,7 @@ components:
         "policy.yaml",
         &["write", "/data/out/new.txt", "x"],
     ));
+    ok(&probe(&sb, "policy.yaml", &["read", "/ro/deep/dir/f.txt"]));
     ok(&probe(&sb, "policy.yaml", &["read", "rel/deep/dir/f.txt"]));
     sb.capgate([
         "policy",
@@ -252,13 +246,19 @@ components:
     ])
     .expect(0);
     let learned = std::fs::read_to_string(sb.path("narrow.yaml")).unwrap();
+    // The guest could have replaced `/data/out` with a symlink: a mount it can write is not
+    // moved down.
     assert!(
-        learned.contains("{ host: \"data/out\", guest: \"/data/out\", access: read-write }"),
+        learned.contains("{ host: \"data\", guest: \"/data\", access: read-write }"),
+        "{learned}"
+    );
+    assert!(
+        learned.contains("{ host: \"ro/deep/dir\", guest: \"/ro/deep/dir\", access: read-only }"),
         "{learned}"
     );
     // The guest finds a relative mount by its name: it is not moved.
     assert!(
-        learned.contains("{ host: \"data\", guest: \"rel\", access: read-only }"),
+        learned.contains("{ host: \"ro\", guest: \"rel\", access: read-only }"),
         "{learned}"
     );
     sb.capgate(["sign", "policy", "narrow.yaml", "--key", "keys/alice.key"])
@@ -268,10 +268,98 @@ components:
         "narrow.yaml",
         &["write", "/data/out/again.txt", "y"],
     ));
+    ok(&probe(&sb, "narrow.yaml", &["read", "/ro/deep/dir/f.txt"]));
     ok(&probe(&sb, "narrow.yaml", &["read", "rel/deep/dir/f.txt"]));
-    refused(&probe(
+    refused(&probe(&sb, "narrow.yaml", &["read", "/ro/other.txt"]));
+}
+
+#[test]
+fn a_request_the_ssrf_guard_refused_is_not_learned_as_a_grant_naming_its_address() {
+    let sb = Sandbox::new();
+    let web = http_server("127.0.0.1:0").unwrap();
+    signed_probe_policy(
         &sb,
-        "narrow.yaml",
-        &["read", "/data/deep/dir/f.txt"],
-    ));
+        "capgate: 1
+name: svc
+version: 1
+audit: { level: all, log: audit.jsonl }
+components:
+  probe:
+    component: probe.wasm
+    http:
+      - { url: \"http://*:*\", methods: [GET] }
+      - https://api.example.com
+",
+    );
+    // The grant allows it, the guard refuses a loopback address no grant names.
+    let r = probe(
+        &sb,
+        "policy.yaml",
+        &["http", "GET", &format!("http://{web}/internal")],
+    );
+    refused(&r);
+    // A learned grant naming 127.0.0.1 would lift the guard: nothing is learned from it.
+    let learn = sb.capgate([
+        "policy",
+        "learn",
+        "audit.jsonl",
+        "--policy",
+        "policy.yaml",
+        "--trust",
+        "trust.yaml",
+    ]);
+    learn.expect(65);
+    learn.stderr_has("the logs hold no allowed decision");
+    assert!(!sb.path("policy.learned.yaml").exists());
+}
+
+#[test]
+fn records_of_another_policy_or_forged_ones_teach_nothing_the_broad_policy_does_not_allow() {
+    let sb = Sandbox::new();
+    sb.write("data/a.txt", "a");
+    signed_probe_policy(
+        &sb,
+        "capgate: 1
+name: svc
+version: 1
+audit: { level: all, log: audit.jsonl }
+components:
+  probe:
+    component: probe.wasm
+    files: [{ host: data, guest: /data }]
+    network: { connect: [tcp://127.0.0.1:5432] }
+",
+    );
+    ok(&probe(&sb, "policy.yaml", &["read", "/data/a.txt"]));
+    // Forged records appended: a connection the broad policy does not grant, one of another
+    // policy, and a pin that would inject YAML.
+    let log = std::fs::read_to_string(sb.path("audit.jsonl")).unwrap();
+    let real = log.lines().find(|l| l.contains("\"fs.read\"")).unwrap();
+    let forged = [
+        real.replace("\"fs.read\"", "\"net.connect\"")
+            .replace("\"/data/a.txt\"", "\"tcp://10.9.9.9:22\""),
+        real.replace("\"name\":\"svc\"", "\"name\":\"legacy\"")
+            .replace("/data/a.txt", "/data/b.txt"),
+        real.replace(
+            "\"sha256\":\"",
+            "\"sha256\":\"x\\n    network: { connect: [\\\"tcp://*:*\\\"] }\\n",
+        ),
+    ];
+    sb.write("forged.jsonl", format!("{log}{}\n", forged.join("\n")));
+    sb.capgate([
+        "policy",
+        "learn",
+        "forged.jsonl",
+        "--policy",
+        "policy.yaml",
+        "--trust",
+        "trust.yaml",
+    ])
+    .expect(0)
+    .stdout_has("were not learned from: the broad policy does not allow their request");
+    let learned = std::fs::read_to_string(sb.path("policy.learned.yaml")).unwrap();
+    assert!(!learned.contains("10.9.9.9"), "{learned}");
+    assert!(!learned.contains("b.txt"), "{learned}");
+    assert!(!learned.contains("tcp://*"), "{learned}");
+    assert!(!learned.contains("network:"), "{learned}");
 }

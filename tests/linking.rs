@@ -251,7 +251,9 @@ async fn a_callee_reached_through_a_reusable_one_still_belongs_to_the_callers_ru
     // Two runs count through the shared relay into the vault...
     for _ in 0..2 {
         assert_eq!(
-            host.run(&policy, "chained", &["count".into()]).await.unwrap(),
+            host.run(&policy, "chained", &["count".into()])
+                .await
+                .unwrap(),
             0
         );
     }

@@ -327,7 +327,7 @@ fn signing_a_policy_shows_the_delta_against_the_version_this_host_runs() {
     sb.write("v2.yaml", v1.replace("version: 1", "version: 2"));
     sb.capgate(["sign", "policy", "v2.yaml", "--key", "keys/alice.key"])
         .expect(0)
-        .stdout_has("delta: no version of `svc` was accepted on this host before");
+        .stdout_has("delta: no intact copy of a version of `svc` accepted on this host");
     // The host runs version 1 (and so keeps a copy of it)...
     run_probe(&sb, "probe", &["read", "/data/a.txt"]).expect(0);
     // ...and a co-signer of version 3 sees what it would add.
@@ -343,4 +343,58 @@ fn signing_a_policy_shows_the_delta_against_the_version_this_host_runs() {
     signed.stdout_has("^ widened  files: /data: read-only → read-write");
     signed.stdout_has("signed v3.yaml");
     assert!(sb.path("v3.yaml.sig").exists());
+}
+
+#[test]
+fn a_second_calls_entry_for_the_same_callee_is_seen_as_the_runtime_sees_it() {
+    let sb = sandbox();
+    let old = policy(1, &[]);
+    // An unrestricted entry before the identical restricted one: the runtime allows every
+    // function, so the diff must say so.
+    let new = policy(2, &[]).replace(
+        "    calls:\n",
+        "    calls:\n      - { component: vault, interface: test:secrets/vault }\n",
+    );
+    let (json, text) = diff(&sb, &old, &new, &[]);
+    assert_eq!(
+        changes(&json),
+        vec![(
+            "probe".into(),
+            "calls".into(),
+            "widened".into(),
+            "vault test:secrets/vault: get-public → every function".into()
+        )],
+        "{text}"
+    );
+}
+
+#[test]
+fn grants_moved_while_rules_name_grant_ids_are_reported() {
+    let sb = sandbox();
+    sb.write(
+        "ids.cedar",
+        "@id(\"tmp-only\")\nforbid(principal, action == Action::\"fs.write\", resource)\nwhen { context.grants.contains(\"probe.files[0]\") && !(resource.path like \"/data/tmp/*\") };\n",
+    );
+    let two = |first: &str, second: &str| {
+        format!(
+            "capgate: 1\nname: svc\nversion: 1\nrules: [ids.cedar]\ncomponents:\n  probe:\n    component: probe.wasm\n    files:\n      - {first}\n      - {second}\n"
+        )
+    };
+    sb.write("logs/.keep", "");
+    let (a, b) = (
+        "{ host: data, guest: /data, access: read-write }",
+        "{ host: logs, guest: /logs, access: read-write }",
+    );
+    let (json, text) = diff(
+        &sb,
+        &two(a, b),
+        &two(b, a).replace("version: 1", "version: 2"),
+        &[],
+    );
+    assert!(
+        changes(&json)
+            .iter()
+            .any(|c| c.1 == "grant ids" && c.2 == "changed"),
+        "{text}"
+    );
 }

@@ -215,6 +215,11 @@ fn a_mode_other_than_report_or_enforce_is_an_error_at_its_rule() {
     check.expect(65);
     check.stderr_has("rules.cedar:1:1");
     check.stderr_has("`@mode(\"reprot\")` is not a mode: expected `report` or `enforce`");
+    // A key that only looks like `mode` would silently enforce: refused too.
+    sb.write("rules.cedar", rule("@Mode(\"report\")\n"));
+    let check = sb.capgate(["policy", "check", "policy.yaml"]);
+    check.expect(65);
+    check.stderr_has("`@Mode` is not `@mode` (annotation keys are case-sensitive)");
 }
 
 #[test]

@@ -151,7 +151,9 @@ impl StateStore {
     pub fn keep(&self, bundle: &crate::PolicyBundle) -> Result<(), Error> {
         let dir = self.kept_dir(&bundle.header().name);
         let digest = bundle.sha256().to_string();
-        if fs::read_to_string(dir.join("digest")).is_ok_and(|d| d == digest) {
+        if fs::read_to_string(dir.join("digest"))
+            .is_ok_and(|d| d.lines().next() == Some(digest.as_str()))
+        {
             return Ok(());
         }
         let inside = |name: &str| {
@@ -175,17 +177,38 @@ impl StateStore {
             crate::error::write_file(&path, bytes)?;
         }
         crate::error::write_file(&dir.join("policy.yaml"), bundle.yaml())?;
-        crate::error::write_file(&dir.join("digest"), digest.as_bytes())
+        // The marker: the YAML's digest, then each rules file's digest and name.
+        let mut marker = digest;
+        for (name, bytes) in bundle.files() {
+            marker.push_str(&format!("\n{} {name}", crate::Sha256::of(bytes)));
+        }
+        crate::error::write_file(&dir.join("digest"), marker.as_bytes())
     }
 
     /// The kept copy of the accepted version of policy `name` (see [`StateStore::keep`]):
     /// the path of its YAML, beside its rules files.
+    ///
+    /// The copy is returned only if its YAML is the one recorded as accepted (the digest in
+    /// the versions file) and each rules file still has the digest it was kept with.
     pub fn kept(&self, name: &str) -> Option<PathBuf> {
         let dir = self.kept_dir(name);
         let yaml = dir.join("policy.yaml");
-        let digest = fs::read_to_string(dir.join("digest")).ok()?;
+        let marker = fs::read_to_string(dir.join("digest")).ok()?;
+        let mut lines = marker.lines();
+        let digest = lines.next()?;
+        let accepted = self.highest_digest(name).ok()??;
         let bytes = fs::read(&yaml).ok()?;
-        (crate::Sha256::of(&bytes).to_string() == digest).then_some(yaml)
+        if crate::Sha256::of(&bytes).to_string() != digest || digest != accepted {
+            return None;
+        }
+        for line in lines {
+            let (hash, file) = line.split_once(' ')?;
+            let bytes = fs::read(dir.join(file)).ok()?;
+            if crate::Sha256::of(&bytes).to_string() != hash {
+                return None;
+            }
+        }
+        Some(yaml)
     }
 
     fn read(&self) -> Result<Versions, Error> {

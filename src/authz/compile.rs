@@ -116,6 +116,15 @@ struct RuleOrigin {
 /// enforced; any other value is an error (a misspelt mode must not silently enforce, nor
 /// silently not).
 fn report_only(p: &CedarPolicy) -> Result<bool, String> {
+    // Annotation keys are case-sensitive: `@Mode("report")` would silently enforce.
+    if let Some((k, _)) = p
+        .annotations()
+        .find(|(k, _)| *k != "mode" && k.to_ascii_lowercase().trim_matches('_') == "mode")
+    {
+        return Err(format!(
+            "`@{k}` is not `@mode` (annotation keys are case-sensitive)"
+        ));
+    }
     match p.annotation("mode") {
         None | Some("enforce") => Ok(false),
         Some("report") => Ok(true),

@@ -12,9 +12,19 @@ use super::{Report, audit, safe};
 
 /// Reads a policy and its rules files as they are: a diff is a review, so signatures are not
 /// needed (nor checked).
-pub(super) fn read(path: &Path) -> Result<Policy, CliError> {
+pub(super) fn read(path: &Path) -> Result<(Policy, Option<time::OffsetDateTime>), CliError> {
     let bundle = capgate::signing::danger::unverified_policy(path)?;
-    Ok(capgate::policy::parse(&bundle)?)
+    Ok((capgate::policy::parse(&bundle)?, bundle.header().expires))
+}
+
+/// The structural delta of two policies read with [`read`], expiry included.
+pub(super) fn delta(
+    old: &(Policy, Option<time::OffsetDateTime>),
+    new: &(Policy, Option<time::OffsetDateTime>),
+) -> Delta {
+    let mut d = capgate::diff::diff(&old.0, &new.0);
+    d.expires(old.1, new.1);
+    d
 }
 
 /// The delta as text: one line per change, by component, then the rules' effect.
@@ -98,7 +108,8 @@ pub(super) fn render(old: &Policy, new: &Policy, delta: &Delta, rules: &RulesDel
 
 pub(super) fn diff(old: &Path, new: &Path, logs: &[PathBuf]) -> Result<Report, CliError> {
     let (a, b) = (read(old)?, read(new)?);
-    let delta = capgate::diff::diff(&a, &b);
+    let delta = delta(&a, &b);
+    let (a, b) = (a.0, b.0);
     let rules = capgate::diff::rules::delta(&a, &b);
     let mut text = render(&a, &b, &delta, &rules);
     let mut replayed = serde_json::Value::Null;

@@ -9,7 +9,7 @@ use serde_json::json;
 
 use super::exit::{CliError, Exit};
 use super::run::Source;
-use super::{Report, audit};
+use super::{Report, audit, safe};
 
 /// Learns from `logs` what `src` (the broad policy) needs to allow, writes it to `out` (by
 /// default beside the broad policy, as `NAME.learned.yaml`), and replays the logs under it.
@@ -20,7 +20,7 @@ pub(super) fn learn(
 ) -> Result<Report, CliError> {
     let broad = super::run::load(src, false)?;
     let policy = broad.policy();
-    let mut learner = Learner::new(policy);
+    let mut learner = Learner::new(&broad);
     for line in audit::stream(logs)? {
         let line = line.map_err(audit::broken)?;
         if let LineKind::Decision(r) = &line.kind {
@@ -75,47 +75,82 @@ pub(super) fn learn(
     }
     write_new(&out, &learned.yaml)?;
 
-    // The proof: every allowed decision in the logs is still allowed under the learned policy.
-    let replay_src = Source {
-        policy: &out,
-        trust: None,
-        state_dir: None,
-        allow_unsigned: true,
-        audit: None,
-        audit_key: None,
-    };
-    let proof = audit::replay(logs, &replay_src)?;
-    let tightened = proof.json["changes"]
-        .as_array()
-        .map_or(0, |c| c.iter().filter(|c| c["was"] == "allow").count());
+    // The proof, decided under the learned policy: every request learned from is allowed,
+    // and every denial the logs record for this policy stays denied (nothing is wider).
+    let narrow = capgate::danger::load_unsigned_policy(&out)?;
+    let authority = narrow.authority();
+    let lost: Vec<String> = learned
+        .evidence
+        .iter()
+        .filter(|(c, r)| !authority.decide_uncached(c, r).allowed)
+        .map(|(c, r)| format!("{c} {} {}", r.action(), r.resource()))
+        .collect();
+    let (mut denials, mut opened) = (0u64, Vec::new());
+    for line in audit::stream(logs)? {
+        let line = line.map_err(audit::broken)?;
+        let LineKind::Decision(r) = &line.kind else {
+            continue;
+        };
+        // Denials an enforcement point made after the decision (the SSRF guard, a path that
+        // changed) carry errors: they are not decisions a policy makes again.
+        if r.policy.name != policy.name
+            || !r.was_enforced()
+            || r.decision != capgate::audit::Verdict::Deny
+            || !r.errors.is_empty()
+        {
+            continue;
+        }
+        let Ok(request) = r.request() else { continue };
+        denials += r.decisions();
+        if authority.decide_uncached(&r.component, &request).allowed {
+            opened.push(format!("{} {} {}", r.component, r.action, r.resource));
+        }
+    }
     let mut text = format!(
-        "learned `{}` version {} from {} allowed decision(s) ({} other record(s) were not evidence){}\nwrote {}\nproof: {}",
+        "learned `{}` version {} from {} allowed decision(s) ({} other record(s) were not evidence{}{})\nwrote {}\nproof: the {} distinct request(s) learned from are {} allowed under the learned policy, and {} of the {denials} recorded denial(s) would be allowed",
         policy.name,
         policy.version + 1,
         learned.used,
         learned.skipped,
+        if learned.not_allowed > 0 {
+            format!(
+                "; {} allowed record(s) were not learned from: the broad policy does not allow their request when it decides it again, or the SSRF guard refused it",
+                learned.not_allowed
+            )
+        } else {
+            String::new()
+        },
         if learned.malformed > 0 {
             format!(
-                "; {} allowed record(s) could not be read and were not learned from",
+                "; {} allowed record(s) name no concrete request",
                 learned.malformed
             )
         } else {
             String::new()
         },
         out.display(),
-        proof.text
+        learned.evidence.len(),
+        if lost.is_empty() { "all" } else { "not all" },
+        opened.len(),
     );
-    if tightened > 0 {
+    if !lost.is_empty() || !opened.is_empty() {
         return Err(CliError::new(
             Exit::DataErr,
             format!(
-                "{text}\nthe learned policy would deny {tightened} decision(s) the logs show allowed; it is kept at `{}` for inspection, but is not what the logs justify",
+                "{text}\n{}{}the learned policy is kept at `{}` for inspection, but is not what the logs justify",
+                lost.iter()
+                    .map(|l| format!("denied: {}\n", safe(l)))
+                    .collect::<String>(),
+                opened
+                    .iter()
+                    .map(|l| format!("allowed: {}\n", safe(l)))
+                    .collect::<String>(),
                 out.display()
             ),
         ));
     }
     text.push_str(&format!(
-        "\nevery allowed decision in the logs is still allowed; review `{}`, then sign it (`capgate sign policy {}`)",
+        "\nevery allowed decision learned from is still allowed, and nothing denied is; review `{}`, then sign it (`capgate sign policy {}`)",
         out.display(),
         out.display()
     ));
@@ -123,7 +158,8 @@ pub(super) fn learn(
         text,
         json!({"policy": out, "name": policy.name, "version": policy.version + 1,
                "learned_from": learned.used, "skipped": learned.skipped,
-               "malformed": learned.malformed, "replay": proof.json}),
+               "malformed": learned.malformed, "not_allowed": learned.not_allowed,
+               "proof": {"learned_from": learned.evidence.len(), "lost": lost, "recorded_denials": denials, "opened": opened}}),
     ))
 }
 

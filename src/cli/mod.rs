@@ -499,11 +499,11 @@ fn delta_against_accepted(
             json!({"compared": false, "why": "no state directory"}),
         );
     };
-    let Some(kept) = state.kept(&new.name) else {
+    let Some(kept) = state.kept(&new.0.name) else {
         return (
             format!(
-                "delta: no version of `{}` was accepted on this host before (state directory {}): nothing to compare",
-                new.name,
+                "delta: no intact copy of a version of `{}` accepted on this host (state directory {}): nothing to compare",
+                new.0.name,
                 state.dir().display()
             ),
             json!({"compared": false, "why": "no accepted version"}),
@@ -511,12 +511,13 @@ fn delta_against_accepted(
     };
     match diff::read(&kept) {
         Ok(old) => {
-            let delta = capgate::diff::diff(&old, &new);
-            let rules = capgate::diff::rules::delta(&old, &new);
+            let delta = diff::delta(&old, &new);
+            let (old, new) = (old.0, &new.0);
+            let rules = capgate::diff::rules::delta(&old, new);
             (
                 format!(
                     "delta against the version this host accepted:\n{}",
-                    diff::render(&old, &new, &delta, &rules)
+                    diff::render(&old, new, &delta, &rules)
                 ),
                 json!({"compared": true, "old_version": old.version, "changes": delta.changes, "rules": rules}),
             )

@@ -18,6 +18,36 @@ pub(super) fn empty_like(c: &ComponentPolicy) -> ComponentPolicy {
     e
 }
 
+/// Each grant's id with what it grants, in order.
+pub(super) fn ids(c: &ComponentPolicy) -> Vec<(String, String)> {
+    let mut v: Vec<(String, String)> = Vec::new();
+    for f in &c.files {
+        v.push((
+            f.id.to_string(),
+            format!("{} {:?} {}", f.guest, f.access, f.host.display()),
+        ));
+    }
+    for list in [&c.network.connect, &c.network.bind, &c.network.udp] {
+        v.extend(
+            list.iter()
+                .map(|g| (g.id.to_string(), g.pattern.to_string())),
+        );
+    }
+    for g in &c.network.lookup {
+        v.push((g.id.to_string(), g.pattern.to_string()));
+    }
+    for g in &c.http {
+        v.push((g.id.to_string(), format!("{} {:?}", g.url, g.methods)));
+    }
+    for g in &c.calls {
+        v.push((
+            g.id.to_string(),
+            format!("{} {} {:?}", g.component, g.interface, g.functions),
+        ));
+    }
+    v
+}
+
 /// `N grants` of a component.
 pub(super) fn summary(c: &ComponentPolicy) -> String {
     let n = c.files.len()
@@ -333,16 +363,27 @@ fn http(out: &mut Out<'_>, a: &ComponentPolicy, b: &ComponentPolicy) {
 }
 
 fn calls(out: &mut Out<'_>, a: &ComponentPolicy, b: &ComponentPolicy) {
+    // Entries for the same callee and interface add up, as the runtime adds them up: every
+    // function of them is allowed (`None` is every function).
     let by_target = |c: &ComponentPolicy| {
-        c.calls
-            .iter()
-            .map(|g| {
-                (
-                    (g.component.clone(), g.interface.clone()),
-                    g.functions.clone(),
-                )
-            })
-            .collect::<BTreeMap<_, _>>()
+        let mut m: BTreeMap<(String, String), Option<Vec<String>>> = BTreeMap::new();
+        for g in &c.calls {
+            let key = (g.component.clone(), g.interface.clone());
+            let merged = match (m.remove(&key), &g.functions) {
+                (None, f) => f.clone(),
+                (Some(None), _) | (Some(Some(_)), None) => None,
+                (Some(Some(mut a)), Some(b)) => {
+                    for f in b {
+                        if !a.contains(f) {
+                            a.push(f.clone());
+                        }
+                    }
+                    Some(a)
+                }
+            };
+            m.insert(key, merged);
+        }
+        m
     };
     let (old, new) = (by_target(a), by_target(b));
     let fns =

@@ -74,6 +74,35 @@ pub struct Delta {
 }
 
 impl Delta {
+    /// Adds the change of the policies' `expires` (from their headers), if any: a later
+    /// expiry, or none, keeps the policy valid for longer.
+    pub fn expires(
+        &mut self,
+        old: Option<time::OffsetDateTime>,
+        new: Option<time::OffsetDateTime>,
+    ) {
+        let show = |t: Option<time::OffsetDateTime>| {
+            t.and_then(|t| {
+                t.format(&time::format_description::well_known::Rfc3339)
+                    .ok()
+            })
+            .unwrap_or_else(|| "never".into())
+        };
+        let effect = match (old, new) {
+            (a, b) if a == b => return,
+            (_, None) => Effect::Widened,
+            (None, Some(_)) => Effect::Narrowed,
+            (Some(a), Some(b)) if b > a => Effect::Widened,
+            _ => Effect::Narrowed,
+        };
+        self.changes.push(Change {
+            component: None,
+            key: "expires".into(),
+            effect,
+            what: format!("{} → {}", show(old), show(new)),
+        });
+    }
+
     /// Whether any change may allow something the old version did not.
     pub fn grants_more(&self) -> bool {
         self.changes.iter().any(|c| c.effect.grants_more())
@@ -129,6 +158,26 @@ pub fn diff(old: &Policy, new: &Policy) -> Delta {
             (None, None) => {}
         }
     }
+    // Rules may name grants by id (`context.grants.contains("c.files[0]")`), and ids are
+    // positions: a grant moved to another position changes what such a rule decides.
+    let names_grants = |p: &Policy| p.rules.iter().any(|r| r.text.contains("grants"));
+    if names_grants(old) || names_grants(new) {
+        for (name, b) in &new.components {
+            if let Some(a) = old.components.get(name)
+                && grants::ids(a) != grants::ids(b)
+            {
+                let mut out = Out {
+                    component: Some(name),
+                    changes: &mut changes,
+                };
+                out.push(
+                    "grant ids",
+                    Effect::Changed,
+                    "a grant id now names another grant, or none, while the rules name grants by id (`context.grants`): what such a rule decides may change",
+                );
+            }
+        }
+    }
     let mut out = Out {
         component: None,
         changes: &mut changes,
@@ -147,6 +196,11 @@ fn relative(p: &Policy) -> Policy {
         .unwrap_or(std::path::Path::new("."));
     let dir = std::path::absolute(dir).unwrap_or_else(|_| dir.to_owned());
     let mut p = p.clone();
+    if let Some(log) = &p.audit.log
+        && let Ok(r) = log.strip_prefix(&dir)
+    {
+        p.audit.log = Some(r.to_owned());
+    }
     for c in p.components.values_mut() {
         if let Ok(r) = c.artifact.strip_prefix(&dir) {
             c.artifact = r.to_owned();
@@ -222,7 +276,31 @@ fn audit(out: &mut Out<'_>, old: &Policy, new: &Policy) {
             format!("{:?} → {:?}", a.on_failure, b.on_failure).to_lowercase(),
         );
     }
-    if a.log.as_ref().map(|p| p.file_name()) != b.log.as_ref().map(|p| p.file_name()) {
+    if a.durability != b.durability {
+        out.push(
+            "audit.durability",
+            Effect::Changed,
+            format!("{:?} → {:?}", a.durability, b.durability).to_lowercase(),
+        );
+    }
+    if a.checkpoint_every != b.checkpoint_every {
+        out.push(
+            "audit.checkpoint_every",
+            Effect::Changed,
+            format!("{} → {}", a.checkpoint_every, b.checkpoint_every),
+        );
+    }
+    if a.rotate != b.rotate {
+        let show = |r: Option<crate::policy::units::ByteSize>| {
+            r.map_or("none".to_owned(), |r| r.to_string())
+        };
+        out.push(
+            "audit.rotate",
+            Effect::Changed,
+            format!("{} → {}", show(a.rotate), show(b.rotate)),
+        );
+    }
+    if a.log != b.log {
         out.push(
             "audit.log",
             Effect::Changed,

@@ -154,8 +154,10 @@ fn files(y: &mut String, c: &ComponentPolicy, seen: &Seen, rel: &dyn Fn(&Path) -
         let mut guest = f.guest.clone();
         let mut host = f.host.clone();
         // Only a mount the guest names by its absolute path can move without the guest
-        // noticing (a relative name is how the guest finds it).
-        if f.preopen == f.guest {
+        // noticing (a relative name is how the guest finds it); and only one it cannot
+        // write: in a writable mount the guest could replace the directory below with a
+        // symlink before the learned policy is loaded, and the mount would follow it.
+        if f.preopen == f.guest && f.access == Access::ReadOnly {
             let deepest = deepest_dir(&f.guest, &f.host, paths.keys());
             let holds_cwd = c
                 .cwd
@@ -283,7 +285,7 @@ fn http(y: &mut String, c: &ComponentPolicy, seen: &Seen) {
         return;
     }
     y.push_str("    http:\n");
-    for ((scheme, host, port), h) in &seen.http {
+    for ((_grant, scheme, host, port), h) in &seen.http {
         let prefix = common_prefix(h.paths.keys());
         let default_port = matches!((scheme.as_str(), port), ("http", 80) | ("https", 443));
         let authority = if default_port {

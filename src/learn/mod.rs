@@ -30,8 +30,28 @@ use std::path::{Path, PathBuf};
 
 use emit::{audit_section, component, q, shown, within};
 
+use crate::VerifiedPolicy;
 use crate::audit::{DecisionRecord, Verdict};
-use crate::policy::Policy;
+use crate::authz::{Action, Request};
+use crate::policy::pattern::HostPattern;
+
+/// Whether a request names one concrete thing: a normalised absolute path, a DNS name, a
+/// host without wildcards. A forged record's pattern (`*.example.com`) is not a request.
+fn concrete(r: &Request) -> bool {
+    let plain = |s: &str| !s.is_empty() && !s.contains(['*', ' ', '\n', '\t', '"']);
+    match r {
+        Request::File { path, .. } => {
+            path.starts_with('/')
+                && !path.contains("//")
+                && !path.split('/').any(|c| c == "." || c == "..")
+        }
+        Request::Lookup { name } => plain(name),
+        Request::Http { host, path, .. } => {
+            plain(host) && path.starts_with('/') && !path.split('/').any(|c| c == "." || c == "..")
+        }
+        Request::Socket { .. } | Request::Call { .. } => true,
+    }
+}
 
 /// What one component was seen doing.
 #[derive(Default)]
@@ -43,7 +63,8 @@ pub(super) struct Seen {
     udp: BTreeMap<String, u64>,
     lookup: BTreeMap<String, u64>,
     /// By (scheme, host, port): methods, paths and their counts.
-    http: BTreeMap<(String, String, u16), Http>,
+    /// By (the grant that allowed them, scheme, host, port).
+    http: BTreeMap<(String, String, String, u16), Http>,
     /// By (callee, interface): functions and their counts.
     calls: BTreeMap<(String, String), BTreeMap<String, u64>>,
     /// The artifact digests its records name.
@@ -58,14 +79,19 @@ pub(super) struct Http {
 
 /// Collects the allowed decisions of audit logs and writes the policy they justify.
 pub struct Learner<'p> {
-    policy: &'p Policy,
+    verified: &'p VerifiedPolicy,
     seen: BTreeMap<String, Seen>,
     /// Allowed, enforced records of this policy's components that were used.
     used: u64,
-    /// Records skipped: denials, report-only records, other policies' components.
+    /// Records skipped: denials, report-only records, other policies' records.
     skipped: u64,
-    /// Records that could not be read as a request of their action.
+    /// Records that could not be read as a concrete request of their action.
     malformed: u64,
+    /// Allowed records whose request the broad policy does not allow now (or whose request
+    /// the SSRF guard refused after the grants allowed it).
+    not_allowed: u64,
+    /// The distinct requests learned from, by component.
+    evidence: std::collections::HashSet<(String, Request)>,
 }
 
 /// The learned policy and what it was learned from.
@@ -79,101 +105,172 @@ pub struct Learned {
     /// Records that were not evidence: denials, report-only decisions, and decisions of
     /// components the broad policy does not have.
     pub skipped: u64,
-    /// Records of an allowed decision whose resource could not be read.
+    /// Records of an allowed decision whose request could not be read as a concrete request.
     pub malformed: u64,
+    /// Records of an allowed decision the broad policy does not allow when it decides their
+    /// request again (a record of another version, or forged), or whose request the SSRF
+    /// guard refused after the grants allowed it.
+    pub not_allowed: u64,
+    /// The distinct requests it was learned from, by component: each must be allowed by the
+    /// learned policy (the proof `capgate policy learn` runs).
+    pub evidence: Vec<(String, Request)>,
 }
 
 impl<'p> Learner<'p> {
     /// A learner for the broad `policy` the logs were written under.
-    pub fn new(policy: &'p Policy) -> Self {
+    pub fn new(verified: &'p VerifiedPolicy) -> Self {
         Self {
-            policy,
+            verified,
             seen: BTreeMap::new(),
             used: 0,
             skipped: 0,
             malformed: 0,
+            not_allowed: 0,
+            evidence: Default::default(),
         }
     }
 
     /// Takes one decision record as evidence, if it is an allowed, enforced decision of one
-    /// of the policy's components.
+    /// of the broad policy's components, made under a policy of its name, whose request the
+    /// broad policy still allows when decided again. A record is evidence of its request only:
+    /// every learned value is a concrete request the broad policy allows, never a pattern
+    /// copied from a record.
     pub fn add(&mut self, record: &DecisionRecord) {
         let n = record.decisions();
+        let p = self.verified.policy();
         if record.decision != Verdict::Allow
             || !record.was_enforced()
-            || !self.policy.components.contains_key(&record.component)
+            || record.policy.name != p.name
+            || !p.components.contains_key(&record.component)
         {
             self.skipped += n;
             return;
         }
-        let spec = &self.policy.components[&record.component];
-        let seen = self.seen.entry(record.component.clone()).or_default();
-        let ctx = |k: &str| record.context.get(k).and_then(|v| v.as_str());
-        let ok = match record.action.as_str() {
-            // The mount a path falls under is the longest that holds it.
-            a @ ("fs.read" | "fs.write") => match spec
-                .files
-                .iter()
-                .filter(|f| within(&record.resource, &f.guest))
-                .max_by_key(|f| f.guest.len())
-            {
-                Some(f) => {
-                    let mount = &f.guest;
-                    let e = seen
-                        .files
-                        .entry(mount.to_owned())
-                        .or_default()
-                        .entry(record.resource.clone())
-                        .or_default();
-                    if a == "fs.write" {
-                        e.1 += n;
-                    } else {
-                        e.0 += n;
-                    }
-                    true
-                }
-                None => false,
-            },
-            "net.connect" => count(&mut seen.connect, &record.resource, n),
-            "net.bind" => count(&mut seen.bind, &record.resource, n),
-            "net.udp" => count(&mut seen.udp, &record.resource, n),
-            "net.lookup" => count(&mut seen.lookup, &record.resource, n),
-            "http.request" => match (split_url(&record.resource), ctx("method")) {
-                (Some((scheme, host, port, path)), Some(method)) => {
-                    let h = seen.http.entry((scheme, host, port)).or_default();
-                    h.methods.insert(method.to_owned());
-                    *h.paths.entry(path).or_default() += n;
-                    true
-                }
-                _ => false,
-            },
-            "call" => match (ctx("component"), ctx("interface"), ctx("function")) {
-                (Some(c), Some(i), Some(f)) => {
-                    *seen
-                        .calls
-                        .entry((c.to_owned(), i.to_owned()))
-                        .or_default()
-                        .entry(f.to_owned())
-                        .or_default() += n;
-                    true
-                }
-                _ => false,
-            },
-            _ => false,
-        };
-        if ok {
-            if !record.sha256.is_empty() {
-                seen.sha256.insert(record.sha256.clone());
-            }
-            self.used += n;
-        } else {
+        let Ok(request) = record.request() else {
             self.malformed += n;
+            return;
+        };
+        if !concrete(&request) {
+            self.malformed += n;
+            return;
         }
+        // Decided again, under the broad policy: a forged or foreign record teaches nothing
+        // the broad policy does not allow, and the grants that allow it are known.
+        let decided = self
+            .verified
+            .authority()
+            .decide_uncached(&record.component, &request);
+        if !decided.allowed {
+            self.not_allowed += n;
+            return;
+        }
+        let spec = &p.components[&record.component];
+        let seen = self.seen.entry(record.component.clone()).or_default();
+        match &request {
+            // The mount a path falls under is the longest that holds it.
+            Request::File { write, path } => {
+                let Some(f) = spec
+                    .files
+                    .iter()
+                    .filter(|f| within(path, &f.guest))
+                    .max_by_key(|f| f.guest.len())
+                else {
+                    self.malformed += n;
+                    return;
+                };
+                let e = seen
+                    .files
+                    .entry(f.guest.clone())
+                    .or_default()
+                    .entry(path.clone())
+                    .or_default();
+                if *write {
+                    e.1 += n;
+                } else {
+                    e.0 += n;
+                }
+            }
+            Request::Socket { action, .. } => {
+                let map = match action {
+                    Action::NetConnect => &mut seen.connect,
+                    Action::NetBind => &mut seen.bind,
+                    _ => &mut seen.udp,
+                };
+                count(map, &request.resource(), n);
+            }
+            Request::Lookup { name } => count(&mut seen.lookup, name, n),
+            Request::Http {
+                method,
+                scheme,
+                host,
+                port,
+                path,
+            } => {
+                // Learned per grant that allowed it, so no learned entry joins what two
+                // grants allowed separately.
+                let Some(grant) = spec
+                    .http
+                    .iter()
+                    .find(|g| decided.reasons.iter().any(|r| r == g.id.as_str()))
+                else {
+                    self.not_allowed += n;
+                    return;
+                };
+                // A request to an internal address is sent only when its grant names the
+                // address itself; the guard refused any other after this record was written.
+                // A learned grant naming the address would lift the guard: not learned.
+                let names_it = match grant.url.host() {
+                    HostPattern::Ip(_) | HostPattern::Cidr(_) => true,
+                    HostPattern::Name(n) => n == "localhost",
+                    HostPattern::Any | HostPattern::Subdomain(_) => false,
+                };
+                if !names_it
+                    && (host.parse::<std::net::IpAddr>().is_ok()
+                        || host
+                            .trim_start_matches('[')
+                            .trim_end_matches(']')
+                            .parse::<std::net::IpAddr>()
+                            .is_ok()
+                        || host.eq_ignore_ascii_case("localhost"))
+                {
+                    self.not_allowed += n;
+                    return;
+                }
+                let h = seen
+                    .http
+                    .entry((
+                        grant.id.to_string(),
+                        scheme.as_str().to_owned(),
+                        host.clone(),
+                        *port,
+                    ))
+                    .or_default();
+                h.methods.insert(method.clone());
+                *h.paths.entry(path.clone()).or_default() += n;
+            }
+            Request::Call {
+                component,
+                interface,
+                function,
+            } => {
+                *seen
+                    .calls
+                    .entry((component.clone(), interface.clone()))
+                    .or_default()
+                    .entry(function.clone())
+                    .or_default() += n;
+            }
+        }
+        if record.sha256.parse::<capgate_signing::Sha256>().is_ok() {
+            seen.sha256.insert(record.sha256.clone());
+        }
+        self.evidence.insert((record.component.clone(), request));
+        self.used += n;
     }
 
     /// The learned policy. `sources` names the logs in its header comment.
     pub fn finish(self, sources: &[PathBuf]) -> Learned {
-        let p = self.policy;
+        let p = self.verified.policy();
         let dir = p
             .path
             .parent()
@@ -215,48 +312,12 @@ impl<'p> Learner<'p> {
             used: self.used,
             skipped: self.skipped,
             malformed: self.malformed,
+            not_allowed: self.not_allowed,
+            evidence: self.evidence.into_iter().collect(),
         }
     }
 }
 
-fn count(map: &mut BTreeMap<String, u64>, key: &str, n: u64) -> bool {
+fn count(map: &mut BTreeMap<String, u64>, key: &str, n: u64) {
     *map.entry(key.to_owned()).or_default() += n;
-    true
-}
-
-/// `scheme://host:port/path` as its parts; `None` when it is not one.
-fn split_url(resource: &str) -> Option<(String, String, u16, String)> {
-    let (scheme, rest) = resource.split_once("://")?;
-    let slash = rest.find('/')?;
-    let (authority, path) = rest.split_at(slash);
-    let (host, port) = authority.rsplit_once(':')?;
-    Some((
-        scheme.to_owned(),
-        host.to_owned(),
-        port.parse().ok()?,
-        path.to_owned(),
-    ))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn urls_split_into_their_parts() {
-        assert_eq!(
-            split_url("https://api.example.com:443/v1/x"),
-            Some((
-                "https".into(),
-                "api.example.com".into(),
-                443,
-                "/v1/x".into()
-            ))
-        );
-        assert_eq!(
-            split_url("http://[::1]:8080/"),
-            Some(("http".into(), "[::1]".into(), 8080, "/".into()))
-        );
-        assert_eq!(split_url("nonsense"), None);
-    }
 }
