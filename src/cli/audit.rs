@@ -598,13 +598,18 @@ pub(super) fn replay(logs: &[PathBuf], src: &super::run::Source<'_>) -> Result<R
     let policy = super::run::load(src, false)?;
     let name = &policy.policy().name;
     let (records, others) = (std::cell::Cell::new(0u64), std::cell::Cell::new(0u64));
+    let reports = std::cell::Cell::new(0u64);
     let lines = stream(logs)?.inspect(|l| {
         if let Ok(LogLine {
             kind: LineKind::Decision(r),
             ..
         }) = l
         {
-            records.set(records.get() + r.decisions());
+            if r.was_enforced() {
+                records.set(records.get() + r.decisions());
+            } else {
+                reports.set(reports.get() + r.decisions());
+            }
             if &r.policy.name != name {
                 others.set(others.get() + 1);
             }
@@ -619,7 +624,11 @@ pub(super) fn replay(logs: &[PathBuf], src: &super::run::Source<'_>) -> Result<R
     }
     let tightened = changes.iter().filter(|c| c.was() == Verdict::Allow).count();
     let mut text = format!(
-        "replayed {decisions} decisions under `{name}` version {}: {} would change ({tightened} allow → deny, {} deny → allow)",
+        "replayed {decisions} decisions{} under `{name}` version {}: {} would change ({tightened} allow → deny, {} deny → allow)",
+        match reports.get() {
+            0 => String::new(),
+            n => format!(" and {n} report-only record(s)"),
+        },
         policy.policy().version,
         changes.len(),
         changes.len() - tightened
@@ -633,10 +642,15 @@ pub(super) fn replay(logs: &[PathBuf], src: &super::run::Source<'_>) -> Result<R
             c.record.errors.join("; ")
         };
         let line = format!(
-            "{}:{} seq {}: {} {} {}: {} → {} ({}; was: {was})",
+            "{}:{} seq {}{}: {} {} {}: {} → {} ({}; was: {was})",
             c.file.display(),
             c.line,
             c.seq,
+            if c.record.was_enforced() {
+                ""
+            } else {
+                " (report-only)"
+            },
             c.record.component,
             c.record.action,
             c.record.resource,

@@ -83,13 +83,12 @@ pub(super) fn render(old: &Policy, new: &Policy, delta: &Delta, rules: &RulesDel
             safe(why)
         )),
     }
-    // Where the solver decided the rules, its answer replaces "a rule changed, it may allow
-    // more".
-    let decided = matches!(rules, RulesDelta::Decided { .. });
+    // A changed rule counts even when the solver found no request it changes: the solver
+    // skips a rule whose evaluation errors, where capgate denies.
     let more = delta
         .changes
         .iter()
-        .filter(|c| c.effect.grants_more() && !(decided && c.key == "rules"))
+        .filter(|c| c.effect.grants_more())
         .count();
     text.push_str(&format!(
         "\n{} change(s), {more} of which may allow more",
