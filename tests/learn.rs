@@ -43,6 +43,21 @@ fn probe(sb: &Sandbox, policy: &str, args: &[&str]) -> Run {
     r
 }
 
+/// `capgate policy learn LOG --policy policy.yaml --trust trust.yaml EXTRA...`.
+fn run_learn(sb: &Sandbox, log: &str, extra: &[&str]) -> Run {
+    let mut argv = vec![
+        "policy",
+        "learn",
+        log,
+        "--policy",
+        "policy.yaml",
+        "--trust",
+        "trust.yaml",
+    ];
+    argv.extend_from_slice(extra);
+    sb.capgate(argv)
+}
+
 #[track_caller]
 fn ok(r: &Run) {
     assert!(r.stdout.starts_with("ok:"), "{}\n{}", r.stdout, r.stderr);
@@ -99,15 +114,7 @@ fn a_learned_policy_allows_what_ran_and_nothing_only_the_broad_one_allowed() {
         ok(&probe(&sb, "policy.yaml", &args));
     }
     std::fs::remove_file(sb.path("logs/x")).unwrap();
-    let learn = sb.capgate([
-        "policy",
-        "learn",
-        "observed.jsonl",
-        "--policy",
-        "policy.yaml",
-        "--trust",
-        "trust.yaml",
-    ]);
+    let learn = run_learn(&sb, "observed.jsonl", &[]);
     learn.expect(0);
     learn.stdout_has("learned `svc` version 2 from ");
     learn.stdout_has("wrote policy.learned.yaml");
@@ -140,17 +147,9 @@ fn a_learned_policy_allows_what_ran_and_nothing_only_the_broad_one_allowed() {
     );
 
     // A learned file is never overwritten.
-    sb.capgate([
-        "policy",
-        "learn",
-        "observed.jsonl",
-        "--policy",
-        "policy.yaml",
-        "--trust",
-        "trust.yaml",
-    ])
-    .expect(73)
-    .stderr_has("name another file with `--out`");
+    run_learn(&sb, "observed.jsonl", &[])
+        .expect(73)
+        .stderr_has("name another file with `--out`");
     assert_eq!(
         std::fs::read_to_string(sb.path("policy.learned.yaml")).unwrap(),
         learned
@@ -190,15 +189,7 @@ fn learning_from_a_log_without_allowed_decisions_says_what_is_needed() {
     signed_probe_policy(&sb, &BROAD.replace("level: all", "level: deny"));
     // A denial only: the log holds no evidence of what is needed.
     probe(&sb, "policy.yaml", &["read", "/elsewhere/x"]);
-    let learn = sb.capgate([
-        "policy",
-        "learn",
-        "audit.jsonl",
-        "--policy",
-        "policy.yaml",
-        "--trust",
-        "trust.yaml",
-    ]);
+    let learn = run_learn(&sb, "audit.jsonl", &[]);
     learn.expect(65);
     learn.stderr_has("the logs hold no allowed decision of `svc`'s components to learn from");
     learn.stderr_has("audit: { level: all }");
@@ -233,18 +224,7 @@ components:
     ));
     ok(&probe(&sb, "policy.yaml", &["read", "/ro/deep/dir/f.txt"]));
     ok(&probe(&sb, "policy.yaml", &["read", "rel/deep/dir/f.txt"]));
-    sb.capgate([
-        "policy",
-        "learn",
-        "audit.jsonl",
-        "--policy",
-        "policy.yaml",
-        "--trust",
-        "trust.yaml",
-        "--out",
-        "narrow.yaml",
-    ])
-    .expect(0);
+    run_learn(&sb, "audit.jsonl", &["--out", "narrow.yaml"]).expect(0);
     let learned = std::fs::read_to_string(sb.path("narrow.yaml")).unwrap();
     // The guest could have replaced `/data/out` with a symlink: a mount it can write is not
     // moved down.
@@ -299,15 +279,7 @@ components:
     );
     refused(&r);
     // A learned grant naming 127.0.0.1 would lift the guard: nothing is learned from it.
-    let learn = sb.capgate([
-        "policy",
-        "learn",
-        "audit.jsonl",
-        "--policy",
-        "policy.yaml",
-        "--trust",
-        "trust.yaml",
-    ]);
+    let learn = run_learn(&sb, "audit.jsonl", &[]);
     learn.expect(65);
     learn.stderr_has("the logs hold no allowed decision");
     assert!(!sb.path("policy.learned.yaml").exists());
@@ -346,17 +318,9 @@ components:
         ),
     ];
     sb.write("forged.jsonl", format!("{log}{}\n", forged.join("\n")));
-    sb.capgate([
-        "policy",
-        "learn",
-        "forged.jsonl",
-        "--policy",
-        "policy.yaml",
-        "--trust",
-        "trust.yaml",
-    ])
-    .expect(0)
-    .stdout_has("were not learned from: the broad policy does not allow their request");
+    run_learn(&sb, "forged.jsonl", &[])
+        .expect(0)
+        .stdout_has("were not learned from: the broad policy does not allow their request");
     let learned = std::fs::read_to_string(sb.path("policy.learned.yaml")).unwrap();
     assert!(!learned.contains("10.9.9.9"), "{learned}");
     assert!(!learned.contains("b.txt"), "{learned}");

@@ -496,13 +496,7 @@ pub(super) fn check(src: &Source<'_>) -> Result<Report, CliError> {
         }
     );
     for (name, c) in &p.components {
-        let grants = c.files.len()
-            + c.network.connect.len()
-            + c.network.bind.len()
-            + c.network.udp.len()
-            + c.network.lookup.len()
-            + c.http.len()
-            + c.calls.len();
+        let grants = c.grant_count();
         text.push_str(&format!(
             "\n  {name}: {grants} grant{}",
             if grants == 1 { "" } else { "s" }

@@ -50,13 +50,7 @@ pub(super) fn ids(c: &ComponentPolicy) -> Vec<(String, String)> {
 
 /// `N grants` of a component.
 pub(super) fn summary(c: &ComponentPolicy) -> String {
-    let n = c.files.len()
-        + c.network.connect.len()
-        + c.network.bind.len()
-        + c.network.udp.len()
-        + c.network.lookup.len()
-        + c.http.len()
-        + c.calls.len();
+    let n = c.grant_count();
     format!("{n} grant{}", if n == 1 { "" } else { "s" })
 }
 

@@ -226,15 +226,7 @@ fn deepest_dir<'a>(mount: &str, host: &Path, paths: impl Iterator<Item = &'a Str
         if !is_dir {
             segs.pop();
         }
-        common = Some(match common {
-            None => segs,
-            Some(c) => c
-                .into_iter()
-                .zip(segs)
-                .take_while(|(a, b)| a == b)
-                .map(|(a, _)| a)
-                .collect(),
-        });
+        common = Some(shared_start(common, segs));
     }
     let segs = common.unwrap_or_default();
     if segs.is_empty() {
@@ -322,17 +314,22 @@ fn common_prefix<'a>(paths: impl Iterator<Item = &'a String>) -> String {
             .split('/')
             .filter(|s| !s.is_empty())
             .collect();
-        common = Some(match common {
-            None => segs,
-            Some(c) => c
-                .into_iter()
-                .zip(segs)
-                .take_while(|(a, b)| a == b)
-                .map(|(a, _)| a)
-                .collect(),
-        });
+        common = Some(shared_start(common, segs));
     }
     format!("/{}", common.unwrap_or_default().join("/"))
+}
+
+/// The segments `common` (none yet: all of `segs`) and `segs` start with.
+fn shared_start<T: PartialEq>(common: Option<Vec<T>>, segs: Vec<T>) -> Vec<T> {
+    match common {
+        None => segs,
+        Some(c) => c
+            .into_iter()
+            .zip(segs)
+            .take_while(|(a, b)| a == b)
+            .map(|(a, _)| a)
+            .collect(),
+    }
 }
 
 fn calls(y: &mut String, c: &ComponentPolicy, seen: &Seen) {

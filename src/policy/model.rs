@@ -282,6 +282,19 @@ pub struct ComponentPolicy {
     pub reusable: bool,
 }
 
+impl ComponentPolicy {
+    /// How many grants it has: mounts, socket and lookup patterns, HTTP entries and calls.
+    pub fn grant_count(&self) -> usize {
+        self.files.len()
+            + self.network.connect.len()
+            + self.network.bind.len()
+            + self.network.udp.len()
+            + self.network.lookup.len()
+            + self.http.len()
+            + self.calls.len()
+    }
+}
+
 /// Which decisions are written to the audit log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
