@@ -46,6 +46,7 @@
 //   policy    bytes of a verified bundle → parsed `Policy` (pure: reads no file)
 //   authz     `Policy` → compiled `Authority`; `Request` → `Decision` (pure)
 //   diff      two `Policy` versions → their permission delta (and, with a solver, the rules')
+//   oci       `oci://` references → files pulled, digest-checked and cached (and `push`)
 //   verified  signatures → parse → resolved against the filesystem → compiled: `VerifiedPolicy`
 //   audit     decisions → tamper-evident records; logs read back, verified and replayed
 //   learn     allowed decisions of audit logs → the narrowest policy that allows them
@@ -61,6 +62,8 @@ mod gate;
 #[cfg(feature = "runtime")]
 pub mod inspect;
 pub mod learn;
+#[cfg(feature = "oci")]
+pub mod oci;
 pub mod policy;
 #[cfg(feature = "runtime")]
 mod runtime;

@@ -16,8 +16,7 @@ use capgate_signing::{
 use crate::authz::{Authority, Identity};
 use crate::policy::{self, Policy, PolicyError};
 
-/// The largest component artifact capgate will read.
-pub(crate) const MAX_ARTIFACT_BYTES: u64 = 512 * 1024 * 1024;
+use crate::policy::MAX_ARTIFACT_BYTES;
 
 /// A policy whose signatures, freshness and artifacts have all been checked, compiled and
 /// ready to run.
@@ -68,7 +67,7 @@ impl VerifiedPolicy {
     ) -> Result<Self, PolicyError> {
         let provenance = bundle.provenance().clone();
         let expires = bundle.header().expires;
-        let policy = resolve(policy::parse(&bundle)?)?;
+        let policy = resolve(fetch_sources(policy::parse(&bundle)?, trust.is_some())?)?;
         let mut artifacts = BTreeMap::new();
         for (name, c) in &policy.components {
             let bytes = read_artifact(&c.artifact)?;
@@ -163,6 +162,50 @@ impl VerifiedPolicy {
     pub fn provenance(&self) -> &Provenance {
         &self.provenance
     }
+}
+
+/// Pulls every component the policy names by an `oci://` reference ([`crate::oci`]) and
+/// points its artifact at the pulled file, pinned (unless the policy pins it itself) by the
+/// digest of the layer the manifest names, so the bytes verified are the bytes the
+/// reference names. The reference becomes the one pinned by the manifest's digest.
+fn fetch_sources(mut policy: Policy, signed: bool) -> Result<Policy, PolicyError> {
+    for (name, c) in &mut policy.components {
+        let Some(reference) = c.source.clone() else {
+            continue;
+        };
+        let fail = |message: String, class| PolicyError::Fetch {
+            path: policy.path.clone(),
+            line: c.artifact_at.line,
+            column: c.artifact_at.column,
+            what: format!("component `{name}`: artifact `{reference}`"),
+            message,
+            class,
+        };
+        #[cfg(feature = "oci")]
+        {
+            use crate::oci::{Expect, OciError, RegistryOptions, fetch};
+            let got = fetch(&reference, Expect::Component, &RegistryOptions::from_env())
+                .map_err(|e| fail(e.to_string(), e.class()))?;
+            if signed && !got.signed {
+                let e = OciError::NoSignature {
+                    reference: got.pinned,
+                };
+                return Err(fail(e.to_string(), e.class()));
+            }
+            c.sha256.get_or_insert(got.content);
+            c.artifact = got.path;
+            c.source = Some(got.pinned);
+        }
+        #[cfg(not(feature = "oci"))]
+        {
+            let _ = signed;
+            return Err(fail(
+                "this build of capgate cannot pull from registries (feature `oci`)".into(),
+                crate::policy::FetchClass::Invalid,
+            ));
+        }
+    }
+    Ok(policy)
 }
 
 /// Resolves a parsed policy against the filesystem: every artifact must be a file, every

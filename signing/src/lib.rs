@@ -52,7 +52,7 @@ pub use key::{KeyId, ParseKeyIdError, PublicKey, SecretKey};
 pub use policy::{
     PolicyBundle, PolicyHeader, PolicyVerifier, Provenance, sign_policy, sign_policy_with,
 };
-pub use state::StateStore;
+pub use state::{StateStore, default_cache_dir};
 pub use trust::{Requirement, Role, TrustRoot, UnknownKey};
 
 /// Admitting unsigned inputs. For local development only: nothing here checks a signature.

@@ -42,14 +42,7 @@ impl StateStore {
 
     /// The default directory: `$XDG_STATE_HOME/capgate`, else `$HOME/.local/state/capgate`.
     pub fn default_dir() -> Option<PathBuf> {
-        let from = |var: &str| {
-            std::env::var_os(var)
-                .filter(|v| !v.is_empty())
-                .map(PathBuf::from)
-        };
-        from("XDG_STATE_HOME")
-            .map(|d| d.join("capgate"))
-            .or_else(|| from("HOME").map(|h| h.join(".local/state/capgate")))
+        xdg_dir("XDG_STATE_HOME", ".local/state")
     }
 
     /// The directory this store lives in.
@@ -266,4 +259,23 @@ mod tests {
             Err(Error::State { .. })
         ));
     }
+}
+
+/// capgate's default cache directory: `$XDG_CACHE_HOME/capgate`, else `$HOME/.cache/capgate`
+/// (compiled components; what is pulled from OCI registries is cached beside it, in
+/// `capgate-oci`). Only an absolute directory is returned.
+pub fn default_cache_dir() -> Option<PathBuf> {
+    xdg_dir("XDG_CACHE_HOME", ".cache").filter(|p| p.is_absolute())
+}
+
+/// `$VAR/capgate`, else `$HOME/UNDER_HOME/capgate`.
+fn xdg_dir(var: &str, under_home: &str) -> Option<PathBuf> {
+    let from = |var: &str| {
+        std::env::var_os(var)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    from(var)
+        .map(|d| d.join("capgate"))
+        .or_else(|| from("HOME").map(|h| h.join(under_home).join("capgate")))
 }

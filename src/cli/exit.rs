@@ -117,6 +117,7 @@ impl From<capgate::policy::PolicyError> for CliError {
             P::Signing(inner) => inner.into(),
             P::MissingFile { .. } => Self::new(Exit::NoInput, e.to_string()),
             P::PinMismatch { .. } => Self::new(Exit::NoPerm, e.to_string()),
+            P::Fetch { class, .. } => Self::new(fetch_exit(class), e.to_string()),
             _ => Self::new(Exit::DataErr, e.to_string()),
         }
     }
@@ -134,5 +135,16 @@ impl From<capgate::RunError> for CliError {
             _ => Exit::Software,
         };
         Self::new(exit, e.to_string())
+    }
+}
+
+/// The exit code for a failed pull from a registry.
+pub(super) fn fetch_exit(class: capgate::policy::FetchClass) -> Exit {
+    use capgate::policy::FetchClass as F;
+    match class {
+        F::Invalid => Exit::DataErr,
+        F::Missing => Exit::NoInput,
+        F::Trust => Exit::NoPerm,
+        _ => Exit::IoErr,
     }
 }

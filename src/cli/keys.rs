@@ -60,6 +60,15 @@ pub(super) fn sign(kind: Kind, file: &Path, key: &Path, replace: bool) -> Result
 
 pub(super) fn verify(kind: Kind, file: &Path, args: &TrustArgs) -> Result<Report, CliError> {
     let trust = TrustRoot::load(&args.trust)?;
+    #[cfg(feature = "oci")]
+    let file = &*super::oci::local(
+        file,
+        match kind {
+            Kind::Artifact => capgate::oci::Expect::Component,
+            Kind::Policy => capgate::oci::Expect::Policy,
+        },
+        true,
+    )?;
     match kind {
         Kind::Artifact => {
             let r = verify_artifact_file(file, &trust, &trust.role(Role::Artifact))?;

@@ -9,6 +9,8 @@ mod diff;
 mod exit;
 mod keys;
 mod learn;
+#[cfg(feature = "oci")]
+mod oci;
 mod run;
 
 use std::io::Write as _;
@@ -145,6 +147,19 @@ enum Command {
         /// Arguments, each a WAVE value (e.g. `"text"`, `42`, `[1, 2]`, `{x: 1}`).
         #[arg(value_name = "ARGS", allow_hyphen_values = true)]
         args: Vec<String>,
+    },
+    /// Push a signed component or policy bundle, with its signature file, to an OCI
+    /// registry (`oci://HOST[:PORT]/REPOSITORY:TAG`; basic-auth credentials from
+    /// CAPGATE_REGISTRY_USERNAME and CAPGATE_REGISTRY_PASSWORD).
+    #[cfg(feature = "oci")]
+    Push {
+        #[arg(value_enum)]
+        kind: Kind,
+        /// The signed file (its signature is FILE.sig).
+        file: PathBuf,
+        /// Where to push it: `oci://HOST[:PORT]/REPOSITORY:TAG`.
+        #[arg(value_name = "oci://HOST/REPO:TAG")]
+        target: String,
     },
     /// Verify, query, summarise and replay audit logs.
     Audit {
@@ -386,6 +401,8 @@ fn run(cli: Cli) -> Result<Report, CliError> {
             })
         }
         Command::Verify { kind, file, trust } => keys::verify(kind, &file, &trust),
+        #[cfg(feature = "oci")]
+        Command::Push { kind, file, target } => oci::push(kind, &file, &target),
         Command::Policy {
             command:
                 PolicyCommand::Check {

@@ -1,6 +1,6 @@
 //! `run` and `policy check`: load a verified policy, then run a command component or report.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use capgate::signing::{SecretKey, StateStore, TrustRoot};
@@ -31,7 +31,21 @@ pub(super) fn state(dir: Option<&Path>) -> Result<StateStore, CliError> {
     }
 }
 
+/// The policy file of `src`: its `--policy`, or the bundle an `oci://` reference was pulled
+/// to (which must carry a signature unless `--allow-unsigned`).
+pub(super) fn policy_file<'a>(src: &Source<'a>) -> Result<std::borrow::Cow<'a, Path>, CliError> {
+    #[cfg(feature = "oci")]
+    return super::oci::local(src.policy, capgate::oci::Expect::Policy, !src.allow_unsigned);
+    #[cfg(not(feature = "oci"))]
+    Ok(std::borrow::Cow::Borrowed(src.policy))
+}
+
 pub(super) fn load(src: &Source<'_>, record: bool) -> Result<VerifiedPolicy, CliError> {
+    let file = policy_file(src)?;
+    let src = &Source {
+        policy: &file,
+        ..*src
+    };
     if src.allow_unsigned {
         // `policy check` without `--trust` says so in its report instead.
         if record {
@@ -52,19 +66,6 @@ pub(super) fn load(src: &Source<'_>, record: bool) -> Result<VerifiedPolicy, Cli
     } else {
         VerifiedPolicy::check(src.policy, &trust, &state)?
     })
-}
-
-/// The default compilation cache: `$XDG_CACHE_HOME/capgate`, else `~/.cache/capgate`.
-fn default_cache_dir() -> Option<PathBuf> {
-    let from = |v: &str| {
-        std::env::var_os(v)
-            .filter(|s| !s.is_empty())
-            .map(PathBuf::from)
-    };
-    from("XDG_CACHE_HOME")
-        .map(|d| d.join("capgate"))
-        .or_else(|| from("HOME").map(|h| h.join(".cache/capgate")))
-        .filter(|p| p.is_absolute())
 }
 
 pub(super) struct RunArgs<'a> {
@@ -317,7 +318,7 @@ fn host(
         None => config,
     };
     let config = audit_config(src, policy, config)?;
-    let host = match default_cache_dir().filter(|_| !no_cache) {
+    let host = match capgate_signing::default_cache_dir().filter(|_| !no_cache) {
         Some(dir) => match Host::new(config.clone().cache_dir(&dir)) {
             Err(e @ capgate::RunError::Cache { .. }) => {
                 eprintln!("warning: {e}");

@@ -53,6 +53,38 @@ pub enum PolicyError {
     /// Signature, trust, expiry, rollback or I/O failure.
     #[error(transparent)]
     Signing(#[from] capgate_signing::Error),
+
+    /// An artifact the policy names by an `oci://` reference could not be pulled, or was
+    /// pulled without what verification needs.
+    #[error("{}:{line}:{column}: {what}: {message}", path.display())]
+    Fetch {
+        /// The policy file.
+        path: PathBuf,
+        /// Where the reference is.
+        line: u64,
+        /// Where the reference is.
+        column: u64,
+        /// What the artifact is for.
+        what: String,
+        /// What went wrong.
+        message: String,
+        /// The kind of failure.
+        class: FetchClass,
+    },
+}
+
+/// The kind of failure of a pull from a registry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum FetchClass {
+    /// A malformed reference or manifest.
+    Invalid,
+    /// The manifest or blob does not exist.
+    Missing,
+    /// Integrity or access was refused: a digest mismatch, no signature, no access.
+    Trust,
+    /// The registry or the local cache failed.
+    Io,
 }
 
 impl PolicyError {

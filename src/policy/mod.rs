@@ -10,7 +10,10 @@ mod parse;
 pub mod pattern;
 pub mod units;
 
-pub use error::PolicyError;
+/// The largest component artifact capgate will read (a file, or a layer from a registry).
+pub(crate) const MAX_ARTIFACT_BYTES: u64 = 512 * 1024 * 1024;
+
+pub use error::{FetchClass, PolicyError};
 pub use model::{
     Access, AuditLevel, AuditSpec, CallGrant, ComponentPolicy, Durability, FileGrant, GrantId,
     HttpGrant, Input, Limits, LookupGrant, Network, OnFailure, Output, Policy, RulesSource,

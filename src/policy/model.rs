@@ -247,8 +247,12 @@ impl Default for Limits {
 pub struct ComponentPolicy {
     /// The component's name in the policy.
     pub name: String,
-    /// The artifact path, resolved against the policy file's directory.
+    /// The artifact path, resolved against the policy file's directory. For an artifact in
+    /// an OCI registry ([`ComponentPolicy::source`]), where it was laid out once pulled.
     pub artifact: PathBuf,
+    /// The `oci://` reference the artifact comes from, as the policy writes it; once the
+    /// policy is loaded, pinned by the manifest's digest (`oci://HOST/REPO@sha256:…`).
+    pub source: Option<String>,
     /// Where the artifact path is written.
     pub(crate) artifact_at: Origin,
     /// A digest pin, if given.

@@ -2,7 +2,7 @@
 //! stdio, with its grants and limits parsed by [`super::grants`] and [`super::limits`].
 
 use std::collections::BTreeSet;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde_saphyr::Spanned;
 
@@ -28,7 +28,11 @@ pub(super) fn component(
         ));
     }
     // Checked to exist when the policy is loaded; parsing reads no file.
-    let artifact = dir.join(&rc.component.value);
+    let source = crate::policy::parse::oci_reference(&rc.component.value);
+    let artifact = match &source {
+        Some(_) => PathBuf::new(),
+        None => dir.join(&rc.component.value),
+    };
     let sha256 = match &rc.sha256 {
         None => None,
         Some(s) => Some(s.value.parse().map_err(|e| {
@@ -80,6 +84,7 @@ pub(super) fn component(
     Ok(ComponentPolicy {
         name: name.to_owned(),
         artifact,
+        source,
         artifact_at: Origin::of(&rc.component.referenced),
         sha256,
         signed_by: rc.signed_by.iter().map(|s| s.value.clone()).collect(),

@@ -94,6 +94,11 @@ struct RawFile {
     access: Access,
 }
 
+/// The `oci://` reference `text` is, if it is one (checked when the policy is loaded).
+pub(crate) fn oci_reference(text: &str) -> Option<String> {
+    text.starts_with("oci://").then(|| text.to_owned())
+}
+
 fn read_only() -> Access {
     Access::ReadOnly
 }

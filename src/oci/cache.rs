@@ -1,0 +1,208 @@
+//! The content-addressed cache of what was pulled, and its layout as local files.
+//!
+//! ```text
+//! CACHE/blobs/sha256/HEX        every manifest and blob, by digest (checked when read)
+//! CACHE/tags/HEX                the digest a tag last resolved to (HEX: of the reference)
+//! CACHE/files/HEX/...           the files of manifest HEX: component.wasm or policy.yaml
+//!                               and its rules, each main file with its `.sig`
+//! ```
+//!
+//! A laid-out directory is used again only after its manifest blob hashes to the digest that
+//! names it and every file in it hashes to the digest the manifest gives: editing the cache
+//! cannot substitute content for a pinned reference.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use capgate_signing::Sha256;
+use oci_client::Reference;
+
+use super::registry::{Manifest, pinned, plan};
+use super::{Expect, Fetched, OciError};
+
+pub(super) struct Cache {
+    root: PathBuf,
+}
+
+impl Cache {
+    /// The cache at `root`, created private to this user (mode 0700, as the compilation
+    /// cache beside it must be) if it does not exist.
+    pub(super) fn at(root: PathBuf) -> Self {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::DirBuilderExt as _;
+            let _ = std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&root);
+        }
+        Self { root }
+    }
+
+    fn io(&self, what: &'static str, path: &Path) -> impl Fn(std::io::Error) -> OciError {
+        let path = path.to_owned();
+        move |source| OciError::Io {
+            what,
+            path: path.clone(),
+            source,
+        }
+    }
+
+    fn blob_path(&self, digest: &str) -> Option<PathBuf> {
+        let hex = digest.strip_prefix("sha256:")?;
+        (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
+            .then(|| self.root.join("blobs/sha256").join(hex))
+    }
+
+    /// The blob `digest`, if cached and intact.
+    pub(super) fn blob(&self, digest: &str) -> Result<Option<Vec<u8>>, OciError> {
+        let Some(path) = self.blob_path(digest) else {
+            return Ok(None);
+        };
+        match std::fs::read(&path) {
+            Ok(b) if format!("sha256:{}", Sha256::of(&b)) == digest => Ok(Some(b)),
+            Ok(_) => {
+                let _ = std::fs::remove_file(&path);
+                Ok(None)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(self.io("OCI cache", &path)(e)),
+        }
+    }
+
+    /// Stores `bytes` (already checked to hash to `digest`).
+    pub(super) fn put_blob(&self, digest: &str, bytes: &[u8]) -> Result<(), OciError> {
+        let Some(path) = self.blob_path(digest) else {
+            return Ok(());
+        };
+        write_atomic(&path, bytes).map_err(self.io("OCI cache", &path))
+    }
+
+    fn tag_path(&self, r: &Reference) -> PathBuf {
+        let key = Sha256::of(format!("{}/{}:{}", r.registry(), r.repository(), r.tag().unwrap_or("")).as_bytes());
+        self.root.join("tags").join(key.to_string())
+    }
+
+    /// Remembers the digest a tag resolved to (best effort).
+    pub(super) fn remember_tag(&self, r: &Reference, digest: &str) {
+        let _ = write_atomic(&self.tag_path(r), digest.as_bytes());
+    }
+
+    /// The digest `r`'s tag last resolved to.
+    pub(super) fn tag(&self, r: &Reference) -> Option<String> {
+        let d = std::fs::read_to_string(self.tag_path(r)).ok()?;
+        self.blob_path(d.trim()).map(|_| d.trim().to_owned())
+    }
+
+    /// The laid-out files of manifest `digest`, if they are complete, intact and signed.
+    pub(super) fn laid_out(
+        &self,
+        r: &Reference,
+        digest: &str,
+        expect: Expect,
+    ) -> Result<Option<Fetched>, OciError> {
+        let Some(bytes) = self.blob(digest)? else {
+            return Ok(None);
+        };
+        let text = pinned(r, digest);
+        let Ok(manifest) = serde_json::from_slice::<Manifest>(&bytes) else {
+            return Ok(None);
+        };
+        let files = plan(&text, &manifest, expect)?;
+        let dir = self.files_dir(digest);
+        for (name, d) in &files {
+            match std::fs::read(dir.join(name)) {
+                Ok(b) if format!("sha256:{}", Sha256::of(&b)) == d.digest => {}
+                _ => return Ok(None),
+            }
+        }
+        let main = dir.join(&files[0].0);
+        if !capgate_signing::sig_path(&main).is_file() {
+            return Ok(None);
+        }
+        Ok(Some(Fetched {
+            content: content(&files[0].1.digest),
+            path: main,
+            pinned: text,
+            signed: true,
+        }))
+    }
+
+    fn files_dir(&self, digest: &str) -> PathBuf {
+        self.root
+            .join("files")
+            .join(digest.strip_prefix("sha256:").unwrap_or(digest))
+    }
+
+    /// Lays out the files of manifest `digest` from cached blobs, with the signature file
+    /// `sig` beside the main one, replacing an earlier layout.
+    pub(super) fn lay_out(
+        &self,
+        r: &Reference,
+        digest: &str,
+        files: &[(PathBuf, super::registry::Descriptor)],
+        sig: Option<&[u8]>,
+    ) -> Result<Fetched, OciError> {
+        let dir = self.files_dir(digest);
+        let tmp = self.root.join("files").join(format!(
+            ".tmp-{}-{}",
+            std::process::id(),
+            Sha256::of(format!("{digest}{:?}", std::time::SystemTime::now()).as_bytes())
+        ));
+        let io = self.io("OCI cache", &tmp);
+        std::fs::create_dir_all(&tmp).map_err(&io)?;
+        let text = pinned(r, digest);
+        for (name, d) in files {
+            let bytes = self.blob(&d.digest)?.ok_or_else(|| OciError::Io {
+                what: "OCI cache",
+                path: self.blob_path(&d.digest).unwrap_or_default(),
+                source: std::io::Error::other("a blob just pulled is missing from the cache"),
+            })?;
+            let path = tmp.join(name);
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent).map_err(&io)?;
+            }
+            std::fs::write(&path, bytes).map_err(&io)?;
+        }
+        let main = &files[0].0;
+        if let Some(sig) = sig {
+            std::fs::write(capgate_signing::sig_path(&tmp.join(main)), sig).map_err(&io)?;
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+        if let Err(e) = std::fs::rename(&tmp, &dir) {
+            let _ = std::fs::remove_dir_all(&tmp);
+            // Another process laid out the same manifest at the same time: use that.
+            if !dir.is_dir() {
+                return Err(self.io("OCI cache", &dir)(e));
+            }
+        }
+        Ok(Fetched {
+            path: dir.join(main),
+            pinned: text,
+            content: content(&files[0].1.digest),
+            signed: sig.is_some(),
+        })
+    }
+}
+
+fn content(digest: &str) -> Sha256 {
+    digest
+        .strip_prefix("sha256:")
+        .and_then(|h| h.parse().ok())
+        .unwrap_or_else(|| Sha256::of(b""))
+}
+
+/// Writes `bytes` to `path` through a temporary file and a rename.
+fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let parent = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent)?;
+    let tmp = parent.join(format!(
+        ".tmp-{}-{}",
+        std::process::id(),
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("blob")
+    ));
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
+}

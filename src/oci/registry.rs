@@ -1,0 +1,644 @@
+//! Talking to the registry: references, manifests, pushing and pulling.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use capgate_signing::{SignatureFile, Sha256};
+use futures_util::StreamExt as _;
+use oci_client::client::{ClientConfig, ClientProtocol};
+use oci_client::errors::{OciDistributionError, OciErrorCode};
+use oci_client::secrets::RegistryAuth;
+use oci_client::{Client, Reference};
+use serde::{Deserialize, Serialize};
+
+use super::cache::Cache;
+use super::{
+    Expect, Fetched, OciError, POLICY_ARTIFACT, POLICY_LAYER, RULES_LAYER, RegistryOptions,
+    SCHEME, SIGNATURE_ARTIFACT, WASM_CONFIG, WASM_LAYER,
+};
+
+const MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+const INDEX: &str = "application/vnd.oci.image.index.v1+json";
+const EMPTY: &str = "application/vnd.oci.empty.v1+json";
+const TITLE: &str = "org.opencontainers.image.title";
+/// The largest manifest or signature file capgate accepts from a registry.
+const MAX_SMALL: u64 = 4 * 1024 * 1024;
+/// The largest policy YAML or rules file.
+const MAX_POLICY: u64 = 16 * 1024 * 1024;
+
+/// An OCI content descriptor.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct Descriptor {
+    pub media_type: String,
+    pub digest: String,
+    pub size: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifact_type: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+}
+
+impl Descriptor {
+    fn of(media_type: &str, bytes: &[u8]) -> Self {
+        Self {
+            media_type: media_type.to_owned(),
+            digest: digest_of(bytes),
+            size: bytes.len() as u64,
+            artifact_type: None,
+            annotations: BTreeMap::new(),
+        }
+    }
+}
+
+/// An OCI image manifest (also used for artifacts).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct Manifest {
+    pub schema_version: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub media_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifact_type: Option<String>,
+    pub config: Descriptor,
+    pub layers: Vec<Descriptor>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<Descriptor>,
+}
+
+/// An OCI image index (the referrers tag holds one).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Index {
+    schema_version: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    media_type: Option<String>,
+    #[serde(default)]
+    manifests: Vec<Descriptor>,
+}
+
+fn digest_of(bytes: &[u8]) -> String {
+    format!("sha256:{}", Sha256::of(bytes))
+}
+
+/// `oci://HOST/REPO@DIGEST`.
+pub(super) fn pinned(r: &Reference, digest: &str) -> String {
+    format!("{SCHEME}{}/{}@{digest}", r.registry(), r.repository())
+}
+
+/// Parses an `oci://` reference. The host must be explicit (no default registry), and the
+/// reference must name a tag or a `sha256:` digest.
+pub(super) fn parse(text: &str) -> Result<Reference, OciError> {
+    let bad = |why: &str| OciError::Reference {
+        text: text.to_owned(),
+        why: why.to_owned(),
+    };
+    let rest = text
+        .strip_prefix(SCHEME)
+        .ok_or_else(|| bad("it does not start with `oci://`"))?;
+    let (host, path) = rest
+        .split_once('/')
+        .ok_or_else(|| bad("it names no repository"))?;
+    if !(host.contains('.') || host.contains(':') || host == "localhost") {
+        return Err(bad(
+            "the part before the first `/` must be a registry host (with a dot or a port, or `localhost`)",
+        ));
+    }
+    let last = path.rsplit('/').next().unwrap_or(path);
+    if !last.contains(':') && !last.contains('@') {
+        return Err(bad("it names neither a tag nor a digest"));
+    }
+    let r: Reference = rest.parse().map_err(|e| bad(&format!("{e}")))?;
+    if r.registry() != host {
+        return Err(bad("its registry host is not where it was expected"));
+    }
+    if let Some(d) = r.digest() {
+        let hex = d.strip_prefix("sha256:").unwrap_or("");
+        if hex.len() != 64 || !hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+            return Err(bad("its digest is not `sha256:` and 64 lowercase hex digits"));
+        }
+    }
+    Ok(r)
+}
+
+fn loopback(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host, |(h, _)| h),
+    };
+    name == "localhost" || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// A client for the registry of `r`, with credentials from `options`.
+fn connect(r: &Reference, options: &RegistryOptions) -> (Client, RegistryAuth) {
+    // reqwest is built without a default provider; capgate's TLS uses ring. A provider
+    // already installed by the host application is kept.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let host = r.registry().to_owned();
+    let protocol = if loopback(&host) {
+        ClientProtocol::HttpsExcept(vec![host])
+    } else {
+        ClientProtocol::Https
+    };
+    let client = Client::new(ClientConfig {
+        protocol,
+        connect_timeout: Some(Duration::from_secs(10)),
+        read_timeout: Some(Duration::from_secs(60)),
+        ..Default::default()
+    });
+    let auth = match &options.basic_auth {
+        Some((u, p)) => RegistryAuth::Basic(u.clone(), p.clone()),
+        None => RegistryAuth::Anonymous,
+    };
+    (client, auth)
+}
+
+/// Maps a client error to what it means.
+fn failed(reference: &str, e: OciDistributionError) -> OciError {
+    use OciDistributionError as E;
+    let reference = reference.to_owned();
+    let detail = e.to_string();
+    let code_is = |codes: &[OciErrorCode], envelope: &oci_client::errors::OciEnvelope| {
+        envelope.errors.iter().any(|x| codes.contains(&x.code))
+    };
+    match &e {
+        E::ImageManifestNotFoundError(_) | E::ServerError { code: 404, .. } => {
+            OciError::NotFound { reference, detail }
+        }
+        E::RegistryError { envelope, .. }
+            if code_is(
+                &[
+                    OciErrorCode::ManifestUnknown,
+                    OciErrorCode::BlobUnknown,
+                    OciErrorCode::NameUnknown,
+                    OciErrorCode::NotFound,
+                ],
+                envelope,
+            ) =>
+        {
+            OciError::NotFound { reference, detail }
+        }
+        E::RegistryError { envelope, .. }
+            if code_is(&[OciErrorCode::Unauthorized, OciErrorCode::Denied], envelope) =>
+        {
+            OciError::Unauthorized { reference, detail }
+        }
+        E::UnauthorizedError { .. }
+        | E::AuthenticationFailure(_)
+        | E::ServerError {
+            code: 401 | 403, ..
+        } => OciError::Unauthorized { reference, detail },
+        E::DigestError(oci_client::errors::DigestError::VerificationError {
+            expected,
+            actual,
+        }) => OciError::Digest {
+            reference,
+            what: "a blob".into(),
+            expected: expected.clone(),
+            found: actual.clone(),
+        },
+        _ => OciError::Registry { reference, detail },
+    }
+}
+
+/// Where something was pushed.
+#[derive(Debug, Clone)]
+pub struct Pushed {
+    /// The reference by digest: `oci://HOST/REPO@sha256:HEX`.
+    pub pinned: String,
+    /// The tag it was pushed under.
+    pub tagged: String,
+    /// How many signatures the pushed signature file holds.
+    pub signatures: usize,
+}
+
+/// Pushes a component `file` and its signature file `file.sig` to `target` (a tag).
+pub fn push_artifact(
+    file: &Path,
+    target: &str,
+    options: &RegistryOptions,
+) -> Result<Pushed, OciError> {
+    let bytes = capgate_signing::read_regular(file, crate::policy::MAX_ARTIFACT_BYTES)?;
+    let sig = signature_for(file, &bytes)?;
+    let layer = Descriptor::of(WASM_LAYER, &bytes);
+    let config = serde_json::to_vec(&serde_json::json!({
+        "architecture": "wasm",
+        "os": "wasip2",
+        "layerDigests": [layer.digest],
+    }))
+    .map_err(|e| io_other("component config", file, e))?;
+    let blobs = vec![(layer.clone(), bytes), (Descriptor::of(WASM_CONFIG, &config), config)];
+    push(target, None, blobs, sig, options)
+}
+
+/// Pushes the policy bundle at `file` (the YAML, every rules file its signature covers, and
+/// `file.sig`) to `target` (a tag).
+pub fn push_policy(
+    file: &Path,
+    target: &str,
+    options: &RegistryOptions,
+) -> Result<Pushed, OciError> {
+    let yaml = capgate_signing::read_regular(file, MAX_POLICY)?;
+    let sig = signature_for(file, &yaml)?;
+    let parsed = SignatureFile::parse(&capgate_signing::sig_path(file), &sig.1)?;
+    let dir = file.parent().unwrap_or(Path::new("."));
+    let mut blobs = vec![(Descriptor::of(POLICY_LAYER, &yaml), yaml)];
+    for f in &parsed.files {
+        let name = inside(&f.path).ok_or_else(|| OciError::Format {
+            reference: target.to_owned(),
+            message: format!(
+                "rules file `{}` is outside the policy's directory; a pushed bundle holds only files below it",
+                f.path
+            ),
+        })?;
+        let bytes = capgate_signing::read_regular(&dir.join(name), MAX_POLICY)?;
+        let mut d = Descriptor::of(RULES_LAYER, &bytes);
+        d.annotations.insert(TITLE.into(), f.path.clone());
+        blobs.push((d, bytes));
+    }
+    push(target, Some(POLICY_ARTIFACT), blobs, sig, options)
+}
+
+/// `file.sig`, which must cover `bytes`, and how many signatures it holds.
+fn signature_for(file: &Path, bytes: &[u8]) -> Result<(usize, Vec<u8>), OciError> {
+    let path = capgate_signing::sig_path(file);
+    let raw = capgate_signing::read_regular(&path, MAX_SMALL)?;
+    let parsed = SignatureFile::parse(&path, &raw)?;
+    if parsed.sha256 != Sha256::of(bytes) {
+        return Err(OciError::Format {
+            reference: file.display().to_string(),
+            message: format!(
+                "`{}` signs other content than the file (hint: sign the file again)",
+                path.display()
+            ),
+        });
+    }
+    Ok((parsed.signatures.len(), raw))
+}
+
+/// A relative path with only normal components.
+pub(super) fn inside(name: &str) -> Option<&Path> {
+    let p = Path::new(name);
+    (!name.is_empty()
+        && p.is_relative()
+        && p.components()
+            .all(|c| matches!(c, std::path::Component::Normal(_))))
+    .then_some(p)
+}
+
+fn io_other(what: &'static str, path: &Path, e: impl std::fmt::Display) -> OciError {
+    OciError::Io {
+        what,
+        path: path.to_owned(),
+        source: std::io::Error::other(e.to_string()),
+    }
+}
+
+/// Pushes `blobs` (the first `blobs.len() - 1` as layers for a policy, all but the config
+/// for a component), the manifest under `target`'s tag, then the signature as a referrer.
+fn push(
+    target: &str,
+    artifact_type: Option<&str>,
+    mut blobs: Vec<(Descriptor, Vec<u8>)>,
+    sig: (usize, Vec<u8>),
+    options: &RegistryOptions,
+) -> Result<Pushed, OciError> {
+    let r = parse(target)?;
+    if r.digest().is_some() {
+        return Err(OciError::Reference {
+            text: target.to_owned(),
+            why: "push to a tag, not a digest (the digest is what the push makes)".into(),
+        });
+    };
+    let empty = b"{}".to_vec();
+    let config = match artifact_type {
+        // A component's config is the last blob; a policy bundle's is the empty descriptor.
+        None => blobs.pop().map(|(d, b)| (d, b)),
+        Some(_) => Some((Descriptor::of(EMPTY, &empty), empty.clone())),
+    };
+    let Some(config) = config else {
+        return Err(OciError::Format {
+            reference: target.to_owned(),
+            message: "nothing to push".into(),
+        });
+    };
+    let manifest = Manifest {
+        schema_version: 2,
+        media_type: Some(MANIFEST.into()),
+        artifact_type: artifact_type.map(str::to_owned),
+        config: config.0.clone(),
+        layers: blobs.iter().map(|(d, _)| d.clone()).collect(),
+        subject: None,
+    };
+    let manifest = serde_json::to_vec(&manifest).map_err(|e| io_other("manifest", Path::new(target), e))?;
+    let digest = digest_of(&manifest);
+    let options = options.clone();
+    let out = Pushed {
+        pinned: pinned(&r, &digest),
+        tagged: target.to_owned(),
+        signatures: sig.0,
+    };
+    super::block(target, async move {
+        let (client, auth) = connect(&r, &options);
+        client.store_auth_if_needed(r.resolve_registry(), &auth).await;
+        let fail = |e| failed(target, e);
+        blobs.push(config);
+        for (d, bytes) in blobs {
+            if !client.blob_exists(&r, &d.digest).await.map_err(fail)? {
+                client.push_blob(&r, bytes, &d.digest).await.map_err(fail)?;
+            }
+        }
+        let ct = http::HeaderValue::from_static(MANIFEST);
+        client
+            .push_manifest_raw(&r, manifest.clone(), ct)
+            .await
+            .map_err(fail)?;
+        let subject = Descriptor::of(MANIFEST, &manifest);
+        push_signature(&client, &r, subject, sig.1).await.map_err(fail)
+    })??;
+    Ok(out)
+}
+
+/// Pushes `sig` as an artifact whose subject is `subject`, and adds it to the referrers tag
+/// (`sha256-HEX`) for registries without the referrers API. The tag is kept on registries
+/// with the API too: it is harmless there and one code path serves both.
+async fn push_signature(
+    client: &Client,
+    r: &Reference,
+    subject: Descriptor,
+    sig: Vec<u8>,
+) -> Result<(), OciDistributionError> {
+    let empty = b"{}".to_vec();
+    let layer = Descriptor::of(SIGNATURE_ARTIFACT, &sig);
+    let config = Descriptor::of(EMPTY, &empty);
+    for (d, bytes) in [(&layer, sig), (&config, empty)] {
+        if !client.blob_exists(r, &d.digest).await? {
+            client.push_blob(r, bytes, &d.digest).await?;
+        }
+    }
+    let manifest = serde_json::to_vec(&Manifest {
+        schema_version: 2,
+        media_type: Some(MANIFEST.into()),
+        artifact_type: Some(SIGNATURE_ARTIFACT.into()),
+        config,
+        layers: vec![layer],
+        subject: Some(subject.clone()),
+    })?;
+    let mut entry = Descriptor::of(MANIFEST, &manifest);
+    entry.artifact_type = Some(SIGNATURE_ARTIFACT.into());
+    let by_digest = r.clone_with_digest(entry.digest.clone());
+    let ct = http::HeaderValue::from_static(MANIFEST);
+    client.push_manifest_raw(&by_digest, manifest, ct).await?;
+
+    let tag = subject.digest.replace(':', "-");
+    let tagged = Reference::with_tag(r.registry().into(), r.repository().into(), tag);
+    let mut index = match client
+        .pull_manifest_raw(&tagged, &RegistryAuth::Anonymous, &[INDEX])
+        .await
+    {
+        Ok((bytes, _)) => serde_json::from_slice::<Index>(&bytes).unwrap_or(Index {
+            schema_version: 2,
+            media_type: Some(INDEX.into()),
+            manifests: Vec::new(),
+        }),
+        Err(_) => Index {
+            schema_version: 2,
+            media_type: Some(INDEX.into()),
+            manifests: Vec::new(),
+        },
+    };
+    if !index.manifests.iter().any(|m| m.digest == entry.digest) {
+        index.manifests.push(entry);
+        let ct = http::HeaderValue::from_static(INDEX);
+        client
+            .push_manifest_raw(&tagged, serde_json::to_vec(&index)?, ct)
+            .await?;
+    }
+    Ok(())
+}
+
+/// Which files a manifest lays out: `(file name, descriptor)`, the main file first.
+pub(super) fn plan(
+    reference: &str,
+    manifest: &Manifest,
+    expect: Expect,
+) -> Result<Vec<(PathBuf, Descriptor)>, OciError> {
+    let bad = |message: String| OciError::Format {
+        reference: reference.to_owned(),
+        message,
+    };
+    match expect {
+        Expect::Component => {
+            let wasm: Vec<_> = manifest
+                .layers
+                .iter()
+                .filter(|l| l.media_type == WASM_LAYER)
+                .collect();
+            if manifest.config.media_type != WASM_CONFIG || wasm.len() != 1 {
+                return Err(bad(format!(
+                    "not a component: expected one `{WASM_LAYER}` layer and config `{WASM_CONFIG}` (a policy bundle? name it with `--policy`)"
+                )));
+            }
+            if wasm[0].size > crate::policy::MAX_ARTIFACT_BYTES {
+                return Err(bad(format!("the component is {} bytes, more than capgate reads", wasm[0].size)));
+            }
+            Ok(vec![(PathBuf::from("component.wasm"), wasm[0].clone())])
+        }
+        Expect::Policy => {
+            if manifest.artifact_type.as_deref() != Some(POLICY_ARTIFACT)
+                || manifest.layers.first().map(|l| l.media_type.as_str()) != Some(POLICY_LAYER)
+            {
+                return Err(bad(format!(
+                    "not a capgate policy bundle: expected artifact type `{POLICY_ARTIFACT}` with the YAML as the first layer"
+                )));
+            }
+            let mut out = vec![(PathBuf::from("policy.yaml"), manifest.layers[0].clone())];
+            for l in &manifest.layers[1..] {
+                let title = l.annotations.get(TITLE).map(String::as_str).unwrap_or("");
+                let name = inside(title).filter(|_| l.media_type == RULES_LAYER).ok_or_else(|| {
+                    bad(format!(
+                        "layer {} is not a rules file with a relative path below the policy (`{title}`)",
+                        l.digest
+                    ))
+                })?;
+                if name == Path::new("policy.yaml") || name.starts_with("policy.yaml.sig") {
+                    return Err(bad(format!("a rules file may not be named `{title}`")));
+                }
+                if l.size > MAX_POLICY {
+                    return Err(bad(format!("rules file `{title}` is {} bytes", l.size)));
+                }
+                out.push((name.to_owned(), l.clone()));
+            }
+            Ok(out)
+        }
+    }
+}
+
+/// Pulls the manifest `r` names, its files and its signatures, and lays them out.
+pub(super) async fn pull(
+    r: &Reference,
+    expect: Expect,
+    options: &RegistryOptions,
+    cache: &Cache,
+) -> Result<Fetched, OciError> {
+    let text = format!("{SCHEME}{}", r.whole());
+    let (client, auth) = connect(r, options);
+    let accept = [MANIFEST];
+    let (bytes, digest) = match client.pull_manifest_raw(r, &auth, &accept).await {
+        Ok((bytes, _)) => {
+            let found = digest_of(&bytes);
+            if let Some(want) = r.digest()
+                && want != found
+            {
+                return Err(OciError::Digest {
+                    reference: text,
+                    what: "the manifest".into(),
+                    expected: want.to_owned(),
+                    found,
+                });
+            }
+            if bytes.len() as u64 > MAX_SMALL {
+                return Err(OciError::Format {
+                    reference: text,
+                    message: "the manifest is larger than 4 MiB".into(),
+                });
+            }
+            cache.put_blob(&found, &bytes)?;
+            if r.digest().is_none() {
+                cache.remember_tag(r, &found);
+            }
+            (bytes.to_vec(), found)
+        }
+        Err(e) => {
+            let e = failed(&text, e);
+            // A tag whose registry cannot be reached: the digest it last resolved to.
+            if let (OciError::Registry { .. }, None) = (&e, r.digest())
+                && let Some(d) = cache.tag(r)
+            {
+                let pinned_ref = r.clone_with_digest(d.clone());
+                if let Some(found) = cache.laid_out(&pinned_ref, &d, expect)? {
+                    eprintln!(
+                        "warning: {text}: the registry cannot be reached ({e}); using {}, the digest this tag last resolved to",
+                        found.pinned
+                    );
+                    return Ok(found);
+                }
+            }
+            return Err(e);
+        }
+    };
+    let manifest: Manifest = serde_json::from_slice(&bytes).map_err(|e| OciError::Format {
+        reference: text.clone(),
+        message: format!("not an OCI image manifest: {e}"),
+    })?;
+    let pinned_ref = r.clone_with_digest(digest.clone());
+    let files = plan(&text, &manifest, expect)?;
+    for (_, d) in &files {
+        if cache.blob(&d.digest)?.is_none() {
+            let b = pull_blob(&client, &pinned_ref, d, &text).await?;
+            cache.put_blob(&d.digest, &b)?;
+        }
+    }
+    let sig = pull_signatures(&client, &pinned_ref, &digest, &files[0].1, &text).await?;
+    cache.lay_out(&pinned_ref, &digest, &files, sig.as_deref())
+}
+
+/// Pulls one blob, at most its descriptor's size, checking its digest.
+async fn pull_blob(
+    client: &Client,
+    r: &Reference,
+    d: &Descriptor,
+    text: &str,
+) -> Result<Vec<u8>, OciError> {
+    let mut stream = client
+        .pull_blob_stream(r, d.digest.as_str())
+        .await
+        .map_err(|e| failed(text, e))?;
+    let mut out = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| OciError::Registry {
+            reference: text.to_owned(),
+            detail: e.to_string(),
+        })?;
+        if (out.len() + chunk.len()) as u64 > d.size {
+            return Err(OciError::Digest {
+                reference: text.to_owned(),
+                what: format!("blob {}", d.digest),
+                expected: format!("{} ({} bytes)", d.digest, d.size),
+                found: "more bytes than the descriptor says".into(),
+            });
+        }
+        out.extend_from_slice(&chunk);
+    }
+    let found = digest_of(&out);
+    if found != d.digest {
+        return Err(OciError::Digest {
+            reference: text.to_owned(),
+            what: format!("blob {}", d.digest),
+            expected: d.digest.clone(),
+            found,
+        });
+    }
+    Ok(out)
+}
+
+/// Every capgate signature file referring to `digest` whose content is `main`, merged into
+/// one (each signature once). `None` when there is none.
+async fn pull_signatures(
+    client: &Client,
+    r: &Reference,
+    digest: &str,
+    main: &Descriptor,
+    text: &str,
+) -> Result<Option<Vec<u8>>, OciError> {
+    let index = client
+        .pull_referrers(r, Some(SIGNATURE_ARTIFACT))
+        .await
+        .map_err(|e| failed(text, e))?;
+    let mut merged: Option<SignatureFile> = None;
+    for entry in index.manifests.iter().take(64) {
+        let at = r.clone_with_digest(entry.digest.clone());
+        let Ok((bytes, _)) = client
+            .pull_manifest_raw(&at, &RegistryAuth::Anonymous, &[MANIFEST])
+            .await
+        else {
+            continue;
+        };
+        if digest_of(&bytes) != entry.digest || bytes.len() as u64 > MAX_SMALL {
+            continue;
+        }
+        let Ok(m) = serde_json::from_slice::<Manifest>(&bytes) else {
+            continue;
+        };
+        if m.subject.as_ref().map(|s| s.digest.as_str()) != Some(digest) {
+            continue;
+        }
+        for l in m.layers.iter().filter(|l| l.media_type == SIGNATURE_ARTIFACT && l.size <= MAX_SMALL) {
+            let Ok(raw) = pull_blob(client, r, l, text).await else {
+                continue;
+            };
+            let Ok(sf) = SignatureFile::parse(Path::new("signature"), &raw) else {
+                continue;
+            };
+            if format!("sha256:{}", sf.sha256) != main.digest {
+                continue;
+            }
+            match &mut merged {
+                None => merged = Some(sf),
+                Some(into) if into.files == sf.files && into.payload_type == sf.payload_type => {
+                    for s in sf.signatures {
+                        if !into.signatures.contains(&s) {
+                            into.signatures.push(s);
+                        }
+                    }
+                }
+                Some(_) => {}
+            }
+        }
+    }
+    merged
+        .map(|sf| serde_json::to_vec_pretty(&sf))
+        .transpose()
+        .map_err(|e| io_other("signature", Path::new(text), e))
+}
