@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 
 /// The library's top-level modules in data-flow order; `lib.rs` says what each owns.
 const ORDER: &[&str] = &[
-    "policy", "authz", "diff", "oci", "verified", "audit", "learn", "gate", "runtime", "inspect", "danger",
+    "policy", "authz", "diff", "oci", "verified", "audit", "learn", "gate", "runtime", "inspect",
+    "danger",
 ];
 
 /// Names the crate root re-exports, and the module each comes from.

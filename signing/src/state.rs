@@ -227,6 +227,25 @@ impl StateStore {
     }
 }
 
+/// capgate's default cache directory: `$XDG_CACHE_HOME/capgate`, else `$HOME/.cache/capgate`
+/// (compiled components; what is pulled from OCI registries is cached beside it, in
+/// `capgate-oci`). Only an absolute directory is returned.
+pub fn default_cache_dir() -> Option<PathBuf> {
+    xdg_dir("XDG_CACHE_HOME", ".cache").filter(|p| p.is_absolute())
+}
+
+/// `$VAR/capgate`, else `$HOME/UNDER_HOME/capgate`.
+fn xdg_dir(var: &str, under_home: &str) -> Option<PathBuf> {
+    let from = |var: &str| {
+        std::env::var_os(var)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    from(var)
+        .map(|d| d.join("capgate"))
+        .or_else(|| from("HOME").map(|h| h.join(under_home).join("capgate")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -259,23 +278,4 @@ mod tests {
             Err(Error::State { .. })
         ));
     }
-}
-
-/// capgate's default cache directory: `$XDG_CACHE_HOME/capgate`, else `$HOME/.cache/capgate`
-/// (compiled components; what is pulled from OCI registries is cached beside it, in
-/// `capgate-oci`). Only an absolute directory is returned.
-pub fn default_cache_dir() -> Option<PathBuf> {
-    xdg_dir("XDG_CACHE_HOME", ".cache").filter(|p| p.is_absolute())
-}
-
-/// `$VAR/capgate`, else `$HOME/UNDER_HOME/capgate`.
-fn xdg_dir(var: &str, under_home: &str) -> Option<PathBuf> {
-    let from = |var: &str| {
-        std::env::var_os(var)
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
-    };
-    from(var)
-        .map(|d| d.join("capgate"))
-        .or_else(|| from("HOME").map(|h| h.join(under_home).join("capgate")))
 }

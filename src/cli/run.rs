@@ -35,7 +35,11 @@ pub(super) fn state(dir: Option<&Path>) -> Result<StateStore, CliError> {
 /// to (which must carry a signature unless `--allow-unsigned`).
 pub(super) fn policy_file<'a>(src: &Source<'a>) -> Result<std::borrow::Cow<'a, Path>, CliError> {
     #[cfg(feature = "oci")]
-    return super::oci::local(src.policy, capgate::oci::Expect::Policy, !src.allow_unsigned);
+    return super::oci::local(
+        src.policy,
+        capgate::oci::Expect::Policy,
+        !src.allow_unsigned,
+    );
     #[cfg(not(feature = "oci"))]
     Ok(std::borrow::Cow::Borrowed(src.policy))
 }

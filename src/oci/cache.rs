@@ -79,7 +79,15 @@ impl Cache {
     }
 
     fn tag_path(&self, r: &Reference) -> PathBuf {
-        let key = Sha256::of(format!("{}/{}:{}", r.registry(), r.repository(), r.tag().unwrap_or("")).as_bytes());
+        let key = Sha256::of(
+            format!(
+                "{}/{}:{}",
+                r.registry(),
+                r.repository(),
+                r.tag().unwrap_or("")
+            )
+            .as_bytes(),
+        );
         self.root.join("tags").join(key.to_string())
     }
 

@@ -27,12 +27,13 @@
 //! `CAPGATE_REGISTRY_PASSWORD`.
 
 mod cache;
+mod push;
 mod registry;
 
 use std::path::{Path, PathBuf};
 
 pub use crate::policy::FetchClass;
-pub use registry::{Pushed, push_artifact, push_policy};
+pub use push::{Pushed, push_artifact, push_policy};
 
 /// The artifact type of a capgate policy bundle.
 pub const POLICY_ARTIFACT: &str = "application/vnd.capgate.policy.v1";
@@ -177,11 +178,12 @@ pub struct RegistryOptions {
 
 impl RegistryOptions {
     /// Options from the environment: `CAPGATE_REGISTRY_USERNAME` and
-    /// `CAPGATE_REGISTRY_PASSWORD` (both, or neither, are used).
+    /// `CAPGATE_REGISTRY_PASSWORD` (both, or neither, are used), and `CAPGATE_OCI_CACHE` for
+    /// the cache directory.
     pub fn from_env() -> Self {
         let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
         Self {
-            cache_dir: None,
+            cache_dir: var("CAPGATE_OCI_CACHE").map(PathBuf::from),
             basic_auth: var("CAPGATE_REGISTRY_USERNAME").zip(var("CAPGATE_REGISTRY_PASSWORD")),
         }
     }
@@ -191,7 +193,9 @@ impl RegistryOptions {
             .clone()
             // Beside the compilation cache, not in it: wasmtime's cache manager owns that
             // directory and removes files it does not recognise.
-            .or_else(|| capgate_signing::default_cache_dir().map(|d| d.with_file_name("capgate-oci")))
+            .or_else(|| {
+                capgate_signing::default_cache_dir().map(|d| d.with_file_name("capgate-oci"))
+            })
             .ok_or_else(|| OciError::Io {
                 what: "OCI cache",
                 path: PathBuf::from("$XDG_CACHE_HOME"),

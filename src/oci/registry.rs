@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use capgate_signing::{SignatureFile, Sha256};
+use capgate_signing::{Sha256, SignatureFile};
 use futures_util::StreamExt as _;
 use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::errors::{OciDistributionError, OciErrorCode};
@@ -14,18 +14,18 @@ use serde::{Deserialize, Serialize};
 
 use super::cache::Cache;
 use super::{
-    Expect, Fetched, OciError, POLICY_ARTIFACT, POLICY_LAYER, RULES_LAYER, RegistryOptions,
-    SCHEME, SIGNATURE_ARTIFACT, WASM_CONFIG, WASM_LAYER,
+    Expect, Fetched, OciError, POLICY_ARTIFACT, POLICY_LAYER, RULES_LAYER, RegistryOptions, SCHEME,
+    SIGNATURE_ARTIFACT, WASM_CONFIG, WASM_LAYER,
 };
 
-const MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-const INDEX: &str = "application/vnd.oci.image.index.v1+json";
-const EMPTY: &str = "application/vnd.oci.empty.v1+json";
-const TITLE: &str = "org.opencontainers.image.title";
+pub(super) const MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+pub(super) const INDEX: &str = "application/vnd.oci.image.index.v1+json";
+pub(super) const EMPTY: &str = "application/vnd.oci.empty.v1+json";
+pub(super) const TITLE: &str = "org.opencontainers.image.title";
 /// The largest manifest or signature file capgate accepts from a registry.
-const MAX_SMALL: u64 = 4 * 1024 * 1024;
+pub(super) const MAX_SMALL: u64 = 4 * 1024 * 1024;
 /// The largest policy YAML or rules file.
-const MAX_POLICY: u64 = 16 * 1024 * 1024;
+pub(super) const MAX_POLICY: u64 = 16 * 1024 * 1024;
 
 /// An OCI content descriptor.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -41,7 +41,7 @@ pub(super) struct Descriptor {
 }
 
 impl Descriptor {
-    fn of(media_type: &str, bytes: &[u8]) -> Self {
+    pub(super) fn of(media_type: &str, bytes: &[u8]) -> Self {
         Self {
             media_type: media_type.to_owned(),
             digest: digest_of(bytes),
@@ -70,15 +70,15 @@ pub(super) struct Manifest {
 /// An OCI image index (the referrers tag holds one).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct Index {
-    schema_version: u32,
+pub(super) struct Index {
+    pub schema_version: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    media_type: Option<String>,
+    pub media_type: Option<String>,
     #[serde(default)]
-    manifests: Vec<Descriptor>,
+    pub manifests: Vec<Descriptor>,
 }
 
-fn digest_of(bytes: &[u8]) -> String {
+pub(super) fn digest_of(bytes: &[u8]) -> String {
     format!("sha256:{}", Sha256::of(bytes))
 }
 
@@ -116,7 +116,9 @@ pub(super) fn parse(text: &str) -> Result<Reference, OciError> {
     if let Some(d) = r.digest() {
         let hex = d.strip_prefix("sha256:").unwrap_or("");
         if hex.len() != 64 || !hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
-            return Err(bad("its digest is not `sha256:` and 64 lowercase hex digits"));
+            return Err(bad(
+                "its digest is not `sha256:` and 64 lowercase hex digits",
+            ));
         }
     }
     Ok(r)
@@ -127,11 +129,14 @@ fn loopback(host: &str) -> bool {
         Some(v6) => v6.split(']').next().unwrap_or(""),
         None => host.rsplit_once(':').map_or(host, |(h, _)| h),
     };
-    name == "localhost" || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+    name == "localhost"
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// A client for the registry of `r`, with credentials from `options`.
-fn connect(r: &Reference, options: &RegistryOptions) -> (Client, RegistryAuth) {
+pub(super) fn connect(r: &Reference, options: &RegistryOptions) -> (Client, RegistryAuth) {
     // reqwest is built without a default provider; capgate's TLS uses ring. A provider
     // already installed by the host application is kept.
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -155,7 +160,7 @@ fn connect(r: &Reference, options: &RegistryOptions) -> (Client, RegistryAuth) {
 }
 
 /// Maps a client error to what it means.
-fn failed(reference: &str, e: OciDistributionError) -> OciError {
+pub(super) fn failed(reference: &str, e: OciDistributionError) -> OciError {
     use OciDistributionError as E;
     let reference = reference.to_owned();
     let detail = e.to_string();
@@ -180,7 +185,17 @@ fn failed(reference: &str, e: OciDistributionError) -> OciError {
             OciError::NotFound { reference, detail }
         }
         E::RegistryError { envelope, .. }
-            if code_is(&[OciErrorCode::Unauthorized, OciErrorCode::Denied], envelope) =>
+            if code_is(
+                &[OciErrorCode::Unauthorized, OciErrorCode::Denied],
+                envelope,
+            ) =>
+        {
+            OciError::Unauthorized { reference, detail }
+        }
+        E::RequestError(re)
+            if re
+                .status()
+                .is_some_and(|s| s.as_u16() == 401 || s.as_u16() == 403) =>
         {
             OciError::Unauthorized { reference, detail }
         }
@@ -189,92 +204,16 @@ fn failed(reference: &str, e: OciDistributionError) -> OciError {
         | E::ServerError {
             code: 401 | 403, ..
         } => OciError::Unauthorized { reference, detail },
-        E::DigestError(oci_client::errors::DigestError::VerificationError {
-            expected,
-            actual,
-        }) => OciError::Digest {
-            reference,
-            what: "a blob".into(),
-            expected: expected.clone(),
-            found: actual.clone(),
-        },
+        E::DigestError(oci_client::errors::DigestError::VerificationError { expected, actual }) => {
+            OciError::Digest {
+                reference,
+                what: "a blob".into(),
+                expected: expected.clone(),
+                found: actual.clone(),
+            }
+        }
         _ => OciError::Registry { reference, detail },
     }
-}
-
-/// Where something was pushed.
-#[derive(Debug, Clone)]
-pub struct Pushed {
-    /// The reference by digest: `oci://HOST/REPO@sha256:HEX`.
-    pub pinned: String,
-    /// The tag it was pushed under.
-    pub tagged: String,
-    /// How many signatures the pushed signature file holds.
-    pub signatures: usize,
-}
-
-/// Pushes a component `file` and its signature file `file.sig` to `target` (a tag).
-pub fn push_artifact(
-    file: &Path,
-    target: &str,
-    options: &RegistryOptions,
-) -> Result<Pushed, OciError> {
-    let bytes = capgate_signing::read_regular(file, crate::policy::MAX_ARTIFACT_BYTES)?;
-    let sig = signature_for(file, &bytes)?;
-    let layer = Descriptor::of(WASM_LAYER, &bytes);
-    let config = serde_json::to_vec(&serde_json::json!({
-        "architecture": "wasm",
-        "os": "wasip2",
-        "layerDigests": [layer.digest],
-    }))
-    .map_err(|e| io_other("component config", file, e))?;
-    let blobs = vec![(layer.clone(), bytes), (Descriptor::of(WASM_CONFIG, &config), config)];
-    push(target, None, blobs, sig, options)
-}
-
-/// Pushes the policy bundle at `file` (the YAML, every rules file its signature covers, and
-/// `file.sig`) to `target` (a tag).
-pub fn push_policy(
-    file: &Path,
-    target: &str,
-    options: &RegistryOptions,
-) -> Result<Pushed, OciError> {
-    let yaml = capgate_signing::read_regular(file, MAX_POLICY)?;
-    let sig = signature_for(file, &yaml)?;
-    let parsed = SignatureFile::parse(&capgate_signing::sig_path(file), &sig.1)?;
-    let dir = file.parent().unwrap_or(Path::new("."));
-    let mut blobs = vec![(Descriptor::of(POLICY_LAYER, &yaml), yaml)];
-    for f in &parsed.files {
-        let name = inside(&f.path).ok_or_else(|| OciError::Format {
-            reference: target.to_owned(),
-            message: format!(
-                "rules file `{}` is outside the policy's directory; a pushed bundle holds only files below it",
-                f.path
-            ),
-        })?;
-        let bytes = capgate_signing::read_regular(&dir.join(name), MAX_POLICY)?;
-        let mut d = Descriptor::of(RULES_LAYER, &bytes);
-        d.annotations.insert(TITLE.into(), f.path.clone());
-        blobs.push((d, bytes));
-    }
-    push(target, Some(POLICY_ARTIFACT), blobs, sig, options)
-}
-
-/// `file.sig`, which must cover `bytes`, and how many signatures it holds.
-fn signature_for(file: &Path, bytes: &[u8]) -> Result<(usize, Vec<u8>), OciError> {
-    let path = capgate_signing::sig_path(file);
-    let raw = capgate_signing::read_regular(&path, MAX_SMALL)?;
-    let parsed = SignatureFile::parse(&path, &raw)?;
-    if parsed.sha256 != Sha256::of(bytes) {
-        return Err(OciError::Format {
-            reference: file.display().to_string(),
-            message: format!(
-                "`{}` signs other content than the file (hint: sign the file again)",
-                path.display()
-            ),
-        });
-    }
-    Ok((parsed.signatures.len(), raw))
 }
 
 /// A relative path with only normal components.
@@ -287,135 +226,12 @@ pub(super) fn inside(name: &str) -> Option<&Path> {
     .then_some(p)
 }
 
-fn io_other(what: &'static str, path: &Path, e: impl std::fmt::Display) -> OciError {
+pub(super) fn io_other(what: &'static str, path: &Path, e: impl std::fmt::Display) -> OciError {
     OciError::Io {
         what,
         path: path.to_owned(),
         source: std::io::Error::other(e.to_string()),
     }
-}
-
-/// Pushes `blobs` (the first `blobs.len() - 1` as layers for a policy, all but the config
-/// for a component), the manifest under `target`'s tag, then the signature as a referrer.
-fn push(
-    target: &str,
-    artifact_type: Option<&str>,
-    mut blobs: Vec<(Descriptor, Vec<u8>)>,
-    sig: (usize, Vec<u8>),
-    options: &RegistryOptions,
-) -> Result<Pushed, OciError> {
-    let r = parse(target)?;
-    if r.digest().is_some() {
-        return Err(OciError::Reference {
-            text: target.to_owned(),
-            why: "push to a tag, not a digest (the digest is what the push makes)".into(),
-        });
-    };
-    let empty = b"{}".to_vec();
-    let config = match artifact_type {
-        // A component's config is the last blob; a policy bundle's is the empty descriptor.
-        None => blobs.pop().map(|(d, b)| (d, b)),
-        Some(_) => Some((Descriptor::of(EMPTY, &empty), empty.clone())),
-    };
-    let Some(config) = config else {
-        return Err(OciError::Format {
-            reference: target.to_owned(),
-            message: "nothing to push".into(),
-        });
-    };
-    let manifest = Manifest {
-        schema_version: 2,
-        media_type: Some(MANIFEST.into()),
-        artifact_type: artifact_type.map(str::to_owned),
-        config: config.0.clone(),
-        layers: blobs.iter().map(|(d, _)| d.clone()).collect(),
-        subject: None,
-    };
-    let manifest = serde_json::to_vec(&manifest).map_err(|e| io_other("manifest", Path::new(target), e))?;
-    let digest = digest_of(&manifest);
-    let options = options.clone();
-    let out = Pushed {
-        pinned: pinned(&r, &digest),
-        tagged: target.to_owned(),
-        signatures: sig.0,
-    };
-    super::block(target, async move {
-        let (client, auth) = connect(&r, &options);
-        client.store_auth_if_needed(r.resolve_registry(), &auth).await;
-        let fail = |e| failed(target, e);
-        blobs.push(config);
-        for (d, bytes) in blobs {
-            if !client.blob_exists(&r, &d.digest).await.map_err(fail)? {
-                client.push_blob(&r, bytes, &d.digest).await.map_err(fail)?;
-            }
-        }
-        let ct = http::HeaderValue::from_static(MANIFEST);
-        client
-            .push_manifest_raw(&r, manifest.clone(), ct)
-            .await
-            .map_err(fail)?;
-        let subject = Descriptor::of(MANIFEST, &manifest);
-        push_signature(&client, &r, subject, sig.1).await.map_err(fail)
-    })??;
-    Ok(out)
-}
-
-/// Pushes `sig` as an artifact whose subject is `subject`, and adds it to the referrers tag
-/// (`sha256-HEX`) for registries without the referrers API. The tag is kept on registries
-/// with the API too: it is harmless there and one code path serves both.
-async fn push_signature(
-    client: &Client,
-    r: &Reference,
-    subject: Descriptor,
-    sig: Vec<u8>,
-) -> Result<(), OciDistributionError> {
-    let empty = b"{}".to_vec();
-    let layer = Descriptor::of(SIGNATURE_ARTIFACT, &sig);
-    let config = Descriptor::of(EMPTY, &empty);
-    for (d, bytes) in [(&layer, sig), (&config, empty)] {
-        if !client.blob_exists(r, &d.digest).await? {
-            client.push_blob(r, bytes, &d.digest).await?;
-        }
-    }
-    let manifest = serde_json::to_vec(&Manifest {
-        schema_version: 2,
-        media_type: Some(MANIFEST.into()),
-        artifact_type: Some(SIGNATURE_ARTIFACT.into()),
-        config,
-        layers: vec![layer],
-        subject: Some(subject.clone()),
-    })?;
-    let mut entry = Descriptor::of(MANIFEST, &manifest);
-    entry.artifact_type = Some(SIGNATURE_ARTIFACT.into());
-    let by_digest = r.clone_with_digest(entry.digest.clone());
-    let ct = http::HeaderValue::from_static(MANIFEST);
-    client.push_manifest_raw(&by_digest, manifest, ct).await?;
-
-    let tag = subject.digest.replace(':', "-");
-    let tagged = Reference::with_tag(r.registry().into(), r.repository().into(), tag);
-    let mut index = match client
-        .pull_manifest_raw(&tagged, &RegistryAuth::Anonymous, &[INDEX])
-        .await
-    {
-        Ok((bytes, _)) => serde_json::from_slice::<Index>(&bytes).unwrap_or(Index {
-            schema_version: 2,
-            media_type: Some(INDEX.into()),
-            manifests: Vec::new(),
-        }),
-        Err(_) => Index {
-            schema_version: 2,
-            media_type: Some(INDEX.into()),
-            manifests: Vec::new(),
-        },
-    };
-    if !index.manifests.iter().any(|m| m.digest == entry.digest) {
-        index.manifests.push(entry);
-        let ct = http::HeaderValue::from_static(INDEX);
-        client
-            .push_manifest_raw(&tagged, serde_json::to_vec(&index)?, ct)
-            .await?;
-    }
-    Ok(())
 }
 
 /// Which files a manifest lays out: `(file name, descriptor)`, the main file first.
@@ -441,7 +257,10 @@ pub(super) fn plan(
                 )));
             }
             if wasm[0].size > crate::policy::MAX_ARTIFACT_BYTES {
-                return Err(bad(format!("the component is {} bytes, more than capgate reads", wasm[0].size)));
+                return Err(bad(format!(
+                    "the component is {} bytes, more than capgate reads",
+                    wasm[0].size
+                )));
             }
             Ok(vec![(PathBuf::from("component.wasm"), wasm[0].clone())])
         }
@@ -557,9 +376,23 @@ async fn pull_blob(
         .map_err(|e| failed(text, e))?;
     let mut out = Vec::new();
     while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| OciError::Registry {
-            reference: text.to_owned(),
-            detail: e.to_string(),
+        let chunk = chunk.map_err(|e| {
+            // The client checks the digest at the end of the stream itself.
+            let inner = e
+                .get_ref()
+                .and_then(|i| i.downcast_ref::<oci_client::errors::DigestError>());
+            if let Some(oci_client::errors::DigestError::VerificationError { actual, .. }) = inner {
+                return OciError::Digest {
+                    reference: text.to_owned(),
+                    what: format!("blob {}", d.digest),
+                    expected: d.digest.clone(),
+                    found: actual.clone(),
+                };
+            }
+            OciError::Registry {
+                reference: text.to_owned(),
+                detail: e.to_string(),
+            }
         })?;
         if (out.len() + chunk.len()) as u64 > d.size {
             return Err(OciError::Digest {
@@ -614,7 +447,11 @@ async fn pull_signatures(
         if m.subject.as_ref().map(|s| s.digest.as_str()) != Some(digest) {
             continue;
         }
-        for l in m.layers.iter().filter(|l| l.media_type == SIGNATURE_ARTIFACT && l.size <= MAX_SMALL) {
+        for l in m
+            .layers
+            .iter()
+            .filter(|l| l.media_type == SIGNATURE_ARTIFACT && l.size <= MAX_SMALL)
+        {
             let Ok(raw) = pull_blob(client, r, l, text).await else {
                 continue;
             };
