@@ -72,7 +72,7 @@ mod verified;
 #[cfg(feature = "runtime")]
 pub use gate::DecisionEvent;
 #[cfg(feature = "runtime")]
-pub use runtime::serve::serve;
+pub use runtime::serve::{servable, serve, serve_versions};
 #[cfg(feature = "runtime")]
 pub use runtime::{Cause, Host, HostConfig, LimitHit, Prepared, RequestFailure, RunError};
 pub use verified::VerifiedPolicy;

@@ -22,6 +22,8 @@ const ROOT_ITEMS: &[(&str, &str)] = &[
     ("Cause", "runtime"),
     ("DecisionEvent", "gate"),
     ("serve", "runtime"),
+    ("serve_versions", "runtime"),
+    ("servable", "runtime"),
     ("signing", "signing"),
 ];
 

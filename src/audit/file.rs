@@ -337,6 +337,7 @@ impl AuditSink for JsonlSink {
             match entry {
                 Entry::Decision { ts, record } => st.chain.push_record(&mut out, ts, record),
                 Entry::Gap { ts, gap } => st.chain.push_record(&mut out, ts, gap),
+                Entry::Policy { ts, event } => st.chain.push_record(&mut out, ts, event),
             }
             let due = match self.write_locked(&mut st, out, SyncWhen::Later) {
                 Ok(due) => due,

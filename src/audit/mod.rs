@@ -25,7 +25,8 @@ pub use chain::{CHECKPOINT_PAYLOAD_TYPE, Checkpointer, checkpoint_message};
 pub use file::{JsonlOptions, JsonlSink, anchor_path, check_anchor};
 pub use read::{Broken, LineKind, LogLine, LogReader, Proof, Verified, verify, verify_lines};
 pub use record::{
-    BadTimestamp, DecisionRecord, Entry, Gap, GapTag, MalformedRecord, PolicyRef, Verdict,
+    BadTimestamp, DecisionRecord, Entry, Gap, GapTag, MalformedRecord, PolicyChange, PolicyEvent,
+    PolicyRef, PolicyTag, Verdict,
     parse_ts, timestamp,
 };
 pub use replay::{Change, replay};
@@ -240,13 +241,8 @@ impl Auditor {
         if !self.keeps(&decision) {
             return decision;
         }
-        let p = policy.policy();
         let mut record = DecisionRecord::new(
-            PolicyRef {
-                name: p.name.clone(),
-                version: p.version,
-                sha256: p.sha256.to_string(),
-            },
+            PolicyRef::of(policy),
             component,
             policy
                 .artifact(component)
@@ -374,9 +370,7 @@ impl Auditor {
         if self.on_failure == OnFailure::Continue || self.fold.is_some() {
             let pending = self.lost.lock().unwrap_or_else(|e| e.into_inner()).take();
             if let Some(l) = pending {
-                let ts = match &entry {
-                    Entry::Decision { ts, .. } | Entry::Gap { ts, .. } => ts.clone(),
-                };
+                let ts = entry.ts().to_owned();
                 let gap = Entry::Gap {
                     ts,
                     gap: Gap {
@@ -404,6 +398,16 @@ impl Auditor {
             }
         }
         self.sink.append(&entry)
+    }
+
+    /// Records a change of the policy served ([`PolicyEvent`]), whatever the level: these
+    /// are rare and say which version decided what follows.
+    pub fn record_event(&self, event: PolicyEvent) -> Result<(), AuditError> {
+        self.flush_repeats();
+        self.write(Entry::Policy {
+            ts: timestamp(),
+            event: Box::new(event),
+        })
     }
 
     /// Writes the repeats a fold still counts, if any (see [`Auditor::fold_repeats`]).
@@ -475,6 +479,7 @@ impl AuditSink for MemorySink {
         match entry {
             Entry::Decision { ts, record } => chain.push_record(out, ts, record),
             Entry::Gap { ts, gap } => chain.push_record(out, ts, gap),
+            Entry::Policy { ts, event } => chain.push_record(out, ts, event),
         }
         Ok(())
     }
@@ -510,6 +515,9 @@ impl AuditSink for TracingSink {
             }
             Entry::Gap { ts, gap } => {
                 tracing::warn!(target: "capgate::audit", ts = %ts, missed = gap.missed, from = %gap.from, to = %gap.to, error = %gap.error, "capgate audit gap");
+            }
+            Entry::Policy { ts, event: e } => {
+                tracing::warn!(target: "capgate::audit", ts = %ts, event = e.event.as_str(), policy = %e.policy.name, policy_version = e.policy.version, source = %e.source, reason = e.reason.as_deref().unwrap_or(""), "capgate policy");
             }
         }
         Ok(())

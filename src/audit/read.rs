@@ -10,7 +10,7 @@ use serde_json::{Map, Value};
 
 use super::Sha256;
 use super::chain::checkpoint_message;
-use super::record::{DecisionRecord, Gap};
+use super::record::{DecisionRecord, Gap, PolicyEvent};
 
 /// The longest line a log may have.
 const MAX_LINE: usize = 1 << 20;
@@ -42,6 +42,8 @@ pub enum LineKind {
     Decision(Box<DecisionRecord>),
     /// Records lost while the log could not be written.
     Gap(Gap),
+    /// The policy served changed, was refused, or expired.
+    Policy(Box<PolicyEvent>),
     /// The start of a file; `checkpoints` is the key id that signs this chain's checkpoints.
     Start {
         /// The key id, if the writer signs checkpoints.
@@ -199,6 +201,10 @@ fn parse_line(body: &[u8]) -> Result<LogLine, String> {
             serde_json::from_value(Value::Object(map))
                 .map_err(|e| format!("the gap record is malformed: {e}"))?,
         ),
+        Some("policy") => LineKind::Policy(Box::new(
+            serde_json::from_value(Value::Object(map))
+                .map_err(|e| format!("the policy record is malformed: {e}"))?,
+        )),
         Some("start") => {
             only(&["type", "capgate", "checkpoints", "log"])?;
             LineKind::Start {
@@ -254,6 +260,8 @@ pub struct Verified {
     pub gaps: u64,
     /// Records lost according to gap records.
     pub missed: u64,
+    /// Policy records: versions activated, refused or expired while serving.
+    pub policy_events: u64,
     /// Checkpoints whose signatures met the trust root's `audit` role.
     pub checkpoints: u64,
     /// Names of the keys that signed them.
@@ -420,6 +428,7 @@ pub fn verify_lines(
                 v.gaps += 1;
                 v.missed += g.missed;
             }
+            LineKind::Policy(_) => v.policy_events += 1,
             LineKind::Start {
                 checkpoints,
                 log,

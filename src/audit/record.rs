@@ -19,6 +19,18 @@ pub struct PolicyRef {
     pub sha256: String,
 }
 
+impl PolicyRef {
+    /// The reference to a verified policy: its name, version and YAML digest.
+    pub fn of(policy: &crate::VerifiedPolicy) -> Self {
+        let p = policy.policy();
+        Self {
+            name: p.name.clone(),
+            version: p.version,
+            sha256: p.sha256.to_string(),
+        }
+    }
+}
+
 /// Allow or deny, as written in a record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -261,6 +273,61 @@ pub enum GapTag {
     Gap,
 }
 
+/// A change of the policy a long-running host (`serve --poll`) enforces: a new version
+/// activated, one refused (the version before keeps serving), or the one served expired.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyEvent {
+    /// Always `policy`.
+    #[serde(rename = "type")]
+    pub kind: PolicyTag,
+    /// What happened.
+    pub event: PolicyChange,
+    /// Where the policy was read from (a file, or an `oci://` reference pinned by digest).
+    pub source: String,
+    /// The policy this event is about: the version activated or expired, or (for a refusal)
+    /// the version that keeps serving.
+    pub policy: PolicyRef,
+    /// The version that was served before (for an activation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous: Option<PolicyRef>,
+    /// Why a version was refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// The `type` tag of a [`PolicyEvent`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PolicyTag {
+    /// `policy`.
+    #[default]
+    Policy,
+}
+
+/// What happened to the policy served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PolicyChange {
+    /// A new version was verified and now decides new requests.
+    Activated,
+    /// A new version failed verification (or cannot serve); the previous one goes on.
+    Refused,
+    /// The version served expired: nothing is served under it any more.
+    Expired,
+}
+
+impl PolicyChange {
+    /// `activated`, `refused` or `expired`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Activated => "activated",
+            Self::Refused => "refused",
+            Self::Expired => "expired",
+        }
+    }
+}
+
 /// What a sink is asked to write.
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
@@ -279,6 +346,22 @@ pub enum Entry {
         /// What was lost.
         gap: Gap,
     },
+    /// The policy served changed (or was refused, or expired).
+    Policy {
+        /// When.
+        ts: String,
+        /// What happened.
+        event: Box<PolicyEvent>,
+    },
+}
+
+impl Entry {
+    /// When the entry was made.
+    pub fn ts(&self) -> &str {
+        match self {
+            Self::Decision { ts, .. } | Self::Gap { ts, .. } | Self::Policy { ts, .. } => ts,
+        }
+    }
 }
 
 /// Now, as the log writes timestamps: RFC 3339 in UTC with microseconds.

@@ -9,6 +9,7 @@ mod diff;
 mod exit;
 mod keys;
 mod learn;
+mod poll;
 #[cfg(feature = "oci")]
 mod oci;
 mod run;
@@ -134,6 +135,11 @@ enum Command {
         /// The address to listen on, e.g. `127.0.0.1:8080` (port 0 picks a free one).
         #[arg(long, value_name = "ADDR")]
         listen: std::net::SocketAddr,
+        /// Read `--policy` again this often (e.g. `30s`; a file or an `oci://` tag). A new
+        /// version is verified like the first (signatures, threshold, rollback, expiry) and
+        /// activated atomically; one that fails is refused and the current one goes on.
+        #[arg(long, value_name = "DURATION")]
+        poll: Option<capgate::policy::units::Span>,
     },
     /// Call an exported function of a component; arguments and results are WAVE text.
     Call {
@@ -479,12 +485,14 @@ fn run(cli: Cli) -> Result<Report, CliError> {
             source,
             component,
             listen,
+            poll,
         } => run::serve(
             &source.source(),
             &component,
             listen,
             source.no_cache,
             format,
+            poll.map(|s| s.duration()),
         ),
         // INVARIANT: `main` handles `run` before calling this function.
         Command::Run { .. } => unreachable!("run is dispatched in main"),

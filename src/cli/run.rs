@@ -369,7 +369,14 @@ pub(super) fn serve(
     listen: std::net::SocketAddr,
     no_cache: bool,
     format: LogFormat,
+    poll: Option<std::time::Duration>,
 ) -> Result<Report, CliError> {
+    if poll.is_some_and(|d| d < std::time::Duration::from_millis(100)) {
+        return Err(CliError::new(
+            Exit::Usage,
+            "`--poll` must be at least 100ms (hint: `--poll 30s`)",
+        ));
+    }
     let policy = Arc::new(load(src, true)?);
     let host = Arc::new(host(src, &policy, format, no_cache, Some(SERVE_POOL))?);
     let result = runtime(true)?.block_on(async {
@@ -390,7 +397,32 @@ pub(super) fn serve(
             stop_signal().await;
             eprintln!("capgate: shutting down; letting requests in flight finish");
         };
-        capgate::serve(host.clone(), policy.clone(), component, listener, shutdown).await?;
+        let source = src.policy.display().to_string();
+        let (versions_tx, versions) = tokio::sync::watch::channel(policy.clone());
+        let poller = poll.map(|every| {
+            tokio::spawn(super::poll::watch(
+                super::poll::Polled::of(src),
+                every,
+                versions_tx.clone(),
+                host.clone(),
+                component.to_owned(),
+                source.clone(),
+            ))
+        });
+        let served = capgate::serve_versions(
+            host.clone(),
+            versions,
+            component,
+            listener,
+            shutdown,
+            &source,
+        )
+        .await;
+        if let Some(p) = poller {
+            p.abort();
+        }
+        drop(versions_tx);
+        served?;
         // With the server's other messages, on stderr; stdout stays empty.
         match format {
             LogFormat::Text => eprintln!("capgate: stopped"),

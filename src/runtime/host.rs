@@ -104,20 +104,52 @@ impl Host {
     pub(crate) fn recorder(&self, policy: &VerifiedPolicy) -> Result<Recorder, RunError> {
         // An expired policy runs nothing, however long ago it was verified.
         check_expiry(policy)?;
+        Ok(Recorder {
+            audit: self.auditor(policy)?,
+            observer: self.config.observer.clone(),
+            denials_only: self.config.denials_only,
+        })
+    }
+
+    /// `policy`'s auditor on this host, opened on first use.
+    fn auditor(&self, policy: &VerifiedPolicy) -> Result<Option<Arc<Auditor>>, RunError> {
         let mut auditors = lock(&self.auditors);
-        let audit = match auditors.get(&policy.id()) {
+        Ok(match auditors.get(&policy.id()) {
             Some(a) => a.clone(),
             None => {
                 let a = self.new_auditor(policy)?;
                 auditors.insert(policy.id(), a.clone());
                 a
             }
-        };
-        Ok(Recorder {
-            audit,
-            observer: self.config.observer.clone(),
-            denials_only: self.config.denials_only,
         })
+    }
+
+    /// Records in `policy`'s audit log (if it keeps one) that the policy served changed:
+    /// `policy` activated (after `previous`), refused (`policy` is then the version that
+    /// goes on serving, `reason` why the other was refused), or expired. `source` is where
+    /// the policy is read from.
+    pub fn record_policy_event(
+        &self,
+        policy: &VerifiedPolicy,
+        event: crate::audit::PolicyChange,
+        source: &str,
+        previous: Option<&VerifiedPolicy>,
+        reason: Option<String>,
+    ) -> Result<(), RunError> {
+        use crate::audit::{PolicyEvent, PolicyRef, PolicyTag};
+        let Some(auditor) = self.auditor(policy)? else {
+            return Ok(());
+        };
+        auditor
+            .record_event(PolicyEvent {
+                kind: PolicyTag::Policy,
+                event,
+                source: source.to_owned(),
+                policy: PolicyRef::of(policy),
+                previous: previous.map(PolicyRef::of),
+                reason,
+            })
+            .map_err(|source| RunError::Audit { source })
     }
 
     /// The auditor the policy's `audit` section asks for, with this host's overrides.

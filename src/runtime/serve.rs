@@ -116,6 +116,34 @@ fn text(status: u16, message: String) -> hyper::Response<HyperOutgoingBody> {
 }
 
 impl Served {
+    /// What serving `component` of `policy` needs: its limits, gate and pre-instantiated
+    /// handler (compiled and linked).
+    fn new(host: &Arc<Host>, policy: &Arc<VerifiedPolicy>, component: &str) -> Result<Self, RunError> {
+        let limits = host
+            .limits(policy, component)
+            .ok_or_else(|| no_such(policy, component))?;
+        let (compiled, linker) = host.linked(policy, component)?;
+        let gate = host.gate(policy, component)?;
+        let not_a_handler = |e: wasmtime::Error| RunError::Instantiate {
+            component: component.to_owned(),
+            message: format!(
+                "it cannot serve HTTP (it must export `wasi:http/incoming-handler`): {}",
+                e.root_cause()
+            ),
+            source: Some(e.into()),
+        };
+        let pre = ProxyPre::new(linker.instantiate_pre(&compiled).map_err(not_a_handler)?)
+            .map_err(not_a_handler)?;
+        Ok(Self {
+            host: host.clone(),
+            gate,
+            limits,
+            component: component.to_owned(),
+            pre,
+            permits: Arc::new(tokio::sync::Semaphore::new(limits.instances as usize)),
+        })
+    }
+
     async fn handle(
         &self,
         req: hyper::Request<hyper::body::Incoming>,
@@ -244,43 +272,81 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RunError> {
-    let limits = host
-        .limits(&policy, component)
-        .ok_or_else(|| no_such(&policy, component))?;
-    let (compiled, linker) = host.linked(&policy, component)?;
-    let gate = host.gate(&policy, component)?;
-    let not_a_handler = |e: wasmtime::Error| RunError::Instantiate {
-        component: component.to_owned(),
-        message: format!(
-            "it cannot serve HTTP (it must export `wasi:http/incoming-handler`): {}",
-            e.root_cause()
-        ),
-        source: Some(e.into()),
-    };
-    let pre = ProxyPre::new(linker.instantiate_pre(&compiled).map_err(not_a_handler)?)
-        .map_err(not_a_handler)?;
-    let served = Arc::new(Served {
-        host: host.clone(),
-        gate,
-        limits,
-        component: component.to_owned(),
-        pre,
-        permits: Arc::new(tokio::sync::Semaphore::new(limits.instances as usize)),
-    });
+    let (_fixed, versions) = tokio::sync::watch::channel(policy);
+    serve_versions(host, versions, component, listener, shutdown, "").await
+}
+
+/// Whether `component` of `policy` can be served on `host`: it exists, compiles, links and
+/// exports `wasi:http/incoming-handler`. What [`serve_versions`] checks before it activates
+/// a version.
+pub fn servable(
+    host: &Arc<Host>,
+    policy: &Arc<VerifiedPolicy>,
+    component: &str,
+) -> Result<(), RunError> {
+    Served::new(host, policy, component).map(drop)
+}
+
+/// [`serve`], with the policy replaced while serving: each version sent on `versions` (which
+/// must be verified, as every [`VerifiedPolicy`] is) is activated atomically. A request is
+/// decided, start to end, under the version current when it arrived; requests in flight
+/// finish under theirs; none fails because of the switch. A version that cannot serve
+/// `component` is refused and the one before goes on. Each activation and refusal, and the
+/// expiry of the version served, is an audit record (`"type": "policy"`, with `source`) in
+/// the log of the version it concerns. When the version served expires, serving stops as
+/// [`serve`]'s does.
+pub async fn serve_versions(
+    host: Arc<Host>,
+    mut versions: tokio::sync::watch::Receiver<Arc<VerifiedPolicy>>,
+    component: &str,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()>,
+    source: &str,
+) -> Result<(), RunError> {
+    use crate::audit::PolicyChange;
+    let mut policy = versions.borrow_and_update().clone();
+    let (current, served_now) =
+        tokio::sync::watch::channel(Arc::new(Served::new(&host, &policy, component)?));
+    let mut updating = true;
     let mut connections = tokio::task::JoinSet::new();
     tokio::pin!(shutdown);
     // The policy stops being served when it expires: the listener closes, requests in flight
     // finish, and `serve` returns the expiry as its error.
-    let expiry = policy.expires().map(|at| {
-        let left = at - time::OffsetDateTime::now_utc();
-        tokio::time::Instant::now() + Duration::try_from(left).unwrap_or(Duration::ZERO)
-    });
+    let mut expiry = deadline(&policy);
     let expired = tokio::time::sleep_until(expiry.unwrap_or_else(tokio::time::Instant::now));
     tokio::pin!(expired);
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
             _ = &mut expired, if expiry.is_some() => break,
+            changed = versions.changed(), if updating => {
+                if changed.is_err() {
+                    updating = false;
+                    continue;
+                }
+                let next = versions.borrow_and_update().clone();
+                if next.id() == policy.id() {
+                    continue;
+                }
+                match Served::new(&host, &next, component) {
+                    Ok(served) => {
+                        current.send_replace(Arc::new(served));
+                        let _ = host.record_policy_event(&next, PolicyChange::Activated, source, Some(&policy), None);
+                        eprintln!(
+                            "capgate: policy `{}` version {} activated (was version {}); requests in flight finish under the version they started with",
+                            next.policy().name, next.policy().version, policy.policy().version
+                        );
+                        policy = next;
+                        expiry = deadline(&policy);
+                        expired.as_mut().reset(expiry.unwrap_or_else(tokio::time::Instant::now));
+                    }
+                    Err(e) => {
+                        let reason = format!("version {} cannot serve `{component}`: {e}", next.policy().version);
+                        eprintln!("capgate: refused policy `{}` {reason}; version {} goes on serving", next.policy().name, policy.policy().version);
+                        let _ = host.record_policy_event(&policy, PolicyChange::Refused, source, None, Some(reason));
+                    }
+                }
+            }
             // Reap finished connections as they end, or the set keeps one entry per
             // connection ever served.
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
@@ -302,10 +368,11 @@ pub async fn serve(
                         continue;
                     }
                 };
-                let served = served.clone();
+                let served_now = served_now.clone();
                 connections.spawn(async move {
+                    // Each request takes the version current when it arrives, and keeps it.
                     let service = hyper::service::service_fn(move |req| {
-                        let served = served.clone();
+                        let served = served_now.borrow().clone();
                         async move { Ok::<_, Infallible>(served.handle(req).await) }
                     });
                     let conn = hyper::server::conn::http1::Builder::new()
@@ -324,12 +391,21 @@ pub async fn serve(
             policy.policy().name,
             policy.policy().version
         );
+        let _ = host.record_policy_event(&policy, PolicyChange::Expired, source, None, None);
     }
     // Let requests in flight finish, within the grace period.
     let _ = tokio::time::timeout(GRACE, async {
         while connections.join_next().await.is_some() {}
     })
     .await;
-    served.permits.close();
+    current.borrow().permits.close();
     check_expiry(&policy)
+}
+
+/// When `policy` expires, on tokio's clock.
+fn deadline(policy: &VerifiedPolicy) -> Option<tokio::time::Instant> {
+    policy.expires().map(|at| {
+        let left = at - time::OffsetDateTime::now_utc();
+        tokio::time::Instant::now() + Duration::try_from(left).unwrap_or(Duration::ZERO)
+    })
 }
