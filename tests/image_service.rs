@@ -8,7 +8,7 @@ mod common;
 use std::io::{Read as _, Write as _};
 use std::process::Command;
 
-use common::{Sandbox, Server, guests, request, serve};
+use common::{Sandbox, Server, image_service_sandbox as sandbox, request, serve};
 
 fn start(sb: &Sandbox, extra: &[&str]) -> Server {
     let mut args = vec![
@@ -84,33 +84,6 @@ fn expected(filter: &str, [r, g, b]: [u8; 3]) -> [u8; 3] {
         "invert" => [255 - r as u8, 255 - g as u8, 255 - b as u8],
         other => panic!("{other}"),
     }
-}
-
-fn sandbox() -> Sandbox {
-    let sb = Sandbox::new();
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    sb.write(
-        "policies/image-service/policy.yaml",
-        std::fs::read(root.join("policies/image-service/policy.yaml")).unwrap(),
-    );
-    for g in ["http-handler", "image-processor"] {
-        let dst = format!("examples/image-service/build/{}.wasm", g.replace('-', "_"));
-        sb.write(&dst, std::fs::read(guests::guest(g)).unwrap());
-    }
-    sb.keys(&["release", "alice", "auditor"]);
-    sb.write(
-        "trust.yaml",
-        "capgate-trust: 1\nkeys: { release: keys/release.pub, alice: keys/alice.pub, auditor: keys/auditor.pub }\nroles:\n  artifact: { keys: [release], threshold: 1 }\n  policy: { keys: [alice], threshold: 1 }\n  audit: { keys: [auditor], threshold: 1 }\n",
-    );
-    for f in [
-        "examples/image-service/build/http_handler.wasm",
-        "examples/image-service/build/image_processor.wasm",
-    ] {
-        sb.capgate(["sign", "artifact", f, "--key", "keys/release.key"])
-            .expect(0);
-    }
-    sign_policy(&sb);
-    sb
 }
 
 #[test]

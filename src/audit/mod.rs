@@ -26,8 +26,7 @@ pub use file::{JsonlOptions, JsonlSink, anchor_path, check_anchor};
 pub use read::{Broken, LineKind, LogLine, LogReader, Proof, Verified, verify, verify_lines};
 pub use record::{
     BadTimestamp, DecisionRecord, Entry, Gap, GapTag, MalformedRecord, PolicyChange, PolicyEvent,
-    PolicyRef, PolicyTag, Verdict,
-    parse_ts, timestamp,
+    PolicyRef, PolicyTag, Verdict, parse_ts, timestamp,
 };
 pub use replay::{Change, replay};
 

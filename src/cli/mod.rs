@@ -9,9 +9,9 @@ mod diff;
 mod exit;
 mod keys;
 mod learn;
-mod poll;
 #[cfg(feature = "oci")]
 mod oci;
+mod poll;
 mod run;
 
 use std::io::Write as _;

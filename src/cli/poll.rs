@@ -72,12 +72,15 @@ pub(super) async fn watch(
     loop {
         ticks.tick().await;
         let current = versions.borrow().clone();
-        let (src, host2, component2, current2) =
-            (src.clone(), host.clone(), component.clone(), current.clone());
-        let Ok(found) = tokio::task::spawn_blocking(move || {
-            look(&src, &host2, &component2, &current2, seen)
-        })
-        .await
+        let (src, host2, component2, current2) = (
+            src.clone(),
+            host.clone(),
+            component.clone(),
+            current.clone(),
+        );
+        let Ok(found) =
+            tokio::task::spawn_blocking(move || look(&src, &host2, &component2, &current2, seen))
+                .await
         else {
             continue;
         };

@@ -118,7 +118,11 @@ fn text(status: u16, message: String) -> hyper::Response<HyperOutgoingBody> {
 impl Served {
     /// What serving `component` of `policy` needs: its limits, gate and pre-instantiated
     /// handler (compiled and linked).
-    fn new(host: &Arc<Host>, policy: &Arc<VerifiedPolicy>, component: &str) -> Result<Self, RunError> {
+    fn new(
+        host: &Arc<Host>,
+        policy: &Arc<VerifiedPolicy>,
+        component: &str,
+    ) -> Result<Self, RunError> {
         let limits = host
             .limits(policy, component)
             .ok_or_else(|| no_such(policy, component))?;

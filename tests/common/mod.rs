@@ -322,9 +322,13 @@ impl Drop for Server {
 /// Starts `capgate ARGS` (a `serve` command listening on port 0) and waits for the line that
 /// names its address.
 pub fn serve(sb: &Sandbox, args: &[&str]) -> Server {
+    spawn_serve(sb.command(args))
+}
+
+/// [`serve`] of a command already set up.
+pub fn spawn_serve(mut cmd: Command) -> Server {
     use std::io::BufRead as _;
-    let mut child = sb
-        .command(args)
+    let mut child = cmd
         .stderr(std::process::Stdio::piped())
         .stdout(std::process::Stdio::null())
         .spawn()
@@ -405,4 +409,41 @@ fn dechunk(mut b: &[u8]) -> (Vec<u8>, bool) {
         out.extend_from_slice(data);
         b = b.get(eol + 2 + n + 2..).unwrap_or_default();
     }
+}
+
+/// The image-service demo in a sandbox: its policy at `policies/image-service/policy.yaml`,
+/// both guests built and signed by `release`, keys `alice` (policy) and `auditor`, the policy
+/// signed.
+pub fn image_service_sandbox() -> Sandbox {
+    let sb = Sandbox::new();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    sb.write(
+        "policies/image-service/policy.yaml",
+        std::fs::read(root.join("policies/image-service/policy.yaml")).unwrap(),
+    );
+    for g in ["http-handler", "image-processor"] {
+        let dst = format!("examples/image-service/build/{}.wasm", g.replace('-', "_"));
+        sb.write(&dst, std::fs::read(guests::guest(g)).unwrap());
+    }
+    sb.keys(&["release", "alice", "auditor"]);
+    sb.write(
+        "trust.yaml",
+        "capgate-trust: 1\nkeys: { release: keys/release.pub, alice: keys/alice.pub, auditor: keys/auditor.pub }\nroles:\n  artifact: { keys: [release], threshold: 1 }\n  policy: { keys: [alice], threshold: 1 }\n  audit: { keys: [auditor], threshold: 1 }\n",
+    );
+    for f in [
+        "examples/image-service/build/http_handler.wasm",
+        "examples/image-service/build/image_processor.wasm",
+    ] {
+        sb.capgate(["sign", "artifact", f, "--key", "keys/release.key"])
+            .expect(0);
+    }
+    sb.capgate([
+        "sign",
+        "policy",
+        "policies/image-service/policy.yaml",
+        "--key",
+        "keys/alice.key",
+    ])
+    .expect(0);
+    sb
 }
