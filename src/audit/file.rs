@@ -38,6 +38,15 @@ pub struct JsonlOptions {
     /// names (truncated, rewritten), or an existing log the anchor does not know, is refused
     /// instead of continued.
     pub anchor: Option<PathBuf>,
+    /// Also hands every line, once written to the file, to this (in the order of the file).
+    pub mirror: Option<Arc<dyn LineMirror>>,
+}
+
+/// Receives each line a [`JsonlSink`] writes, right after it reached the file and in file
+/// order (e.g. [`super::OtlpExporter`]). Called with the sink's lock held: it must not block.
+pub trait LineMirror: Send + Sync + std::fmt::Debug {
+    /// `lines`: one or more complete lines, each ending in `\n`.
+    fn lines(&self, lines: &[u8]);
 }
 
 struct State {
@@ -65,6 +74,7 @@ pub struct JsonlSink {
     anchor: Option<PathBuf>,
     durability: Durability,
     rotate: Option<u64>,
+    mirror: Option<Arc<dyn LineMirror>>,
     state: Mutex<State>,
     /// How far the log is known to be on disk: (file id, length). Syncs happen under this
     /// lock, never under `state`'s, so appenders keep writing while one of them syncs, and one
@@ -105,6 +115,7 @@ impl JsonlSink {
             anchor: options.anchor,
             durability: options.durability,
             rotate: options.rotate,
+            mirror: options.mirror,
             state: Mutex::new(state),
             synced: Mutex::new((0, 0)),
         };
@@ -125,6 +136,7 @@ impl JsonlSink {
             anchor: options.anchor,
             durability: options.durability,
             rotate: options.rotate,
+            mirror: options.mirror,
             state: Mutex::new(State {
                 file: None,
                 file_id: 0,
@@ -198,6 +210,9 @@ impl JsonlSink {
         }
         st.len += out.len() as u64;
         st.unsynced += 1;
+        if let Some(m) = &self.mirror {
+            m.lines(&out);
+        }
         let due = self.durability == Durability::Always || st.unsynced >= BATCH;
         if due {
             st.unsynced = 0;

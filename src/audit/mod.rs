@@ -13,6 +13,8 @@
 
 mod chain;
 mod file;
+#[cfg(feature = "otlp")]
+mod otlp;
 mod read;
 mod record;
 mod replay;
@@ -22,7 +24,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 pub use capgate_signing::Sha256;
 pub use chain::{CHECKPOINT_PAYLOAD_TYPE, Checkpointer, checkpoint_message};
-pub use file::{JsonlOptions, JsonlSink, anchor_path, check_anchor};
+pub use file::{JsonlOptions, JsonlSink, LineMirror, anchor_path, check_anchor};
+#[cfg(feature = "otlp")]
+pub use otlp::{OtlpError, OtlpExporter, OtlpOptions, OtlpStats};
 pub use read::{Broken, LineKind, LogLine, LogReader, Proof, Verified, verify, verify_lines};
 pub use record::{
     BadTimestamp, DecisionRecord, Entry, Gap, GapTag, MalformedRecord, PolicyChange, PolicyEvent,

@@ -172,6 +172,7 @@ pub(super) fn run(command: AuditCommand, log_format: super::LogFormat) -> Result
                 allow_unsigned: trust.is_none(),
                 audit: None,
                 audit_key: None,
+                audit_otlp: None,
             };
             replay(&logs.logs, &src)
         }

@@ -120,6 +120,7 @@ pub(super) fn diff(old: &Path, new: &Path, logs: &[PathBuf]) -> Result<Report, C
             allow_unsigned: true,
             audit: None,
             audit_key: None,
+            audit_otlp: None,
         };
         let r = audit::replay(logs, &src)?;
         text.push_str(&format!("\nrecorded requests: {}", r.text));

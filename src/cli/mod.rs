@@ -287,6 +287,11 @@ struct PolicyArgs {
     /// Sign audit checkpoints with this key (it should hold the trust root's `audit` role).
     #[arg(long, value_name = "KEY")]
     audit_key: Option<PathBuf>,
+    /// Also export every audit record as an OpenTelemetry log record to this OTLP/HTTP
+    /// endpoint (e.g. `http://127.0.0.1:4318/v1/logs`); the local log stays the source of
+    /// truth [default: the policy's `audit.otlp`].
+    #[arg(long, value_name = "URL", env = "CAPGATE_AUDIT_OTLP")]
+    audit_otlp: Option<String>,
 }
 
 impl PolicyArgs {
@@ -298,6 +303,7 @@ impl PolicyArgs {
             allow_unsigned: self.allow_unsigned,
             audit: self.audit.as_deref(),
             audit_key: self.audit_key.as_deref(),
+            audit_otlp: self.audit_otlp.as_deref(),
         }
     }
 }
@@ -423,6 +429,7 @@ fn run(cli: Cli) -> Result<Report, CliError> {
             allow_unsigned: trust.is_none(),
             audit: None,
             audit_key: None,
+            audit_otlp: None,
         }),
         Command::Policy {
             command: PolicyCommand::Suggest { component, name },
@@ -451,6 +458,7 @@ fn run(cli: Cli) -> Result<Report, CliError> {
                 allow_unsigned: trust.is_none(),
                 audit: None,
                 audit_key: None,
+                audit_otlp: None,
             };
             learn::learn(&logs, &src, out.as_deref())
         }

@@ -38,6 +38,7 @@ impl Polled {
             allow_unsigned: self.allow_unsigned,
             audit: None,
             audit_key: None,
+            audit_otlp: None,
         }
     }
 }

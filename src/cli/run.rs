@@ -19,6 +19,8 @@ pub(super) struct Source<'a> {
     pub audit: Option<&'a Path>,
     /// `--audit-key KEY`.
     pub audit_key: Option<&'a Path>,
+    /// `--audit-otlp URL`.
+    pub audit_otlp: Option<&'a str>,
 }
 
 /// The rollback state store: `--state-dir`, or the default location.
@@ -101,6 +103,23 @@ fn audit_config(
     }
     if let Some(path) = src.audit {
         config = config.audit_log(path);
+    }
+    if let Some(url) = src.audit_otlp {
+        if let Err(why) = capgate::policy::otlp_endpoint(url) {
+            return Err(CliError::new(
+                Exit::Usage,
+                format!(
+                    "`--audit-otlp {url}`: {why} (hint: an OTLP/HTTP logs endpoint, e.g. http://127.0.0.1:4318/v1/logs)"
+                ),
+            ));
+        }
+        if !has_log {
+            return Err(CliError::new(
+                Exit::Usage,
+                "`--audit-otlp` exports the local audit log, which stays the source of truth: pass `--audit FILE` or set `audit.log` in the policy",
+            ));
+        }
+        config = config.audit_otlp(url);
     }
     if has_log && let Some(salt) = audit_salt(src) {
         config = config.audit_salt(salt);
@@ -249,6 +268,14 @@ fn close(host: &Host) {
     if missed > 0 {
         eprintln!(
             "warning: {missed} audit record(s) could not be written (failure mode `continue`)"
+        );
+    }
+    #[cfg(feature = "otlp")]
+    if let Some(s) = host.audit_export_stats() {
+        let level = if s.dropped > 0 { "warning" } else { "capgate" };
+        eprintln!(
+            "{level}: exported {} audit record(s) over OTLP; {} dropped from the export (they are in the local log), {} failed attempt(s) retried",
+            s.exported, s.dropped, s.failed_attempts
         );
     }
 }

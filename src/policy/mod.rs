@@ -19,4 +19,4 @@ pub use model::{
     HttpGrant, Input, Limits, LookupGrant, Network, OnFailure, Output, Policy, RulesSource,
     SocketGrant, Stdio, defaults,
 };
-pub use parse::{is_ident, parse};
+pub use parse::{is_ident, otlp_endpoint, parse};

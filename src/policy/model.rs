@@ -350,6 +350,10 @@ pub struct AuditSpec {
     pub checkpoint_every: u64,
     /// Rotate the log file once it reaches this size.
     pub rotate: Option<crate::policy::units::ByteSize>,
+    /// Also export every record of the log as an OpenTelemetry log record to this OTLP/HTTP
+    /// endpoint (`http://HOST:PORT/v1/logs`); the local log stays the source of truth, so
+    /// export needs one (`log`, or the host's own).
+    pub otlp: Option<String>,
 }
 
 impl AuditSpec {
@@ -366,6 +370,7 @@ impl Default for AuditSpec {
             on_failure: Default::default(),
             checkpoint_every: Self::DEFAULT_CHECKPOINT_EVERY,
             rotate: None,
+            otlp: None,
         }
     }
 }

@@ -26,6 +26,7 @@ pub struct HostConfig {
     pub(super) audit_key: Option<Arc<SecretKey>>,
     pub(super) audit_salt: Option<[u8; 32]>,
     pub(super) audit_state: Option<PathBuf>,
+    pub(super) audit_otlp: Option<String>,
     pub(super) failures: Option<FailureObserver>,
     pub(super) progress: bool,
     pub(super) pool: Option<u32>,
@@ -59,6 +60,7 @@ impl Default for HostConfig {
             audit_key: None,
             audit_salt: None,
             audit_state: None,
+            audit_otlp: None,
             failures: None,
             progress: false,
             pool: None,
@@ -173,6 +175,15 @@ impl HostConfig {
     /// whatever line it ends with.
     pub fn audit_state_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.audit_state = Some(dir.into());
+        self
+    }
+
+    /// Also exports every record of each audit log file this host writes to the OTLP/HTTP
+    /// logs `endpoint` (e.g. `http://127.0.0.1:4318/v1/logs`), overriding a policy's
+    /// `audit.otlp` (see [`crate::audit::OtlpExporter`]). The local log stays the source of
+    /// truth: a policy with no log to export is an error when it first runs.
+    pub fn audit_otlp(mut self, endpoint: impl Into<String>) -> Self {
+        self.audit_otlp = Some(endpoint.into());
         self
     }
 

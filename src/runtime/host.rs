@@ -42,6 +42,9 @@ pub struct Host {
     apps: Mutex<HashMap<(u64, String), Arc<App>>>,
     /// Callees by policy identity, shared by every app and direct call of that policy.
     callees: Mutex<HashMap<u64, BTreeMap<String, Arc<Callee>>>>,
+    /// The OTLP exporters of the log files opened, one per file.
+    #[cfg(feature = "otlp")]
+    exporters: Mutex<Vec<Arc<crate::audit::OtlpExporter>>>,
 }
 
 /// A root component with its links resolved and its callees created.
@@ -67,6 +70,10 @@ impl Drop for Host {
         let _ = self.close();
     }
 }
+
+/// How long closing a host waits for buffered audit records to be exported over OTLP.
+#[cfg(feature = "otlp")]
+const EXPORT_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// A poisoned lock only means another thread panicked mid-update; the maps stay usable.
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -96,6 +103,8 @@ impl Host {
             files: Mutex::default(),
             apps: Mutex::default(),
             callees: Mutex::default(),
+            #[cfg(feature = "otlp")]
+            exporters: Mutex::default(),
         })
     }
 
@@ -170,16 +179,17 @@ impl Host {
                 let _ = std::fs::create_dir_all(dir);
                 crate::audit::anchor_path(dir, &path)
             });
-            let options = JsonlOptions {
-                durability: spec.durability,
-                rotate: spec.rotate.map(|r| r.bytes()),
-                checkpoints: checkpoints(),
-                anchor,
-            };
             let mut files = lock(&self.files);
             let sink = match files.get(&path) {
                 Some(sink) => sink.clone(),
                 None => {
+                    let options = JsonlOptions {
+                        durability: spec.durability,
+                        rotate: spec.rotate.map(|r| r.bytes()),
+                        checkpoints: checkpoints(),
+                        anchor,
+                        mirror: self.exporter(spec)?,
+                    };
                     let sink = Arc::new(match spec.on_failure {
                         OnFailure::FailClosed => JsonlSink::open(&path, options)
                             .map_err(|source| RunError::Audit { source })?,
@@ -190,6 +200,13 @@ impl Host {
                 }
             };
             Auditor::new(sink)
+        } else if let Some(endpoint) = c.audit_otlp.as_ref().or(spec.otlp.as_ref()) {
+            return Err(RunError::Audit {
+                source: crate::audit::AuditError::Log {
+                    path: PathBuf::from(endpoint),
+                    message: "records are exported over OTLP from a local log, and this policy has none (hint: give the policy an `audit.log`, or `--audit FILE`)".into(),
+                },
+            });
         } else {
             return Ok(None);
         };
@@ -201,6 +218,58 @@ impl Host {
             auditor = auditor.salt(salt);
         }
         Ok(Some(Arc::new(auditor)))
+    }
+
+    /// The exporter a new log file mirrors its lines to, if OTLP export is asked for (this
+    /// host's endpoint first, else the policy's).
+    fn exporter(
+        &self,
+        spec: &crate::policy::AuditSpec,
+    ) -> Result<Option<Arc<dyn crate::audit::LineMirror>>, RunError> {
+        let Some(endpoint) = self.config.audit_otlp.as_ref().or(spec.otlp.as_ref()) else {
+            return Ok(None);
+        };
+        #[cfg(feature = "otlp")]
+        {
+            use crate::audit::{OtlpExporter, OtlpOptions};
+            let e = OtlpExporter::start(OtlpOptions::new(endpoint.clone())).map_err(|e| {
+                RunError::Audit {
+                    source: crate::audit::AuditError::Log {
+                        path: PathBuf::from(endpoint),
+                        message: e.to_string(),
+                    },
+                }
+            })?;
+            let e = Arc::new(e);
+            lock(&self.exporters).push(e.clone());
+            Ok(Some(e))
+        }
+        #[cfg(not(feature = "otlp"))]
+        Err(RunError::Audit {
+            source: crate::audit::AuditError::Log {
+                path: PathBuf::from(endpoint),
+                message: "this build of capgate cannot export over OTLP (feature `otlp`)".into(),
+            },
+        })
+    }
+
+    /// What the OTLP exporters of this host's logs did so far, added up (`None` without
+    /// export). After [`Host::close`], the final counts.
+    #[cfg(feature = "otlp")]
+    pub fn audit_export_stats(&self) -> Option<crate::audit::OtlpStats> {
+        let exporters = lock(&self.exporters);
+        (!exporters.is_empty()).then(|| {
+            exporters
+                .iter()
+                .fold(crate::audit::OtlpStats::default(), |a, e| {
+                    let s = e.stats();
+                    crate::audit::OtlpStats {
+                        exported: a.exported + s.exported,
+                        dropped: a.dropped + s.dropped,
+                        failed_attempts: a.failed_attempts + s.failed_attempts,
+                    }
+                })
+        })
     }
 
     /// Opens `policy`'s audit log now, as its `audit` section says, rather than on the first
@@ -233,6 +302,12 @@ impl Host {
             if let Err(source) = crate::audit::AuditSink::close(&*sink) {
                 first.get_or_insert(RunError::Audit { source });
             }
+        }
+        // Every line is in the local logs now; what is still buffered for export gets a
+        // few seconds to go out.
+        #[cfg(feature = "otlp")]
+        for e in lock(&self.exporters).iter() {
+            e.finish(EXPORT_GRACE);
         }
         first.map_or(Ok(()), Err)
     }

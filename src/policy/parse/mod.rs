@@ -53,6 +53,7 @@ struct RawAudit {
     on_failure: OnFailure,
     checkpoint_every: Option<Spanned<u64>>,
     rotate: Option<Spanned<Quantity>>,
+    otlp: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -313,7 +314,21 @@ fn audit(cx: &Ctx<'_>, dir: &Path, raw: RawAudit) -> Result<AuditSpec, PolicyErr
             Some("give a size of at least 4KiB, for example `64MiB`".into()),
         ));
     }
+    let otlp = match raw.otlp {
+        None => None,
+        Some(u) => {
+            if let Err(why) = otlp_endpoint(&u.value) {
+                return Err(cx.err(
+                    &u.referenced,
+                    format!("audit.otlp: `{}` {why}", u.value),
+                    Some("an OTLP/HTTP logs endpoint, e.g. `http://127.0.0.1:4318/v1/logs`".into()),
+                ));
+            }
+            Some(u.value)
+        }
+    };
     Ok(AuditSpec {
+        otlp,
         level: raw.level,
         log: raw.log.map(|l| dir.join(l)),
         durability: raw.durability,
@@ -321,6 +336,23 @@ fn audit(cx: &Ctx<'_>, dir: &Path, raw: RawAudit) -> Result<AuditSpec, PolicyErr
         checkpoint_every,
         rotate,
     })
+}
+
+/// Checks an OTLP/HTTP endpoint: `http://HOST[:PORT]/PATH` (capgate's exporter speaks plain
+/// HTTP, to a collector on the host or a trusted network).
+pub fn otlp_endpoint(url: &str) -> Result<(), &'static str> {
+    let Some(rest) = url.strip_prefix("http://") else {
+        return Err(if url.starts_with("https://") {
+            "is HTTPS, which the exporter does not speak yet: export to a collector over `http://` on the host"
+        } else {
+            "is not an `http://` URL"
+        });
+    };
+    let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+    if authority.is_empty() || authority.contains(['@', ' ']) || path.contains(' ') {
+        return Err("has no valid host");
+    }
+    Ok(())
 }
 
 fn absolute(dir: &Path) -> std::path::PathBuf {
