@@ -11,6 +11,7 @@
 //! `tracing` events for the host's own subscriber). [`verify`] checks a log, [`LogReader`]
 //! reads one back, and [`replay`] decides its requests again under another policy.
 
+mod anchor;
 mod chain;
 mod file;
 #[cfg(feature = "otlp")]
@@ -22,9 +23,10 @@ mod replay;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+pub use anchor::{anchor_path, check_anchor};
 pub use capgate_signing::Sha256;
 pub use chain::{CHECKPOINT_PAYLOAD_TYPE, Checkpointer, checkpoint_message};
-pub use file::{JsonlOptions, JsonlSink, LineMirror, anchor_path, check_anchor};
+pub use file::{JsonlOptions, JsonlSink, LineMirror};
 #[cfg(feature = "otlp")]
 pub use otlp::{OtlpError, OtlpExporter, OtlpOptions, OtlpStats};
 pub use read::{Broken, LineKind, LogLine, LogReader, Proof, Verified, verify, verify_lines};
