@@ -133,6 +133,22 @@ fn every_runnable_block_of_the_docs_runs() {
                 );
             }
         }
+        // And what the fleet walkthrough says: two hosts from a registry, a rollout, a refusal.
+        if file.ends_with("docs/fleet.md") {
+            for said in [
+                "host a: GET /admin -> 403",
+                "host b: GET /admin -> 403",
+                "host a: GET /admin -> 200",
+                "host b: GET /admin -> 200",
+                "version 2 activated (was version 1)",
+                "version 2 goes on serving",
+                "\"type\":\"policy\",\"event\":\"activated\"",
+                "\"type\":\"policy\",\"event\":\"refused\"",
+                "ok: 6 records intact",
+            ] {
+                assert!(stdout.contains(said), "fleet: no {said:?} in\n{stdout}");
+            }
+        }
         ran.push(file);
     }
     assert!(
