@@ -210,7 +210,7 @@ fn a_new_version_is_activated_while_serving_without_failing_a_request_and_bad_ve
 }
 
 #[test]
-fn a_version_pushed_to_the_polled_oci_tag_is_activated() {
+fn a_version_pushed_to_the_polled_oci_tag_is_activated_and_one_without_its_signature_refused() {
     let reg = Registry::start();
     let sb = image_service_sandbox();
     let cache = sb.path("oci-cache");
@@ -231,7 +231,7 @@ fn a_version_pushed_to_the_polled_oci_tag_is_activated() {
         "examples/image-service/build/image_processor.wasm",
         &processor,
     );
-    let from_registry = |v: u32, functions: &str| {
+    let from_registry = |v: u32, functions: &str, tag: &str| {
         version(&sb, v, functions, "");
         let text = String::from_utf8(sb.read(POLICY))
             .unwrap()
@@ -245,9 +245,9 @@ fn a_version_pushed_to_the_polled_oci_tag_is_activated() {
             );
         sb.write(POLICY, text);
         sign(&sb, "keys/alice.key");
-        push("policy", POLICY, &reg.oci("demo/policy:live"));
+        push("policy", POLICY, &reg.oci(&format!("demo/policy:{tag}")));
     };
-    from_registry(1, "apply-filter, get-dimensions");
+    from_registry(1, "apply-filter, get-dimensions", "live");
     let tag = reg.oci("demo/policy:live");
     let mut server = {
         let mut cmd = sb.command([
@@ -269,13 +269,57 @@ fn a_version_pushed_to_the_polled_oci_tag_is_activated() {
         common::spawn_serve(cmd)
     };
     assert_eq!(request(&server.addr, "GET", "/admin", b"").0, 403);
-    from_registry(2, "apply-filter, get-dimensions, admin-stats");
+    from_registry(2, "apply-filter, get-dimensions, admin-stats", "live");
     admin_becomes(&server, 200);
     stderr_until(&mut server, "activated");
+
+    // Version 3 reaches the polled tag without its signature (the registry withholds it):
+    // refused and recorded, version 2 goes on.
+    from_registry(3, "apply-filter, get-dimensions", "staging");
+    let manifest_of = |tag: &str| {
+        let (status, _, body) = reg.http(
+            "GET",
+            &format!("/v2/demo/policy/manifests/{tag}"),
+            &[("accept", "application/vnd.oci.image.manifest.v1+json")],
+            b"",
+        );
+        assert_eq!(status, 200);
+        body
+    };
+    let v3 = manifest_of("staging");
+    let digest = format!("sha256:{}", capgate::signing::Sha256::of(&v3));
+    let (status, _, index) = reg.http(
+        "GET",
+        &format!("/v2/demo/policy/manifests/{}", digest.replace(':', "-")),
+        &[("accept", "application/vnd.oci.image.index.v1+json")],
+        b"",
+    );
+    assert_eq!(status, 200);
+    let index = format!("sha256:{}", capgate::signing::Sha256::of(&index));
+    let (status, head, _) = reg.http(
+        "DELETE",
+        &format!("/v2/demo/policy/manifests/{index}"),
+        &[],
+        b"",
+    );
+    assert_eq!(status, 202, "{head}");
+    reg.put_manifest(
+        "demo/policy",
+        "live",
+        &v3,
+        "application/vnd.oci.image.manifest.v1+json",
+    );
+    let log = stderr_until(&mut server, "refused");
+    assert!(log.contains("no capgate signature"), "{log}");
+    assert_eq!(request(&server.addr, "GET", "/admin", b"").0, 200);
+
     assert_eq!(stop(server), 0);
     let records = policy_records(&sb);
-    assert_eq!(records.len(), 1, "{records:?}");
-    assert_eq!(records[0]["event"], "activated");
+    let events: Vec<_> = records
+        .iter()
+        .map(|r| r["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(events, ["activated", "refused"], "{records:?}");
     assert_eq!(records[0]["source"], tag.as_str());
 }
 

@@ -133,6 +133,15 @@ fn look(
     let s = src.source();
     let file = match policy_file(&s) {
         Ok(f) => f,
+        // A pull refused for trust (a digest mismatch, no signature) is a version refused;
+        // anything else (no registry, no file) is no version at all.
+        Err(e) if e.exit == super::Exit::NoPerm => {
+            let fp = Sha256::of(e.to_string().as_bytes());
+            if seen == Some(fp) {
+                return Found::Unchanged(fp);
+            }
+            return Found::Refused(e.to_string(), fp);
+        }
         Err(e) => return Found::Unreadable(e.to_string()),
     };
     let read = |p: &std::path::Path| std::fs::read(p).unwrap_or_default();

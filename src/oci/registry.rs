@@ -272,6 +272,12 @@ pub(super) fn plan(
                     "not a capgate policy bundle: expected artifact type `{POLICY_ARTIFACT}` with the YAML as the first layer"
                 )));
             }
+            if manifest.layers[0].size > MAX_POLICY {
+                return Err(bad(format!(
+                    "the policy YAML is {} bytes, more than capgate reads",
+                    manifest.layers[0].size
+                )));
+            }
             let mut out = vec![(PathBuf::from("policy.yaml"), manifest.layers[0].clone())];
             for l in &manifest.layers[1..] {
                 let title = l.annotations.get(TITLE).map(String::as_str).unwrap_or("");
