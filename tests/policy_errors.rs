@@ -439,3 +439,28 @@ fn every_newcomer_error_has_a_location_an_expectation_and_a_hint() {
         .expect(0)
         .stdout_has("action \"net.connect\"");
 }
+
+#[test]
+fn a_rules_path_with_dot_parts_is_refused_when_signing_not_only_when_verifying() {
+    let sb = sandbox();
+    sb.keys(&["alice"]);
+    sb.write(
+        "rules.cedar",
+        "@id(\"no-http\")\nforbid (principal, action == Action::\"http.request\", resource);\n",
+    );
+    let policy = |rules: &str| {
+        format!("{HEAD}rules: [{rules}]\ncomponents:\n  app:\n    component: app.wasm\n")
+    };
+    for bad in ["./rules.cedar", "static/../rules.cedar"] {
+        sb.write("p.yaml", policy(bad));
+        sb.capgate(["sign", "policy", "p.yaml", "--key", "keys/alice.key"])
+            .expect(65)
+            .stderr_has("p.yaml:4:9: rules path")
+            .stderr_has("hint: write `");
+        assert!(!sb.path("p.yaml.sig").exists());
+    }
+    // The plain name signs (and is what verification reads back).
+    sb.write("p.yaml", policy("rules.cedar"));
+    sb.capgate(["sign", "policy", "p.yaml", "--key", "keys/alice.key"])
+        .expect(0);
+}

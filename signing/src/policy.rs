@@ -163,6 +163,29 @@ impl PolicyHeader {
                     None,
                 ));
             }
+            // The signature lists each file under the name the policy gives it, and only a
+            // plain path below the policy's directory is read back: `./r.cedar` or
+            // `../x/r.cedar` would sign but never verify.
+            let plain = Path::new(&r.value)
+                .components()
+                .all(|c| matches!(c, std::path::Component::Normal(_)));
+            if !plain {
+                let bare = Path::new(&r.value)
+                    .components()
+                    .filter(|c| matches!(c, std::path::Component::Normal(_)))
+                    .collect::<std::path::PathBuf>();
+                return Err(err(
+                    Some(&r.referenced),
+                    format!(
+                        "rules path `{}` must be a plain path below the policy's directory, without `.` or `..` parts",
+                        crate::error::clip(&r.value)
+                    ),
+                    Some(&format!(
+                        "write `{}`, and keep rules files beside the policy or below it",
+                        bare.display()
+                    )),
+                ));
+            }
             rules.push(r.value);
         }
         Ok(Self {
