@@ -30,6 +30,8 @@ pub struct VerifiedPolicy {
     artifacts: BTreeMap<String, VerifiedArtifact>,
     provenance: Provenance,
     expires: Option<time::OffsetDateTime>,
+    /// The verified bundle, kept to be recorded by [`VerifiedPolicy::accept`].
+    bundle: Option<std::sync::Arc<PolicyBundle>>,
     #[cfg(feature = "runtime")]
     pub(crate) dirs: BTreeMap<String, Vec<std::sync::Arc<cap_std::fs::Dir>>>,
 }
@@ -41,24 +43,34 @@ impl VerifiedPolicy {
     /// A copy of the accepted bundle is kept in `state` for later versions to be compared
     /// with ([`StateStore::keep`]); failing to keep it does not fail the load.
     pub fn load(path: &Path, trust: &TrustRoot, state: &StateStore) -> Result<Self, PolicyError> {
-        let bundle = PolicyVerifier::new(trust, state)
-            .check_only()
-            .verify(path)?;
-        let kept = bundle.clone();
-        let loaded = Self::from_bundle(bundle, Some(trust))?;
-        let header = (loaded.policy.name.clone(), loaded.policy.version);
-        // `accept` checks again under the state lock, so a concurrent newer accept still wins.
-        state.accept_content(path, &header.0, header.1, Some(&loaded.policy.sha256))?;
-        let _ = state.keep(&kept);
+        let loaded = Self::check(path, trust, state)?;
+        loaded.accept(state)?;
         Ok(loaded)
     }
 
-    /// Like [`VerifiedPolicy::load`], but does not record the version as accepted.
+    /// Like [`VerifiedPolicy::load`], but does not record the version as accepted: a host that
+    /// must first see the policy work (`serve --poll` checks that it can serve) calls
+    /// [`VerifiedPolicy::accept`] once it does.
     pub fn check(path: &Path, trust: &TrustRoot, state: &StateStore) -> Result<Self, PolicyError> {
         let bundle = PolicyVerifier::new(trust, state)
             .check_only()
             .verify(path)?;
-        Self::from_bundle(bundle, Some(trust))
+        let kept = std::sync::Arc::new(bundle.clone());
+        let mut loaded = Self::from_bundle(bundle, Some(trust))?;
+        loaded.bundle = Some(kept);
+        Ok(loaded)
+    }
+
+    /// Records this verified version in `state` as accepted (rollback protection: no older
+    /// version of its name loads after it), and keeps a copy of its bundle there. The check
+    /// is made again under the state's lock, so a newer version accepted meanwhile wins.
+    pub fn accept(&self, state: &StateStore) -> Result<(), PolicyError> {
+        let p = &self.policy;
+        state.accept_content(&p.path, &p.name, p.version, Some(&p.sha256))?;
+        if let Some(bundle) = &self.bundle {
+            let _ = state.keep(bundle);
+        }
+        Ok(())
     }
 
     pub(crate) fn from_bundle(
@@ -121,6 +133,7 @@ impl VerifiedPolicy {
             artifacts,
             provenance,
             expires,
+            bundle: None,
             #[cfg(feature = "runtime")]
             dirs,
         })

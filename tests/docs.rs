@@ -144,7 +144,7 @@ fn every_runnable_block_of_the_docs_runs() {
                 "version 2 goes on serving",
                 "\"type\":\"policy\",\"event\":\"activated\"",
                 "\"type\":\"policy\",\"event\":\"refused\"",
-                "ok: 6 records intact",
+                "ok: 8 records intact",
             ] {
                 assert!(stdout.contains(said), "fleet: no {said:?} in\n{stdout}");
             }

@@ -319,8 +319,18 @@ fn a_version_pushed_to_the_polled_oci_tag_is_activated_and_one_without_its_signa
         .iter()
         .map(|r| r["event"].as_str().unwrap())
         .collect();
-    assert_eq!(events, ["activated", "refused"], "{records:?}");
-    assert_eq!(records[0]["source"], tag.as_str());
+    // Each version's first use pins what its components' references resolved to.
+    assert_eq!(
+        events,
+        ["loaded", "loaded", "activated", "refused"],
+        "{records:?}"
+    );
+    let pinned = records[0]["components"]["http-handler"].as_str().unwrap();
+    assert!(
+        pinned.starts_with(&reg.oci("demo/http-handler@sha256:")),
+        "{pinned}"
+    );
+    assert_eq!(records[2]["source"], tag.as_str());
 }
 
 #[test]

@@ -91,11 +91,24 @@ fn a_component_and_a_policy_pushed_to_a_registry_run_from_it_and_a_second_run_by
         &sb,
         "run1",
         &[],
-        &["run", "--policy", &by_tag, "--trust", "trust.yaml"],
+        &[
+            "run",
+            "--policy",
+            &by_tag,
+            "--trust",
+            "trust.yaml",
+            "--audit",
+            "a.jsonl",
+        ],
     )
     .expect(0)
     .stdout_has(HELLO)
     .stderr_has(&policy);
+    // The audit log pins what the component's tag resolved to, before any decision.
+    let log = String::from_utf8(sb.read("a.jsonl")).unwrap();
+    let loaded: serde_json::Value = serde_json::from_str(log.lines().nth(1).unwrap()).unwrap();
+    assert_eq!(loaded["event"], "loaded", "{log}");
+    assert_eq!(loaded["components"]["hello"], component.as_str(), "{log}");
     capgate(
         &sb,
         "run1",

@@ -522,7 +522,7 @@ impl AuditSink for TracingSink {
                 tracing::warn!(target: "capgate::audit", ts = %ts, missed = gap.missed, from = %gap.from, to = %gap.to, error = %gap.error, "capgate audit gap");
             }
             Entry::Policy { ts, event: e } => {
-                tracing::warn!(target: "capgate::audit", ts = %ts, event = e.event.as_str(), policy = %e.policy.name, policy_version = e.policy.version, source = %e.source, reason = e.reason.as_deref().unwrap_or(""), "capgate policy");
+                tracing::warn!(target: "capgate::audit", ts = %ts, event = e.event.as_str(), policy = %e.policy.name, policy_version = e.policy.version, source = e.source.as_deref().unwrap_or(""), reason = e.reason.as_deref().unwrap_or(""), "capgate policy");
             }
         }
         Ok(())

@@ -283,8 +283,10 @@ pub struct PolicyEvent {
     pub kind: PolicyTag,
     /// What happened.
     pub event: PolicyChange,
-    /// Where the policy was read from (a file, or an `oci://` reference pinned by digest).
-    pub source: String,
+    /// Where the policy was read from, as the host was told (a file, or an `oci://`
+    /// reference), when it says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
     /// The policy this event is about: the version activated or expired, or (for a refusal)
     /// the version that keeps serving.
     pub policy: PolicyRef,
@@ -294,6 +296,10 @@ pub struct PolicyEvent {
     /// Why a version was refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// For each component pulled from an OCI registry, the reference it was pulled by,
+    /// pinned by the manifest's digest (`oci://HOST/REPO@sha256:…`): what a tag resolved to.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub components: std::collections::BTreeMap<String, String>,
 }
 
 /// The `type` tag of a [`PolicyEvent`].
@@ -315,6 +321,9 @@ pub enum PolicyChange {
     Refused,
     /// The version served expired: nothing is served under it any more.
     Expired,
+    /// A policy whose components come from an OCI registry was first used on this host:
+    /// the record pins what each reference resolved to.
+    Loaded,
 }
 
 impl PolicyChange {
@@ -324,6 +333,7 @@ impl PolicyChange {
             Self::Activated => "activated",
             Self::Refused => "refused",
             Self::Expired => "expired",
+            Self::Loaded => "loaded",
         }
     }
 }

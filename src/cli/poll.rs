@@ -170,8 +170,14 @@ fn look(
     if let Err(e) = capgate::servable(host, &checked, component) {
         return Found::Refused(format!("it cannot serve `{component}`: {e}"), fp);
     }
-    match load(&local, true) {
-        Ok(p) => Found::New(Arc::new(p), fp),
-        Err(e) => Found::Refused(e.to_string(), fp),
+    // Only now is the version recorded as accepted (the same verified policy is activated:
+    // what was checked is what serves).
+    if !src.allow_unsigned {
+        let accepted = super::run::state(src.state_dir.as_deref())
+            .and_then(|state| checked.accept(&state).map_err(Into::into));
+        if let Err(e) = accepted {
+            return Found::Refused(e.to_string(), fp);
+        }
     }
+    Found::New(checked, fp)
 }

@@ -123,24 +123,10 @@ impl Served {
         policy: &Arc<VerifiedPolicy>,
         component: &str,
     ) -> Result<Self, RunError> {
-        let limits = host
-            .limits(policy, component)
-            .ok_or_else(|| no_such(policy, component))?;
-        let (compiled, linker) = host.linked(policy, component)?;
-        let gate = host.gate(policy, component)?;
-        let not_a_handler = |e: wasmtime::Error| RunError::Instantiate {
-            component: component.to_owned(),
-            message: format!(
-                "it cannot serve HTTP (it must export `wasi:http/incoming-handler`): {}",
-                e.root_cause()
-            ),
-            source: Some(e.into()),
-        };
-        let pre = ProxyPre::new(linker.instantiate_pre(&compiled).map_err(not_a_handler)?)
-            .map_err(not_a_handler)?;
+        let (limits, pre) = handler(host, policy, component)?;
         Ok(Self {
             host: host.clone(),
-            gate,
+            gate: host.gate(policy, component)?,
             limits,
             component: component.to_owned(),
             pre,
@@ -267,6 +253,30 @@ impl Served {
     }
 }
 
+/// `component`'s limits and its handler, compiled, linked and pre-instantiated: what serving
+/// it needs besides its gate (which opens the policy's audit log).
+fn handler(
+    host: &Arc<Host>,
+    policy: &Arc<VerifiedPolicy>,
+    component: &str,
+) -> Result<(Limits, ProxyPre<State>), RunError> {
+    let limits = host
+        .limits(policy, component)
+        .ok_or_else(|| no_such(policy, component))?;
+    let (compiled, linker) = host.linked(policy, component)?;
+    let not_a_handler = |e: wasmtime::Error| RunError::Instantiate {
+        component: component.to_owned(),
+        message: format!(
+            "it cannot serve HTTP (it must export `wasi:http/incoming-handler`): {}",
+            e.root_cause()
+        ),
+        source: Some(e.into()),
+    };
+    let pre = ProxyPre::new(linker.instantiate_pre(&compiled).map_err(not_a_handler)?)
+        .map_err(not_a_handler)?;
+    Ok((limits, pre))
+}
+
 /// Serves `component` of `policy` on `listener` until `shutdown` completes, then lets requests
 /// in flight finish (for up to 10 seconds).
 pub async fn serve(
@@ -288,7 +298,7 @@ pub fn servable(
     policy: &Arc<VerifiedPolicy>,
     component: &str,
 ) -> Result<(), RunError> {
-    Served::new(host, policy, component).map(drop)
+    handler(host, policy, component).map(drop)
 }
 
 /// [`serve`], with the policy replaced while serving: each version sent on `versions` (which

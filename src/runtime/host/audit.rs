@@ -1,11 +1,15 @@
 //! The audit side of a [`Host`]: each policy's auditor, the log files they share, policy
 //! events, OTLP exporters, and closing it all.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use super::{Host, lock};
-use crate::audit::{Auditor, Checkpointer, JsonlOptions, JsonlSink, OnFailure};
+use crate::audit::{
+    Auditor, Checkpointer, JsonlOptions, JsonlSink, OnFailure, PolicyChange, PolicyEvent,
+    PolicyRef, PolicyTag,
+};
 use crate::runtime::error::RunError;
 use crate::verified::VerifiedPolicy;
 
@@ -23,6 +27,14 @@ impl Host {
             Some(a) => a.clone(),
             None => {
                 let a = self.new_auditor(policy)?;
+                // What each `oci://` reference resolved to, before any decision under it
+                // (the map's lock is still held: no decision of this policy can come first).
+                if let Some(a) = &a
+                    && !pulled(policy).is_empty()
+                {
+                    a.record_event(event(policy, PolicyChange::Loaded, None, None, None))
+                        .map_err(|source| RunError::Audit { source })?;
+                }
                 auditors.insert(policy.id(), a.clone());
                 a
             }
@@ -41,19 +53,12 @@ impl Host {
         previous: Option<&VerifiedPolicy>,
         reason: Option<String>,
     ) -> Result<(), RunError> {
-        use crate::audit::{PolicyEvent, PolicyRef, PolicyTag};
         let Some(auditor) = self.auditor(policy)? else {
             return Ok(());
         };
+        let source = Some(source.to_owned()).filter(|s| !s.is_empty());
         auditor
-            .record_event(PolicyEvent {
-                kind: PolicyTag::Policy,
-                event,
-                source: source.to_owned(),
-                policy: PolicyRef::of(policy),
-                previous: previous.map(PolicyRef::of),
-                reason,
-            })
+            .record_event(self::event(policy, event, source, previous, reason))
             .map_err(|source| RunError::Audit { source })
     }
 
@@ -216,5 +221,37 @@ impl Host {
             .flatten()
             .map(|a| a.missed())
             .sum()
+    }
+}
+
+/// The components of `policy` pulled from OCI registries, with the pinned reference of each.
+fn pulled(policy: &VerifiedPolicy) -> BTreeMap<String, String> {
+    policy
+        .policy()
+        .components
+        .iter()
+        .filter_map(|(name, c)| Some((name.clone(), c.source.clone()?)))
+        .collect()
+}
+
+/// The record of `change` to `policy`.
+fn event(
+    policy: &VerifiedPolicy,
+    change: PolicyChange,
+    source: Option<String>,
+    previous: Option<&VerifiedPolicy>,
+    reason: Option<String>,
+) -> PolicyEvent {
+    PolicyEvent {
+        kind: PolicyTag::Policy,
+        event: change,
+        source,
+        policy: PolicyRef::of(policy),
+        previous: previous.map(PolicyRef::of),
+        reason,
+        components: match change {
+            PolicyChange::Loaded => pulled(policy),
+            _ => BTreeMap::new(),
+        },
     }
 }
