@@ -25,6 +25,29 @@ type Received = Arc<Mutex<Vec<(i64, String)>>>;
 /// An OTLP/HTTP receiver on a loopback port, answering 503 to its first `fail_first`
 /// requests (what it got then is not kept). Runs until the test process ends.
 fn receiver(fail_first: usize) -> (String, Received) {
+    receiver_with(fail_first, None)
+}
+
+/// [`receiver`], over TLS with `tls` (certificate chain and key) when given.
+fn receiver_with(
+    fail_first: usize,
+    tls: Option<(
+        rustls::pki_types::CertificateDer<'static>,
+        rustls::pki_types::PrivateKeyDer<'static>,
+    )>,
+) -> (String, Received) {
+    let acceptor = tls.map(|(cert, key)| {
+        let config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert], key)
+        .unwrap();
+        tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config))
+    });
+    let scheme = if acceptor.is_some() { "https" } else { "http" };
     let received: Received = Arc::default();
     let (tx, rx) = std::sync::mpsc::channel();
     let got = received.clone();
@@ -92,15 +115,41 @@ fn receiver(fail_first: usize) -> (String, Received) {
                         }
                     },
                 );
-                tokio::spawn(
-                    hyper::server::conn::http1::Builder::new()
-                        .serve_connection(hyper_util_io(stream), service),
-                );
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let builder = hyper::server::conn::http1::Builder::new();
+                    match acceptor {
+                        Some(a) => {
+                            // A client that does not trust the certificate hangs up here.
+                            if let Ok(tls) = a.accept(stream).await {
+                                let _ = builder
+                                    .serve_connection(
+                                        wasmtime_wasi_http::io::TokioIo::new(tls),
+                                        service,
+                                    )
+                                    .await;
+                            }
+                        }
+                        None => {
+                            let _ = builder
+                                .serve_connection(hyper_util_io(stream), service)
+                                .await;
+                        }
+                    }
+                });
             }
         });
     });
     let addr = rx.recv().unwrap();
-    (format!("http://{addr}/v1/logs"), received)
+    let host = if scheme == "https" {
+        "localhost".to_owned()
+    } else {
+        addr.ip().to_string()
+    };
+    (
+        format!("{scheme}://{host}:{}/v1/logs", addr.port()),
+        received,
+    )
 }
 
 fn hyper_util_io(
@@ -216,15 +265,62 @@ fn an_unreachable_collector_neither_blocks_nor_fails_enforcement_and_the_local_l
 }
 
 #[test]
+fn an_https_collector_is_reached_when_its_certificate_chains_to_a_trusted_root() {
+    let key = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let (endpoint, received) = receiver_with(
+        0,
+        Some((
+            key.cert.der().clone(),
+            rustls::pki_types::PrivateKeyDer::Pkcs8(key.signing_key.serialize_der().into()),
+        )),
+    );
+    let sb = fixture("");
+    sb.write("collector-ca.pem", key.cert.pem());
+    // Not trusted (not in the Web PKI roots): nothing is exported, enforcement goes on.
+    run(
+        &sb,
+        &["--audit-otlp", &endpoint],
+        &["read", "/data/secret.txt"],
+    )
+    .stdout_has("denied")
+    .stderr_has("exported 0 audit record(s)");
+    assert!(received.lock().unwrap().is_empty());
+    // With the collector's CA trusted, every line of the log arrives.
+    run(
+        &sb,
+        &[
+            "--audit-otlp",
+            &endpoint,
+            "--audit-otlp-ca",
+            "collector-ca.pem",
+        ],
+        &["read", "/data/ok.txt"],
+    )
+    .stderr_has(" 0 dropped");
+    let local = String::from_utf8(sb.read("audit.jsonl")).unwrap();
+    let got = received.lock().unwrap().clone();
+    let second_run: Vec<&str> = local
+        .lines()
+        .skip_while(|l| !l.contains("/data/ok.txt"))
+        .collect();
+    let bodies: Vec<&str> = got.iter().map(|(_, b)| b.as_str()).collect();
+    assert!(
+        bodies.len() >= second_run.len() && !second_run.is_empty(),
+        "{bodies:?}"
+    );
+    assert!(bodies.ends_with(&second_run), "{bodies:?}\n{second_run:?}");
+}
+
+#[test]
 fn export_needs_a_local_log_and_an_http_endpoint() {
     let sb = fixture("");
     run(
         &sb,
-        &["--audit-otlp", "https://collector.example/v1/logs"],
+        &["--audit-otlp", "ftp://collector.example/v1/logs"],
         &["read", "/data/ok.txt"],
     )
     .expect(64)
-    .stderr_has("HTTPS");
+    .stderr_has("is not an `http://` or `https://` URL");
     // A policy without a log of its own, and no `--audit`: nothing to export from.
     common::resign_policy(
         &sb,
@@ -239,7 +335,7 @@ fn export_needs_a_local_log_and_an_http_endpoint() {
     Run::from_output(cmd.output().unwrap())
         .expect(64)
         .stderr_has("source of truth");
-    // In the policy, an `https` endpoint is an error at its line.
+    // In the policy, an endpoint that is not HTTP(S) is an error at its line.
     sb.write("bad.yaml", "capgate: 1\nname: b\nversion: 1\naudit: { log: a.jsonl, otlp: \"ftp://x\" }\ncomponents:\n  probe:\n    component: probe.wasm\n");
     sb.capgate(["policy", "check", "bad.yaml"])
         .expect(65)

@@ -40,6 +40,9 @@ pub struct OtlpOptions {
     pub buffer: usize,
     /// The timeout of one export request.
     pub timeout: Duration,
+    /// For an `https://` endpoint: certificates (PEM) to trust besides the Web PKI roots,
+    /// e.g. a private CA of the collector.
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 impl OtlpOptions {
@@ -49,6 +52,7 @@ impl OtlpOptions {
             endpoint: endpoint.into(),
             buffer: 65_536,
             timeout: Duration::from_secs(5),
+            ca_file: None,
         }
     }
 }
@@ -108,6 +112,7 @@ impl OtlpExporter {
             .with_retry_policy(opentelemetry_otlp::RetryPolicy::disabled())
             .with_http_client(client::Http1 {
                 timeout: options.timeout,
+                tls: client::tls(options.ca_file.as_deref()).map_err(fail)?,
             })
             .build()
             .map_err(|e| fail(e.to_string()))?;
@@ -273,33 +278,79 @@ fn record(blank: &SdkLogRecord, line: &str) -> SdkLogRecord {
     r
 }
 
-/// The HTTP/1.1 client the exporter sends with (plain HTTP; hyper, as the rest of capgate).
+/// The HTTP/1.1 client the exporter sends with (hyper and rustls, as the rest of capgate).
 mod client {
+    use std::sync::Arc;
     use std::time::Duration;
 
     use http_body_util::{BodyExt as _, Full, Limited};
     use opentelemetry_http::{Bytes, HttpClient, HttpError, Request, Response};
+    use rustls::pki_types::pem::PemObject as _;
 
     /// The largest response body read from a collector.
     const MAX_RESPONSE: usize = 1 << 20;
 
-    #[derive(Debug)]
     pub(super) struct Http1 {
         pub(super) timeout: Duration,
+        pub(super) tls: Arc<rustls::ClientConfig>,
+    }
+
+    impl std::fmt::Debug for Http1 {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("Http1")
+                .field("timeout", &self.timeout)
+                .finish_non_exhaustive()
+        }
+    }
+
+    /// The TLS client configuration: the Web PKI roots, and those of `ca_file` if given.
+    pub(super) fn tls(
+        ca_file: Option<&std::path::Path>,
+    ) -> Result<Arc<rustls::ClientConfig>, String> {
+        let mut roots = rustls::RootCertStore {
+            roots: webpki_roots::TLS_SERVER_ROOTS.into(),
+        };
+        if let Some(path) = ca_file {
+            let certs = rustls::pki_types::CertificateDer::pem_file_iter(path)
+                .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| {
+                    format!("cannot read CA certificates from `{}`: {e}", path.display())
+                })?;
+            if certs.is_empty() {
+                return Err(format!("`{}` holds no PEM certificate", path.display()));
+            }
+            for c in certs {
+                roots
+                    .add(c)
+                    .map_err(|e| format!("a certificate of `{}`: {e}", path.display()))?;
+            }
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Ok(Arc::new(config))
     }
 
     #[async_trait::async_trait]
     impl HttpClient for Http1 {
         async fn send_bytes(&self, req: Request<Bytes>) -> Result<Response<Bytes>, HttpError> {
-            tokio::time::timeout(self.timeout, send(req)).await?
+            tokio::time::timeout(self.timeout, send(req, &self.tls)).await?
         }
     }
 
-    async fn send(req: Request<Bytes>) -> Result<Response<Bytes>, HttpError> {
+    async fn send(
+        req: Request<Bytes>,
+        tls: &Arc<rustls::ClientConfig>,
+    ) -> Result<Response<Bytes>, HttpError> {
         let (mut parts, body) = req.into_parts();
-        if parts.uri.scheme_str() != Some("http") {
-            return Err("only http:// OTLP endpoints are supported".into());
-        }
+        let secure = match parts.uri.scheme_str() {
+            Some("http") => false,
+            Some("https") => true,
+            _ => return Err("only http:// and https:// OTLP endpoints are supported".into()),
+        };
         let authority = parts
             .uri
             .authority()
@@ -310,13 +361,10 @@ mod client {
             .trim_start_matches('[')
             .trim_end_matches(']')
             .to_owned();
-        let stream =
-            tokio::net::TcpStream::connect((host.as_str(), authority.port_u16().unwrap_or(80)))
-                .await?;
-        let (mut sender, conn) =
-            hyper::client::conn::http1::handshake(wasmtime_wasi_http::io::TokioIo::new(stream))
-                .await?;
-        tokio::spawn(conn);
+        let port = authority
+            .port_u16()
+            .unwrap_or(if secure { 443 } else { 80 });
+        let stream = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
         parts.uri = parts
             .uri
             .path_and_query()
@@ -325,11 +373,36 @@ mod client {
         parts
             .headers
             .insert(http::header::HOST, authority.as_str().parse()?);
-        let response = sender
-            .send_request(http::Request::from_parts(parts, Full::new(body)))
-            .await?;
+        let request = http::Request::from_parts(parts, Full::new(body));
+        let response = if secure {
+            let name = match host.parse::<std::net::IpAddr>() {
+                Ok(ip) => rustls::pki_types::ServerName::from(ip),
+                Err(_) => rustls::pki_types::ServerName::try_from(host.clone())?,
+            };
+            let stream = tokio_rustls::TlsConnector::from(tls.clone())
+                .connect(name, stream)
+                .await?;
+            exchange(stream, request).await?
+        } else {
+            exchange(stream, request).await?
+        };
         let (parts, body) = response.into_parts();
         let bytes = Limited::new(body, MAX_RESPONSE).collect().await?.to_bytes();
         Ok(Response::from_parts(parts, bytes))
+    }
+
+    /// One request and its response on a fresh connection.
+    async fn exchange<S>(
+        stream: S,
+        request: http::Request<Full<Bytes>>,
+    ) -> Result<hyper::Response<hyper::body::Incoming>, HttpError>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(wasmtime_wasi_http::io::TokioIo::new(stream))
+                .await?;
+        tokio::spawn(conn);
+        Ok(sender.send_request(request).await?)
     }
 }

@@ -173,6 +173,7 @@ pub(super) fn run(command: AuditCommand, log_format: super::LogFormat) -> Result
                 audit: None,
                 audit_key: None,
                 audit_otlp: None,
+                audit_otlp_ca: None,
             };
             replay(&logs.logs, &src)
         }

@@ -292,6 +292,15 @@ struct PolicyArgs {
     /// truth [default: the policy's `audit.otlp`].
     #[arg(long, value_name = "URL", env = "CAPGATE_AUDIT_OTLP")]
     audit_otlp: Option<String>,
+    /// Certificates (PEM) an `https://` OTLP endpoint may chain to, besides the Web PKI
+    /// roots (a private CA of the collector).
+    #[arg(
+        long,
+        value_name = "PEM",
+        env = "CAPGATE_AUDIT_OTLP_CA",
+        requires = "audit_otlp"
+    )]
+    audit_otlp_ca: Option<PathBuf>,
 }
 
 impl PolicyArgs {
@@ -304,6 +313,7 @@ impl PolicyArgs {
             audit: self.audit.as_deref(),
             audit_key: self.audit_key.as_deref(),
             audit_otlp: self.audit_otlp.as_deref(),
+            audit_otlp_ca: self.audit_otlp_ca.as_deref(),
         }
     }
 }
@@ -430,6 +440,7 @@ fn run(cli: Cli) -> Result<Report, CliError> {
             audit: None,
             audit_key: None,
             audit_otlp: None,
+            audit_otlp_ca: None,
         }),
         Command::Policy {
             command: PolicyCommand::Suggest { component, name },
@@ -459,6 +470,7 @@ fn run(cli: Cli) -> Result<Report, CliError> {
                 audit: None,
                 audit_key: None,
                 audit_otlp: None,
+                audit_otlp_ca: None,
             };
             learn::learn(&logs, &src, out.as_deref())
         }

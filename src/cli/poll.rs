@@ -39,6 +39,7 @@ impl Polled {
             audit: None,
             audit_key: None,
             audit_otlp: None,
+            audit_otlp_ca: None,
         }
     }
 }

@@ -21,6 +21,8 @@ pub(super) struct Source<'a> {
     pub audit_key: Option<&'a Path>,
     /// `--audit-otlp URL`.
     pub audit_otlp: Option<&'a str>,
+    /// `--audit-otlp-ca PEM`.
+    pub audit_otlp_ca: Option<&'a Path>,
 }
 
 /// The rollback state store: `--state-dir`, or the default location.
@@ -120,6 +122,9 @@ fn audit_config(
             ));
         }
         config = config.audit_otlp(url);
+        if let Some(ca) = src.audit_otlp_ca {
+            config = config.audit_otlp_ca(ca);
+        }
     }
     if has_log && let Some(salt) = audit_salt(src) {
         config = config.audit_salt(salt);

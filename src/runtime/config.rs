@@ -27,6 +27,7 @@ pub struct HostConfig {
     pub(super) audit_salt: Option<[u8; 32]>,
     pub(super) audit_state: Option<PathBuf>,
     pub(super) audit_otlp: Option<String>,
+    pub(super) audit_otlp_ca: Option<PathBuf>,
     pub(super) failures: Option<FailureObserver>,
     pub(super) progress: bool,
     pub(super) pool: Option<u32>,
@@ -61,6 +62,7 @@ impl Default for HostConfig {
             audit_salt: None,
             audit_state: None,
             audit_otlp: None,
+            audit_otlp_ca: None,
             failures: None,
             progress: false,
             pool: None,
@@ -184,6 +186,13 @@ impl HostConfig {
     /// truth: a policy with no log to export is an error when it first runs.
     pub fn audit_otlp(mut self, endpoint: impl Into<String>) -> Self {
         self.audit_otlp = Some(endpoint.into());
+        self
+    }
+
+    /// Certificates (a PEM file) an `https://` OTLP endpoint may present a chain to, besides
+    /// the Web PKI roots: a private CA of the collector.
+    pub fn audit_otlp_ca(mut self, pem: impl Into<PathBuf>) -> Self {
+        self.audit_otlp_ca = Some(pem.into());
         self
     }
 

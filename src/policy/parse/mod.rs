@@ -338,15 +338,13 @@ fn audit(cx: &Ctx<'_>, dir: &Path, raw: RawAudit) -> Result<AuditSpec, PolicyErr
     })
 }
 
-/// Checks an OTLP/HTTP endpoint: `http://HOST[:PORT]/PATH` (capgate's exporter speaks plain
-/// HTTP, to a collector on the host or a trusted network).
+/// Checks an OTLP/HTTP endpoint: `http://HOST[:PORT]/PATH` or `https://HOST[:PORT]/PATH`.
 pub fn otlp_endpoint(url: &str) -> Result<(), &'static str> {
-    let Some(rest) = url.strip_prefix("http://") else {
-        return Err(if url.starts_with("https://") {
-            "is HTTPS, which the exporter does not speak yet: export to a collector over `http://` on the host"
-        } else {
-            "is not an `http://` URL"
-        });
+    let Some(rest) = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+    else {
+        return Err("is not an `http://` or `https://` URL");
     };
     let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
     if authority.is_empty() || authority.contains(['@', ' ']) || path.contains(' ') {

@@ -133,13 +133,15 @@ impl Host {
         #[cfg(feature = "otlp")]
         {
             use crate::audit::{OtlpExporter, OtlpOptions};
-            let e = OtlpExporter::start(OtlpOptions::new(endpoint.clone())).map_err(|e| {
-                RunError::Audit {
-                    source: crate::audit::AuditError::Log {
-                        path: PathBuf::from(endpoint),
-                        message: e.to_string(),
-                    },
-                }
+            let options = OtlpOptions {
+                ca_file: self.config.audit_otlp_ca.clone(),
+                ..OtlpOptions::new(endpoint.clone())
+            };
+            let e = OtlpExporter::start(options).map_err(|e| RunError::Audit {
+                source: crate::audit::AuditError::Log {
+                    path: PathBuf::from(endpoint),
+                    message: e.to_string(),
+                },
             })?;
             let e = Arc::new(e);
             lock(&self.exporters).push(e.clone());
