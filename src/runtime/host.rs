@@ -263,6 +263,14 @@ impl Host {
         Ok((app.component.clone(), app.linker.clone()))
     }
 
+    /// Forgets the linked apps and callees this host keeps for `policy`, once it is no longer
+    /// used for new work (a version `serve` replaced). Runs and requests still holding them
+    /// finish with them; the next use of the policy would create them again.
+    pub(crate) fn retire(&self, policy: &VerifiedPolicy) {
+        lock(&self.apps).retain(|(id, _), _| *id != policy.id());
+        lock(&self.callees).remove(&policy.id());
+    }
+
     /// Tells the configured observer about a failed request.
     pub(crate) fn report_failure(&self, failure: &super::config::RequestFailure) {
         if let Some(observe) = &self.config.failures {

@@ -350,6 +350,7 @@ pub async fn serve_versions(
                             "capgate: policy `{}` version {} activated (was version {}); requests in flight finish under the version they started with",
                             next.policy().name, next.policy().version, policy.policy().version
                         );
+                        host.retire(&policy);
                         policy = next;
                         expiry = deadline(&policy);
                         expired.as_mut().reset(expiry.unwrap_or_else(tokio::time::Instant::now));
