@@ -197,8 +197,13 @@ fn fetch_sources(mut policy: Policy, signed: bool) -> Result<Policy, PolicyError
         #[cfg(feature = "oci")]
         {
             use crate::oci::{Expect, OciError, RegistryOptions, fetch};
-            let got = fetch(&reference, Expect::Component, &RegistryOptions::from_env())
-                .map_err(|e| fail(e.to_string(), e.class()))?;
+            let got = fetch(
+                &reference,
+                Expect::Component,
+                &RegistryOptions::from_env(),
+                signed,
+            )
+            .map_err(|e| fail(e.to_string(), e.class()))?;
             if signed && !got.signed {
                 let e = OciError::NoSignature {
                     reference: got.pinned,

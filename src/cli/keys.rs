@@ -68,6 +68,7 @@ pub(super) fn verify(kind: Kind, file: &Path, args: &TrustArgs) -> Result<Report
             Kind::Policy => capgate::oci::Expect::Policy,
         },
         true,
+        true,
     )?;
     match kind {
         Kind::Artifact => {

@@ -41,18 +41,19 @@ pub(super) fn local<'a>(
     path: &'a Path,
     expect: Expect,
     signed: bool,
+    announce: bool,
 ) -> Result<Cow<'a, Path>, CliError> {
     let Some(text) = path.to_str().filter(|t| oci::is_reference(t)) else {
         return Ok(Cow::Borrowed(path));
     };
-    let got = oci::fetch(text, expect, &RegistryOptions::from_env())?;
+    let got = oci::fetch(text, expect, &RegistryOptions::from_env(), signed)?;
     if signed && !got.signed {
         return Err(OciError::NoSignature {
             reference: got.pinned,
         }
         .into());
     }
-    if got.pinned != text {
+    if announce && got.pinned != text {
         eprintln!("note: {text} is {}", got.pinned);
     }
     Ok(Cow::Owned(got.path))

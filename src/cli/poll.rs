@@ -18,6 +18,8 @@ pub(super) struct Polled {
     trust: Option<PathBuf>,
     state_dir: Option<PathBuf>,
     allow_unsigned: bool,
+    /// `--audit FILE` was given (a policy's own `audit.log` is not used).
+    audit_given: bool,
 }
 
 impl Polled {
@@ -27,6 +29,7 @@ impl Polled {
             trust: src.trust.map(ToOwned::to_owned),
             state_dir: src.state_dir.map(ToOwned::to_owned),
             allow_unsigned: src.allow_unsigned,
+            audit_given: src.audit.is_some(),
         }
     }
 
@@ -132,11 +135,11 @@ fn look(
     seen: Option<Sha256>,
 ) -> Found {
     let s = src.source();
-    let file = match policy_file(&s) {
+    let file = match policy_file(&s, false) {
         Ok(f) => f,
-        // A pull refused for trust (a digest mismatch, no signature) is a version refused;
-        // anything else (no registry, no file) is no version at all.
-        Err(e) if e.exit == super::Exit::NoPerm => {
+        // A pull refused for trust (a digest mismatch, no signature) or as invalid (not a
+        // bundle) is a version refused; anything else (no registry, no file) is no version.
+        Err(e) if matches!(e.exit, super::Exit::NoPerm | super::Exit::DataErr) => {
             let fp = Sha256::of(e.to_string().as_bytes());
             if seen == Some(fp) {
                 return Found::Unchanged(fp);
@@ -161,12 +164,26 @@ fn look(
     };
     // Verified without being accepted first: a version that cannot serve must not become
     // the highest this host accepts.
-    let checked = match load(&local, false) {
+    let checked = match load(&local, false).and_then(|p| {
+        super::run::outside(p, super::run::pulled_dir(&file).as_deref(), src.audit_given)
+    }) {
         Ok(p) => Arc::new(p),
         Err(e) => return Found::Refused(e.to_string(), fp),
     };
     if checked.policy().sha256 == current.policy().sha256 {
         return Found::Unchanged(fp);
+    }
+    // Rollback protection is per name: a source that now holds another policy (another
+    // service's, a development one signed by the same keys) is not a new version of this one.
+    if checked.policy().name != current.policy().name {
+        return Found::Refused(
+            format!(
+                "it is policy `{}`, not `{}`: a new version must keep the name (restart the host to serve another policy)",
+                checked.policy().name,
+                current.policy().name
+            ),
+            fp,
+        );
     }
     if let Err(e) = capgate::servable(host, &checked, component) {
         return Found::Refused(format!("it cannot serve `{component}`: {e}"), fp);

@@ -36,20 +36,31 @@ pub(super) fn state(dir: Option<&Path>) -> Result<StateStore, CliError> {
 }
 
 /// The policy file of `src`: its `--policy`, or the bundle an `oci://` reference was pulled
-/// to (which must carry a signature unless `--allow-unsigned`).
-pub(super) fn policy_file<'a>(src: &Source<'a>) -> Result<std::borrow::Cow<'a, Path>, CliError> {
+/// to (which must carry a signature unless `--allow-unsigned`). With `announce`, what a tag
+/// resolved to is said on stderr.
+pub(super) fn policy_file<'a>(
+    src: &Source<'a>,
+    announce: bool,
+) -> Result<std::borrow::Cow<'a, Path>, CliError> {
     #[cfg(feature = "oci")]
     return super::oci::local(
         src.policy,
         capgate::oci::Expect::Policy,
         !src.allow_unsigned,
+        announce,
     );
     #[cfg(not(feature = "oci"))]
-    Ok(std::borrow::Cow::Borrowed(src.policy))
+    {
+        let _ = announce;
+        Ok(std::borrow::Cow::Borrowed(src.policy))
+    }
 }
 
 pub(super) fn load(src: &Source<'_>, record: bool) -> Result<VerifiedPolicy, CliError> {
-    let file = policy_file(src)?;
+    let file = policy_file(src, true)?;
+    // A bundle pulled from a registry lives in the cache: a path it names relative to itself
+    // would be in there too (replaced with the next version, or planted by whoever pushed).
+    let pulled = pulled_dir(&file);
     let src = &Source {
         policy: &file,
         ..*src
@@ -62,18 +73,60 @@ pub(super) fn load(src: &Source<'_>, record: bool) -> Result<VerifiedPolicy, Cli
                 src.policy.display()
             );
         }
-        return Ok(capgate::danger::load_unsigned_policy(src.policy)?);
+        let policy = capgate::danger::load_unsigned_policy(src.policy)?;
+        return outside(policy, pulled.as_deref(), src.audit.is_some());
     }
     let trust = src.trust.ok_or_else(|| {
         CliError::new(Exit::Usage, "`--trust TRUST.yaml` is required to verify the policy (hint: for local development only, `--allow-unsigned` skips verification)")
     })?;
     let trust = TrustRoot::load(trust)?;
     let state = state(src.state_dir)?;
-    Ok(if record {
-        VerifiedPolicy::load(src.policy, &trust, &state)?
-    } else {
-        VerifiedPolicy::check(src.policy, &trust, &state)?
-    })
+    let policy = VerifiedPolicy::check(src.policy, &trust, &state)?;
+    let policy = outside(policy, pulled.as_deref(), src.audit.is_some())?;
+    if record {
+        policy.accept(&state)?;
+    }
+    Ok(policy)
+}
+
+/// The directory a policy file pulled from a registry was laid out in (`None` for a file
+/// given as such).
+pub(super) fn pulled_dir(file: &std::borrow::Cow<'_, Path>) -> Option<std::path::PathBuf> {
+    match file {
+        std::borrow::Cow::Owned(f) => f
+            .parent()
+            .map(|d| std::fs::canonicalize(d).unwrap_or_else(|_| d.to_owned())),
+        std::borrow::Cow::Borrowed(_) => None,
+    }
+}
+
+/// `policy`, unless it was pulled into `cache` and names a path inside it: its audit log
+/// (unless `--audit` replaces it) or a host directory.
+pub(super) fn outside(
+    policy: VerifiedPolicy,
+    cache: Option<&Path>,
+    audit_given: bool,
+) -> Result<VerifiedPolicy, CliError> {
+    let Some(cache) = cache else {
+        return Ok(policy);
+    };
+    let p = policy.policy();
+    let log = p.audit.log.as_ref().filter(|_| !audit_given);
+    let hosts = p
+        .components
+        .values()
+        .flat_map(|c| c.files.iter().map(|f| &f.host));
+    if let Some(inside) = log.into_iter().chain(hosts).find(|h| h.starts_with(cache)) {
+        return Err(CliError::new(
+            Exit::DataErr,
+            format!(
+                "policy `{}` was pulled from a registry and names `{}`, a path relative to itself, which is inside the cache (hint: give the audit log with `--audit FILE`, and host directories as absolute paths)",
+                p.name,
+                inside.display()
+            ),
+        ));
+    }
+    Ok(policy)
 }
 
 pub(super) struct RunArgs<'a> {

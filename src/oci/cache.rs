@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use capgate_signing::Sha256;
 use oci_client::Reference;
 
-use super::registry::{Manifest, pinned, plan};
+use super::registry::{Manifest, pinned, plan, signed_only};
 use super::{Expect, Fetched, OciError};
 
 pub(super) struct Cache {
@@ -25,18 +25,37 @@ pub(super) struct Cache {
 }
 
 impl Cache {
-    /// The cache at `root`, created private to this user (mode 0700, as the compilation
-    /// cache beside it must be) if it does not exist.
-    pub(super) fn at(root: PathBuf) -> Self {
+    /// The cache at `root`, created private to this user (mode 0700) if it does not exist.
+    /// An existing one that others may write to is refused: whoever can write there can
+    /// make this user's pulls write where they point.
+    pub(super) fn at(root: PathBuf) -> Result<Self, OciError> {
+        let io = |e| OciError::Io {
+            what: "OCI cache",
+            path: root.clone(),
+            source: e,
+        };
         #[cfg(unix)]
         {
-            use std::os::unix::fs::DirBuilderExt as _;
-            let _ = std::fs::DirBuilder::new()
+            use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
+            std::fs::DirBuilder::new()
                 .recursive(true)
                 .mode(0o700)
-                .create(&root);
+                .create(&root)
+                .map_err(io)?;
+            let mode = std::fs::symlink_metadata(&root)
+                .map_err(io)?
+                .permissions()
+                .mode();
+            if mode & 0o022 != 0 {
+                return Err(io(std::io::Error::other(format!(
+                    "its mode is {:o}: others may write to it (run `chmod 700` on it)",
+                    mode & 0o777
+                ))));
+            }
         }
-        Self { root }
+        #[cfg(not(unix))]
+        std::fs::create_dir_all(&root).map_err(io)?;
+        Ok(Self { root })
     }
 
     fn io(&self, what: &'static str, path: &Path) -> impl Fn(std::io::Error) -> OciError {
@@ -116,17 +135,23 @@ impl Cache {
         let Ok(manifest) = serde_json::from_slice::<Manifest>(&bytes) else {
             return Ok(None);
         };
-        let files = plan(&text, &manifest, expect)?;
+        let mut files = plan(&text, &manifest, expect)?;
         let dir = self.files_dir(digest);
+        let main = dir.join(&files[0].0);
+        let sig_path = capgate_signing::sig_path(&main);
+        // A signature file that does not parse is pulled again rather than kept.
+        let Some(sig) = std::fs::read(&sig_path)
+            .ok()
+            .and_then(|b| capgate_signing::SignatureFile::parse(&sig_path, &b).ok())
+        else {
+            return Ok(None);
+        };
+        signed_only(&mut files, &sig);
         for (name, d) in &files {
             match std::fs::read(dir.join(name)) {
                 Ok(b) if format!("sha256:{}", Sha256::of(&b)) == d.digest => {}
                 _ => return Ok(None),
             }
-        }
-        let main = dir.join(&files[0].0);
-        if !capgate_signing::sig_path(&main).is_file() {
-            return Ok(None);
         }
         Ok(Some(Fetched {
             content: content(&files[0].1.digest),
@@ -152,14 +177,36 @@ impl Cache {
         sig: Option<&[u8]>,
     ) -> Result<Fetched, OciError> {
         let dir = self.files_dir(digest);
+        let text = pinned(r, digest);
+        // An intact layout is kept (only its signature file brought up to date): a policy's
+        // directory is never pulled from under a host using it.
+        let intact = files.iter().all(|(name, d)| {
+            std::fs::read(dir.join(name))
+                .is_ok_and(|b| format!("sha256:{}", Sha256::of(&b)) == d.digest)
+        });
+        if intact {
+            let main = dir.join(&files[0].0);
+            let sig_path = capgate_signing::sig_path(&main);
+            if let Some(sig) = sig
+                && std::fs::read(&sig_path).ok().as_deref() != Some(sig)
+            {
+                write_atomic(&sig_path, sig).map_err(self.io("OCI cache", &sig_path))?;
+            }
+            return Ok(Fetched {
+                content: content(&files[0].1.digest),
+                signed: sig_path.is_file(),
+                path: main,
+                pinned: text,
+            });
+        }
         let tmp = self.root.join("files").join(format!(
             ".tmp-{}-{}",
             std::process::id(),
             Sha256::of(format!("{digest}{:?}", std::time::SystemTime::now()).as_bytes())
         ));
         let io = self.io("OCI cache", &tmp);
-        std::fs::create_dir_all(&tmp).map_err(&io)?;
-        let text = pinned(r, digest);
+        std::fs::create_dir_all(self.root.join("files")).map_err(&io)?;
+        std::fs::create_dir(&tmp).map_err(&io)?;
         for (name, d) in files {
             let bytes = self.blob(&d.digest)?.ok_or_else(|| OciError::Io {
                 what: "OCI cache",
@@ -200,17 +247,22 @@ fn content(digest: &str) -> Sha256 {
         .unwrap_or_else(|| Sha256::of(b""))
 }
 
-/// Writes `bytes` to `path` through a temporary file and a rename.
+/// Writes `bytes` to `path` through a temporary file and a rename. The temporary file is
+/// new (never one planted there, nor a symlink followed) and has an unpredictable name.
 fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let parent = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent)?;
-    let tmp = parent.join(format!(
-        ".tmp-{}-{}",
-        std::process::id(),
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("blob")
-    ));
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)
+    let mut nonce = [0u8; 16];
+    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut nonce);
+    let tmp = parent.join(format!(".tmp-{}", &Sha256::of(&nonce).to_string()[..32]));
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&tmp)?;
+    let written = f.write_all(bytes).and_then(|()| f.sync_all());
+    if let Err(e) = written.and_then(|()| std::fs::rename(&tmp, path)) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    Ok(())
 }

@@ -227,15 +227,21 @@ pub struct Fetched {
     pub signed: bool,
 }
 
+/// The longest one pull may take, however the registry trickles its answers.
+const PULL_DEADLINE: std::time::Duration = std::time::Duration::from_secs(600);
+
 /// Pulls what `reference` names (verifying every digest), lays it out in the cache, and
-/// returns where. Blocks the calling thread (any thread, inside a tokio runtime or not).
+/// returns where. With `require_signature`, a manifest no capgate signature refers to is
+/// refused before any of its files is downloaded. Blocks the calling thread (any thread,
+/// inside a tokio runtime or not).
 pub fn fetch(
     reference: &str,
     expect: Expect,
     options: &RegistryOptions,
+    require_signature: bool,
 ) -> Result<Fetched, OciError> {
     let r = registry::parse(reference)?;
-    let cache = cache::Cache::at(options.cache_root()?);
+    let cache = cache::Cache::at(options.cache_root()?)?;
     if let Some(digest) = r.digest()
         && let Some(found) = cache.laid_out(&r, digest, expect)?
     {
@@ -243,7 +249,13 @@ pub fn fetch(
     }
     let options = options.clone();
     block(reference, async move {
-        registry::pull(&r, expect, &options, &cache).await
+        let pull = registry::pull(&r, expect, &options, &cache, require_signature);
+        tokio::time::timeout(PULL_DEADLINE, pull)
+            .await
+            .map_err(|_| OciError::Registry {
+                reference: reference.to_owned(),
+                detail: format!("the pull took longer than {} s", PULL_DEADLINE.as_secs()),
+            })?
     })?
 }
 

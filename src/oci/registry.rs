@@ -22,10 +22,16 @@ pub(super) const MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 pub(super) const INDEX: &str = "application/vnd.oci.image.index.v1+json";
 pub(super) const EMPTY: &str = "application/vnd.oci.empty.v1+json";
 pub(super) const TITLE: &str = "org.opencontainers.image.title";
-/// The largest manifest or signature file capgate accepts from a registry.
+/// The largest manifest capgate accepts from a registry.
 pub(super) const MAX_SMALL: u64 = 4 * 1024 * 1024;
-/// The largest policy YAML or rules file.
-pub(super) const MAX_POLICY: u64 = 16 * 1024 * 1024;
+/// The largest signature file.
+const MAX_SIGNATURE: u64 = 256 * 1024;
+/// Signature artifacts read per manifest at most.
+const MAX_REFERRERS: usize = 16;
+/// The largest policy YAML or rules file (as the signing crate reads them).
+pub(super) const MAX_POLICY: u64 = 4 * 1024 * 1024;
+/// Rules files in a bundle at most.
+const MAX_RULES_FILES: usize = 64;
 
 /// An OCI content descriptor.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -278,6 +284,12 @@ pub(super) fn plan(
                     manifest.layers[0].size
                 )));
             }
+            if manifest.layers.len() > MAX_RULES_FILES + 1 {
+                return Err(bad(format!(
+                    "{} layers: a bundle holds the YAML and at most {MAX_RULES_FILES} rules files",
+                    manifest.layers.len()
+                )));
+            }
             let mut out = vec![(PathBuf::from("policy.yaml"), manifest.layers[0].clone())];
             for l in &manifest.layers[1..] {
                 let title = l.annotations.get(TITLE).map(String::as_str).unwrap_or("");
@@ -287,7 +299,12 @@ pub(super) fn plan(
                         l.digest
                     ))
                 })?;
-                if name == Path::new("policy.yaml") || name.starts_with("policy.yaml.sig") {
+                if name.starts_with("policy.yaml")
+                    || name.starts_with("policy.yaml.sig")
+                    || out
+                        .iter()
+                        .any(|(o, _)| o.starts_with(name) || name.starts_with(o))
+                {
                     return Err(bad(format!("a rules file may not be named `{title}`")));
                 }
                 if l.size > MAX_POLICY {
@@ -300,12 +317,16 @@ pub(super) fn plan(
     }
 }
 
-/// Pulls the manifest `r` names, its files and its signatures, and lays them out.
+/// Pulls the manifest `r` names, its signatures and then its files, and lays them out. With
+/// `require_signature`, nothing but the manifest and the signature artifacts is downloaded
+/// unless a signature over the main file is found; and of a policy bundle, only the rules
+/// files that signature lists (by name and digest) are downloaded and laid out.
 pub(super) async fn pull(
     r: &Reference,
     expect: Expect,
     options: &RegistryOptions,
     cache: &Cache,
+    require_signature: bool,
 ) -> Result<Fetched, OciError> {
     let text = format!("{SCHEME}{}", r.whole());
     let (client, auth) = connect(r, options);
@@ -330,9 +351,6 @@ pub(super) async fn pull(
                 });
             }
             cache.put_blob(&found, &bytes)?;
-            if r.digest().is_none() {
-                cache.remember_tag(r, &found);
-            }
             (bytes.to_vec(), found)
         }
         Err(e) => {
@@ -358,15 +376,47 @@ pub(super) async fn pull(
         message: format!("not an OCI image manifest: {e}"),
     })?;
     let pinned_ref = r.clone_with_digest(digest.clone());
-    let files = plan(&text, &manifest, expect)?;
+    let mut files = plan(&text, &manifest, expect)?;
+    let sig = pull_signatures(&client, &pinned_ref, &digest, &files[0].1, &text).await?;
+    match &sig {
+        None if require_signature => {
+            return Err(OciError::NoSignature {
+                reference: pinned(r, &digest),
+            });
+        }
+        // Only what the signature covers is laid out: a layer no signature lists is never
+        // downloaded or written where the policy's relative paths could reach it.
+        Some((_, parsed)) => signed_only(&mut files, parsed),
+        None => {}
+    }
     for (_, d) in &files {
         if cache.blob(&d.digest)?.is_none() {
             let b = pull_blob(&client, &pinned_ref, d, &text).await?;
             cache.put_blob(&d.digest, &b)?;
         }
     }
-    let sig = pull_signatures(&client, &pinned_ref, &digest, &files[0].1, &text).await?;
-    cache.lay_out(&pinned_ref, &digest, &files, sig.as_deref())
+    let fetched = cache.lay_out(
+        &pinned_ref,
+        &digest,
+        &files,
+        sig.as_ref().map(|s| s.0.as_slice()),
+    )?;
+    // Only a signed layout is what an unreachable registry falls back to.
+    if r.digest().is_none() && fetched.signed {
+        cache.remember_tag(r, &digest);
+    }
+    Ok(fetched)
+}
+
+/// Keeps, besides the main file, only the files `sig` lists under the same name and digest.
+pub(super) fn signed_only(files: &mut Vec<(PathBuf, Descriptor)>, sig: &SignatureFile) {
+    let main = files.remove(0);
+    files.retain(|(name, d)| {
+        sig.files
+            .iter()
+            .any(|f| Path::new(&f.path) == name && format!("sha256:{}", f.sha256) == d.digest)
+    });
+    files.insert(0, main);
 }
 
 /// Pulls one blob, at most its descriptor's size, checking its digest.
@@ -423,20 +473,20 @@ async fn pull_blob(
 }
 
 /// Every capgate signature file referring to `digest` whose content is `main`, merged into
-/// one (each signature once). `None` when there is none.
+/// one (each signature once), as bytes and parsed. `None` when there is none.
 async fn pull_signatures(
     client: &Client,
     r: &Reference,
     digest: &str,
     main: &Descriptor,
     text: &str,
-) -> Result<Option<Vec<u8>>, OciError> {
+) -> Result<Option<(Vec<u8>, SignatureFile)>, OciError> {
     let index = client
         .pull_referrers(r, Some(SIGNATURE_ARTIFACT))
         .await
         .map_err(|e| failed(text, e))?;
     let mut merged: Option<SignatureFile> = None;
-    for entry in index.manifests.iter().take(64) {
+    for entry in index.manifests.iter().take(MAX_REFERRERS) {
         let at = r.clone_with_digest(entry.digest.clone());
         let Ok((bytes, _)) = client
             .pull_manifest_raw(&at, &RegistryAuth::Anonymous, &[MANIFEST])
@@ -453,10 +503,12 @@ async fn pull_signatures(
         if m.subject.as_ref().map(|s| s.digest.as_str()) != Some(digest) {
             continue;
         }
+        // One signature file per signature artifact.
         for l in m
             .layers
             .iter()
-            .filter(|l| l.media_type == SIGNATURE_ARTIFACT && l.size <= MAX_SMALL)
+            .filter(|l| l.media_type == SIGNATURE_ARTIFACT && l.size <= MAX_SIGNATURE)
+            .take(1)
         {
             let Ok(raw) = pull_blob(client, r, l, text).await else {
                 continue;
@@ -481,7 +533,7 @@ async fn pull_signatures(
         }
     }
     merged
-        .map(|sf| serde_json::to_vec_pretty(&sf))
+        .map(|sf| serde_json::to_vec_pretty(&sf).map(|b| (b, sf)))
         .transpose()
         .map_err(|e| io_other("signature", Path::new(text), e))
 }
