@@ -165,7 +165,11 @@ fn look(
     // Verified without being accepted first: a version that cannot serve must not become
     // the highest this host accepts.
     let checked = match load(&local, false).and_then(|p| {
-        super::run::outside(p, super::run::pulled_dir(&file).as_deref(), src.audit_given)
+        super::run::outside(
+            p,
+            super::run::pulled_dir(file.clone()).as_deref(),
+            src.audit_given,
+        )
     }) {
         Ok(p) => Arc::new(p),
         Err(e) => return Found::Refused(e.to_string(), fp),

@@ -60,7 +60,7 @@ pub(super) fn load(src: &Source<'_>, record: bool) -> Result<VerifiedPolicy, Cli
     let file = policy_file(src, true)?;
     // A bundle pulled from a registry lives in the cache: a path it names relative to itself
     // would be in there too (replaced with the next version, or planted by whoever pushed).
-    let pulled = pulled_dir(&file);
+    let pulled = pulled_dir(file.clone());
     let src = &Source {
         policy: &file,
         ..*src
@@ -89,15 +89,14 @@ pub(super) fn load(src: &Source<'_>, record: bool) -> Result<VerifiedPolicy, Cli
     Ok(policy)
 }
 
-/// The directory a policy file pulled from a registry was laid out in (`None` for a file
-/// given as such).
-pub(super) fn pulled_dir(file: &std::borrow::Cow<'_, Path>) -> Option<std::path::PathBuf> {
-    match file {
-        std::borrow::Cow::Owned(f) => f
-            .parent()
-            .map(|d| std::fs::canonicalize(d).unwrap_or_else(|_| d.to_owned())),
-        std::borrow::Cow::Borrowed(_) => None,
-    }
+/// The directory of a policy file pulled from a registry (`policy_file` gives one as owned,
+/// a file named on the command line as borrowed: `None`).
+pub(super) fn pulled_dir(file: std::borrow::Cow<'_, Path>) -> Option<std::path::PathBuf> {
+    let std::borrow::Cow::Owned(f) = file else {
+        return None;
+    };
+    f.parent()
+        .map(|d| std::fs::canonicalize(d).unwrap_or_else(|_| d.to_owned()))
 }
 
 /// `policy`, unless it was pulled into `cache` and names a path inside it: its audit log
