@@ -180,6 +180,20 @@ fn a_new_version_is_activated_while_serving_without_failing_a_request_and_bad_ve
     let log = stderr_until(&mut server, "refused");
     assert!(log.contains("cannot serve `http-handler`"), "{log}");
     assert_eq!(request(&server.addr, "GET", "/admin", b"").0, 200);
+    // Validly signed and newer, but another policy's name: rollback protection is per name,
+    // so a source now holding another policy is refused.
+    version(&sb, 6, "apply-filter, get-dimensions", "");
+    let text = String::from_utf8(sb.read(POLICY))
+        .unwrap()
+        .replace("name: image-service", "name: image-service-dev");
+    sb.write(POLICY, text);
+    sign(&sb, "keys/alice.key");
+    let log = stderr_until(&mut server, "refused");
+    assert!(
+        log.contains("it is policy `image-service-dev`, not `image-service`"),
+        "{log}"
+    );
+    assert_eq!(request(&server.addr, "GET", "/admin", b"").0, 200);
     // Positive control after the refusals: a good version 5 (stats no longer allowed).
     version(&sb, 5, "apply-filter, get-dimensions", "");
     sign(&sb, "keys/alice.key");
@@ -200,6 +214,7 @@ fn a_new_version_is_activated_while_serving_without_failing_a_request_and_bad_ve
         events,
         [
             want("activated", 2),
+            want("refused", 2),
             want("refused", 2),
             want("refused", 2),
             want("refused", 2),

@@ -394,3 +394,132 @@ fn a_bundle_whose_rules_file_would_be_laid_out_outside_its_directory_is_refused(
     assert!(!sb.path("escaped.cedar").exists());
     assert!(!sb.path("c/escaped.cedar").exists());
 }
+
+#[test]
+fn a_pulled_policy_may_not_name_paths_inside_the_cache_and_its_layout_is_kept_across_pulls() {
+    let reg = Registry::start();
+    let sb = sandbox();
+    let pushed = capgate(
+        &sb,
+        "c",
+        &[],
+        &["push", "artifact", "hello.wasm", &reg.oci("demo/hello:v1")],
+    );
+    pushed.expect(0);
+    let component = pinned(&pushed);
+    // A relative audit log would be written inside the cache, under the bundle's directory.
+    sb.write(
+        "policy.yaml",
+        format!("capgate: 1\nname: rel\nversion: 1\naudit: {{ level: all, log: audit.jsonl }}\ncomponents:\n  hello:\n    component: {component}\n"),
+    );
+    sb.capgate(["sign", "policy", "policy.yaml", "--key", "keys/alice.key"])
+        .expect(0);
+    capgate(
+        &sb,
+        "c",
+        &[],
+        &["push", "policy", "policy.yaml", &reg.oci("demo/rel:v1")],
+    )
+    .expect(0);
+    let tag = reg.oci("demo/rel:v1");
+    capgate(
+        &sb,
+        "c",
+        &[],
+        &["run", "--policy", &tag, "--trust", "trust.yaml"],
+    )
+    .expect(65)
+    .stderr_has("inside the cache");
+    // Given a log of its own, it runs; and a second pull of the tag keeps the same files.
+    let inode = || {
+        use std::os::unix::fs::MetadataExt as _;
+        let files = sb.path("c/files");
+        let dir = std::fs::read_dir(&files)
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path();
+        std::fs::metadata(dir.join("policy.yaml")).unwrap().ino()
+    };
+    capgate(
+        &sb,
+        "c",
+        &[],
+        &[
+            "run",
+            "--policy",
+            &tag,
+            "--trust",
+            "trust.yaml",
+            "--audit",
+            "a.jsonl",
+        ],
+    )
+    .expect(0)
+    .stdout_has(HELLO);
+    let first = inode();
+    capgate(
+        &sb,
+        "c",
+        &[],
+        &[
+            "run",
+            "--policy",
+            &tag,
+            "--trust",
+            "trust.yaml",
+            "--audit",
+            "a.jsonl",
+        ],
+    )
+    .expect(0);
+    assert_eq!(inode(), first, "the layout was rebuilt under the host");
+}
+
+#[test]
+fn nothing_but_the_manifest_is_downloaded_when_no_signature_refers_to_it() {
+    let reg = Registry::start();
+    let sb = sandbox();
+    sb.write(
+        "policy.yaml",
+        "capgate: 1\nname: big\nversion: 1\nrules: [r.cedar]\ncomponents: {}\n",
+    );
+    let yaml = reg.put_blob("demo/big", &sb.read("policy.yaml"));
+    let big = vec![b'x'; 3 << 20];
+    let rules = reg.put_blob("demo/big", &big);
+    let empty = reg.put_blob("demo/big", b"{}");
+    let manifest = format!(
+        r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","artifactType":"application/vnd.capgate.policy.v1","config":{{"mediaType":"application/vnd.oci.empty.v1+json","digest":"{empty}","size":2}},"layers":[{{"mediaType":"application/vnd.capgate.policy.v1+yaml","digest":"{yaml}","size":{}}},{{"mediaType":"application/vnd.capgate.rules.v1+cedar","digest":"{rules}","size":{},"annotations":{{"org.opencontainers.image.title":"r.cedar"}}}}]}}"#,
+        sb.read("policy.yaml").len(),
+        big.len()
+    );
+    reg.put_manifest(
+        "demo/big",
+        "v1",
+        manifest.as_bytes(),
+        "application/vnd.oci.image.manifest.v1+json",
+    );
+    capgate(
+        &sb,
+        "c",
+        &[],
+        &[
+            "policy",
+            "check",
+            &reg.oci("demo/big:v1"),
+            "--trust",
+            "trust.yaml",
+        ],
+    )
+    .expect(77)
+    .stderr_has("no capgate signature");
+    let blob = sb.path(&format!(
+        "c/blobs/sha256/{}",
+        rules.trim_start_matches("sha256:")
+    ));
+    assert!(!blob.exists(), "an unsigned layer was downloaded");
+    // Signatures not required: the same pull downloads it (the control).
+    capgate(&sb, "c", &[], &["policy", "check", &reg.oci("demo/big:v1")]);
+    assert!(blob.exists());
+}

@@ -151,14 +151,22 @@ fn push(
                 client.push_blob(&r, bytes, &d.digest).await.map_err(fail)?;
             }
         }
-        let ct = http::HeaderValue::from_static(MANIFEST);
+        // By digest first, then its signature, and only then under the tag: a host polling
+        // the tag never sees the new manifest before its signature.
+        let ct = || http::HeaderValue::from_static(MANIFEST);
+        let by_digest = r.clone_with_digest(digest_of(&manifest));
         client
-            .push_manifest_raw(&r, manifest.clone(), ct)
+            .push_manifest_raw(&by_digest, manifest.clone(), ct())
             .await
             .map_err(fail)?;
         let subject = Descriptor::of(MANIFEST, &manifest);
         push_signature(&client, &r, subject, sig.1)
             .await
+            .map_err(fail)?;
+        client
+            .push_manifest_raw(&r, manifest, ct())
+            .await
+            .map(drop)
             .map_err(fail)
     })??;
     Ok(out)
