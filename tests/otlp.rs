@@ -25,12 +25,13 @@ type Received = Arc<Mutex<Vec<(i64, String)>>>;
 /// An OTLP/HTTP receiver on a loopback port, answering 503 to its first `fail_first`
 /// requests (what it got then is not kept). Runs until the test process ends.
 fn receiver(fail_first: usize) -> (String, Received) {
-    receiver_with(fail_first, None)
+    receiver_with(fail_first, 503, None)
 }
 
 /// [`receiver`], over TLS with `tls` (certificate chain and key) when given.
 fn receiver_with(
     fail_first: usize,
+    fail_status: u16,
     tls: Option<(
         rustls::pki_types::CertificateDer<'static>,
         rustls::pki_types::PrivateKeyDer<'static>,
@@ -78,7 +79,7 @@ fn receiver_with(
                             let status = if !path_ok {
                                 404
                             } else if failing {
-                                503
+                                fail_status
                             } else {
                                 200
                             };
@@ -269,6 +270,7 @@ fn an_https_collector_is_reached_when_its_certificate_chains_to_a_trusted_root()
     let key = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
     let (endpoint, received) = receiver_with(
         0,
+        503,
         Some((
             key.cert.der().clone(),
             rustls::pki_types::PrivateKeyDer::Pkcs8(key.signing_key.serialize_der().into()),
@@ -340,4 +342,23 @@ fn export_needs_a_local_log_and_an_http_endpoint() {
     sb.capgate(["policy", "check", "bad.yaml"])
         .expect(65)
         .stderr_has("bad.yaml:4:");
+}
+
+#[test]
+fn a_collector_that_refuses_the_request_itself_does_not_hold_up_the_lines_behind_it() {
+    // 400 Bad Request to the first export: that batch is dropped (counted), not retried for
+    // ever; what comes after is exported.
+    let (endpoint, received) = receiver_with(1, 400, None);
+    let sb = fixture("");
+    let started = std::time::Instant::now();
+    run(&sb, &["--audit-otlp", &endpoint], &["read", "/data/ok.txt"])
+        .stderr_has("1 failed attempt(s)")
+        .stderr_has(" dropped from the export")
+        .stderr_has("warning: exported");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "the refused batch was retried"
+    );
+    run(&sb, &["--audit-otlp", &endpoint], &["read", "/data/ok.txt"]).stderr_has(" 0 dropped");
+    assert!(!received.lock().unwrap().is_empty());
 }

@@ -201,12 +201,8 @@ async fn send_all(
         .build()
         .logger("capgate.audit")
         .create_log_record();
-    let past_deadline = || {
-        deadline
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_some_and(|d| Instant::now() >= d)
-    };
+    let deadline_at = || *deadline.lock().unwrap_or_else(|e| e.into_inner());
+    let past_deadline = || deadline_at().is_some_and(|d| Instant::now() >= d);
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while let Some(line) = rx.recv().await {
         batch.push(record(&blank, &line));
@@ -219,23 +215,43 @@ async fn send_all(
         let mut backoff = Duration::from_millis(100);
         loop {
             let refs: Vec<_> = batch.iter().map(|r| (r, &scope)).collect();
-            let result = exporter.export(LogBatch::new(&refs)).await;
-            if result.is_ok() {
-                counters
-                    .exported
-                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
-                batch.clear();
-                break;
-            }
+            // Once `finish` set a deadline, no attempt outlives it.
+            let result = match deadline_at() {
+                Some(d) => tokio::time::timeout_at(d.into(), exporter.export(LogBatch::new(&refs)))
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(opentelemetry_sdk::error::OTelSdkError::Timeout(
+                            Duration::ZERO,
+                        ))
+                    }),
+                None => exporter.export(LogBatch::new(&refs)).await,
+            };
+            drop(refs);
+            let error = match result {
+                Ok(()) => {
+                    counters
+                        .exported
+                        .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                    batch.clear();
+                    break;
+                }
+                Err(e) => e.to_string(),
+            };
             counters.failed.fetch_add(1, Ordering::Relaxed);
-            if past_deadline() {
+            // A collector that refuses the request itself (400, 413, ...) refuses it again:
+            // the batch is dropped (counted), so it does not hold up every line behind it.
+            if permanent(&error) || past_deadline() {
                 counters
                     .dropped
                     .fetch_add(batch.len() as u64, Ordering::Relaxed);
                 batch.clear();
                 break;
             }
-            tokio::time::sleep(backoff).await;
+            let pause = match deadline_at() {
+                Some(d) => backoff.min(d.saturating_duration_since(Instant::now())),
+                None => backoff,
+            };
+            tokio::time::sleep(pause).await;
             backoff = (backoff * 2).min(MAX_BACKOFF);
         }
         if past_deadline() {
@@ -246,6 +262,16 @@ async fn send_all(
             }
         }
     }
+}
+
+/// Whether an export error is a refusal no retry changes: a 4xx status other than 408
+/// (timeout) and 429 (too many requests).
+fn permanent(error: &str) -> bool {
+    error
+        .split("status code: ")
+        .nth(1)
+        .and_then(|s| s.get(..3)?.parse::<u16>().ok())
+        .is_some_and(|code| (400..500).contains(&code) && code != 408 && code != 429)
 }
 
 /// The log record for one line: the line as its body, the chain fields as attributes.
@@ -387,7 +413,12 @@ mod client {
             exchange(stream, request).await?
         };
         let (parts, body) = response.into_parts();
-        let bytes = Limited::new(body, MAX_RESPONSE).collect().await?.to_bytes();
+        // The status decides: a 2xx with an oversized or broken body was still received.
+        let bytes = match Limited::new(body, MAX_RESPONSE).collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(_) if parts.status.is_success() => Bytes::new(),
+            Err(e) => return Err(e),
+        };
         Ok(Response::from_parts(parts, bytes))
     }
 
