@@ -219,11 +219,9 @@ async fn send_all(
             let result = match deadline_at() {
                 Some(d) => tokio::time::timeout_at(d.into(), exporter.export(LogBatch::new(&refs)))
                     .await
-                    .unwrap_or_else(|_| {
-                        Err(opentelemetry_sdk::error::OTelSdkError::Timeout(
-                            Duration::ZERO,
-                        ))
-                    }),
+                    .unwrap_or(Err(opentelemetry_sdk::error::OTelSdkError::Timeout(
+                        Duration::ZERO,
+                    ))),
                 None => exporter.export(LogBatch::new(&refs)).await,
             };
             drop(refs);
