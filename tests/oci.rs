@@ -434,12 +434,12 @@ fn a_pulled_policy_may_not_name_paths_inside_the_cache_and_its_layout_is_kept_ac
     let inode = || {
         use std::os::unix::fs::MetadataExt as _;
         let files = sb.path("c/files");
+        // The bundle's directory (the component has one of its own beside it).
         let dir = std::fs::read_dir(&files)
             .unwrap()
-            .next()
-            .unwrap()
-            .unwrap()
-            .path();
+            .map(|e| e.unwrap().path())
+            .find(|d| d.join("policy.yaml").exists())
+            .unwrap();
         std::fs::metadata(dir.join("policy.yaml")).unwrap().ino()
     };
     capgate(
