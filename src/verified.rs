@@ -79,7 +79,7 @@ impl VerifiedPolicy {
     ) -> Result<Self, PolicyError> {
         let provenance = bundle.provenance().clone();
         let expires = bundle.header().expires;
-        let policy = resolve(fetch_sources(policy::parse(&bundle)?, trust.is_some())?)?;
+        let policy = resolve(fetch_sources(policy::parse(&bundle)?, trust)?)?;
         let mut artifacts = BTreeMap::new();
         for (name, c) in &policy.components {
             let bytes = read_artifact(&c.artifact)?;
@@ -181,7 +181,7 @@ impl VerifiedPolicy {
 /// points its artifact at the pulled file, pinned (unless the policy pins it itself) by the
 /// digest of the layer the manifest names, so the bytes verified are the bytes the
 /// reference names. The reference becomes the one pinned by the manifest's digest.
-fn fetch_sources(mut policy: Policy, signed: bool) -> Result<Policy, PolicyError> {
+fn fetch_sources(mut policy: Policy, trust: Option<&TrustRoot>) -> Result<Policy, PolicyError> {
     for (name, c) in &mut policy.components {
         let Some(reference) = c.source.clone() else {
             continue;
@@ -197,14 +197,34 @@ fn fetch_sources(mut policy: Policy, signed: bool) -> Result<Policy, PolicyError
         #[cfg(feature = "oci")]
         {
             use crate::oci::{Expect, OciError, RegistryOptions, fetch};
+            // The signatures must meet what the artifact's own verification will require:
+            // its `signed_by` keys, else the trust root's `artifact` role.
+            let req = match trust {
+                Some(t) if c.signed_by.is_empty() => Some(t.role(Role::Artifact)),
+                Some(t) => t.any_of(&c.signed_by).ok(),
+                None => None,
+            };
+            let check = |sf: &capgate_signing::SignatureFile| match (trust, &req) {
+                (Some(t), Some(req)) => t
+                    .check(
+                        Path::new(&reference),
+                        req,
+                        &sf.signed_message(capgate_signing::PayloadKind::Artifact),
+                        sf,
+                    )
+                    .map(drop)
+                    .map_err(|e| e.to_string()),
+                _ => Err("a `signed_by` key is not in the trust root".to_owned()),
+            };
+            let trusted: Option<crate::oci::Trusted<'_>> = trust.map(|_| &check as _);
             let got = fetch(
                 &reference,
                 Expect::Component,
                 &RegistryOptions::from_env(),
-                signed,
+                trusted,
             )
             .map_err(|e| fail(e.to_string(), e.class()))?;
-            if signed && !got.signed {
+            if trust.is_some() && !got.signed {
                 let e = OciError::NoSignature {
                     reference: got.pinned,
                 };
@@ -216,7 +236,7 @@ fn fetch_sources(mut policy: Policy, signed: bool) -> Result<Policy, PolicyError
         }
         #[cfg(not(feature = "oci"))]
         {
-            let _ = signed;
+            let _ = trust;
             return Err(fail(
                 "this build of capgate cannot pull from registries (feature `oci`)".into(),
                 crate::policy::FetchClass::Invalid,

@@ -523,3 +523,120 @@ fn nothing_but_the_manifest_is_downloaded_when_no_signature_refers_to_it() {
     capgate(&sb, "c", &[], &["policy", "check", &reg.oci("demo/big:v1")]);
     assert!(blob.exists());
 }
+
+#[test]
+fn content_signed_only_by_keys_the_trust_root_does_not_trust_is_never_downloaded() {
+    let reg = Registry::start();
+    let sb = sandbox();
+    sb.keys(&["mallory"]);
+    // The same component, signed by a key outside the trust root.
+    std::fs::copy(sb.path("hello.wasm"), sb.path("other.wasm")).unwrap();
+    sb.capgate([
+        "sign",
+        "artifact",
+        "other.wasm",
+        "--key",
+        "keys/mallory.key",
+    ])
+    .expect(0);
+    let pushed = capgate(
+        &sb,
+        "c",
+        &[],
+        &["push", "artifact", "other.wasm", &reg.oci("demo/other:v1")],
+    );
+    pushed.expect(0);
+    let layer = format!("{}", capgate::signing::Sha256::of(&sb.read("other.wasm")));
+    let blob = sb.path(&format!("fresh/blobs/sha256/{layer}"));
+    capgate(
+        &sb,
+        "fresh",
+        &[],
+        &[
+            "verify",
+            "artifact",
+            &pinned(&pushed),
+            "--trust",
+            "trust.yaml",
+        ],
+    )
+    .expect(77)
+    .stderr_has("not trusted");
+    assert!(
+        !blob.exists(),
+        "the layer of an untrusted signature was downloaded"
+    );
+    // Control: signed by `release` (the artifact role), the same pull downloads and verifies.
+    sb.capgate([
+        "sign",
+        "artifact",
+        "other.wasm",
+        "--key",
+        "keys/release.key",
+    ])
+    .expect(0);
+    let pushed = capgate(
+        &sb,
+        "c",
+        &[],
+        &["push", "artifact", "other.wasm", &reg.oci("demo/other:v2")],
+    );
+    pushed.expect(0);
+    capgate(
+        &sb,
+        "fresh",
+        &[],
+        &[
+            "verify",
+            "artifact",
+            &pinned(&pushed),
+            "--trust",
+            "trust.yaml",
+        ],
+    )
+    .expect(0);
+    assert!(blob.exists());
+}
+
+#[test]
+fn a_pulled_policy_may_not_mount_the_cache_through_dot_dot() {
+    let reg = Registry::start();
+    let sb = sandbox();
+    let pushed = capgate(
+        &sb,
+        "c",
+        &[],
+        &["push", "artifact", "hello.wasm", &reg.oci("demo/hello:v1")],
+    );
+    pushed.expect(0);
+    for host in ["..", "../.."] {
+        sb.write(
+            "policy.yaml",
+            format!("capgate: 1\nname: dd\nversion: 1\ncomponents:\n  hello:\n    component: {}\n    files: [{{ host: \"{host}\", guest: /c, access: read-write }}]\n", pinned(&pushed)),
+        );
+        let _ = std::fs::remove_file(sb.path("policy.yaml.sig"));
+        sb.capgate(["sign", "policy", "policy.yaml", "--key", "keys/alice.key"])
+            .expect(0);
+        capgate(
+            &sb,
+            "c",
+            &[],
+            &["push", "policy", "policy.yaml", &reg.oci("demo/dd:v1")],
+        )
+        .expect(0);
+        capgate(
+            &sb,
+            "c",
+            &[],
+            &[
+                "run",
+                "--policy",
+                &reg.oci("demo/dd:v1"),
+                "--trust",
+                "trust.yaml",
+            ],
+        )
+        .expect(65)
+        .stderr_has("inside the cache");
+    }
+}

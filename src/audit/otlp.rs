@@ -411,11 +411,17 @@ mod client {
             exchange(stream, request).await?
         };
         let (parts, body) = response.into_parts();
-        // The status decides: a 2xx with an oversized or broken body was still received.
-        let bytes = match Limited::new(body, MAX_RESPONSE).collect().await {
-            Ok(b) => b.to_bytes(),
-            Err(_) if parts.status.is_success() => Bytes::new(),
-            Err(e) => return Err(e),
+        // The status decides: a 2xx was received, whatever its body does (oversized,
+        // broken, or never finishing: it gets a second, then it is only partial-success
+        // detail lost).
+        let read = Limited::new(body, MAX_RESPONSE).collect();
+        let bytes = if parts.status.is_success() {
+            match tokio::time::timeout(Duration::from_secs(1), read).await {
+                Ok(Ok(b)) => b.to_bytes(),
+                _ => Bytes::new(),
+            }
+        } else {
+            read.await?.to_bytes()
         };
         Ok(Response::from_parts(parts, bytes))
     }

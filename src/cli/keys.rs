@@ -67,7 +67,7 @@ pub(super) fn verify(kind: Kind, file: &Path, args: &TrustArgs) -> Result<Report
             Kind::Artifact => capgate::oci::Expect::Component,
             Kind::Policy => capgate::oci::Expect::Policy,
         },
-        true,
+        Some(&trust),
         true,
     )?;
     match kind {

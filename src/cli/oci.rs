@@ -4,6 +4,7 @@ use std::borrow::Cow;
 use std::path::Path;
 
 use capgate::oci::{self, Expect, OciError, RegistryOptions};
+use capgate::signing::{PayloadKind, Role, SignatureFile, TrustRoot};
 use serde_json::json;
 
 use super::{CliError, Kind, Report};
@@ -34,20 +35,32 @@ pub(super) fn push(kind: Kind, file: &Path, target: &str) -> Result<Report, CliE
     ))
 }
 
-/// `path` itself, or for an `oci://` reference the file it was pulled to (announced on
-/// stderr with the digest it resolved to). With `signed`, a pull without a signature is
-/// refused here, with the reference in the message.
+/// `path` itself, or for an `oci://` reference the file it was pulled to (with `announce`,
+/// the digest a tag resolved to is said on stderr). With `trust`, nothing but the manifest
+/// and its signatures is downloaded unless a signature meets the trust root's role for
+/// `expect` (`policy` or `artifact`).
 pub(super) fn local<'a>(
     path: &'a Path,
     expect: Expect,
-    signed: bool,
+    trust: Option<&TrustRoot>,
     announce: bool,
 ) -> Result<Cow<'a, Path>, CliError> {
     let Some(text) = path.to_str().filter(|t| oci::is_reference(t)) else {
         return Ok(Cow::Borrowed(path));
     };
-    let got = oci::fetch(text, expect, &RegistryOptions::from_env(), signed)?;
-    if signed && !got.signed {
+    let (role, kind) = match expect {
+        Expect::Policy => (Role::Policy, PayloadKind::Policy),
+        _ => (Role::Artifact, PayloadKind::Artifact),
+    };
+    let check = |sf: &SignatureFile| {
+        let Some(t) = trust else { return Ok(()) };
+        t.check(path, &t.role(role), &sf.signed_message(kind), sf)
+            .map(drop)
+            .map_err(|e| e.to_string())
+    };
+    let trusted: Option<oci::Trusted<'_>> = trust.map(|_| &check as _);
+    let got = oci::fetch(text, expect, &RegistryOptions::from_env(), trusted)?;
+    if trust.is_some() && !got.signed {
         return Err(OciError::NoSignature {
             reference: got.pinned,
         }

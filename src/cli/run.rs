@@ -43,12 +43,27 @@ pub(super) fn policy_file<'a>(
     announce: bool,
 ) -> Result<std::borrow::Cow<'a, Path>, CliError> {
     #[cfg(feature = "oci")]
-    return super::oci::local(
-        src.policy,
-        capgate::oci::Expect::Policy,
-        !src.allow_unsigned,
-        announce,
-    );
+    {
+        if !capgate::oci::path_is_reference(src.policy) {
+            return Ok(std::borrow::Cow::Borrowed(src.policy));
+        }
+        let trust = match (src.allow_unsigned, src.trust) {
+            (true, _) => None,
+            (false, Some(t)) => Some(TrustRoot::load(t)?),
+            (false, None) => {
+                return Err(CliError::new(
+                    Exit::Usage,
+                    "`--trust TRUST.yaml` is required to verify the policy (hint: for local development only, `--allow-unsigned` skips verification)",
+                ));
+            }
+        };
+        super::oci::local(
+            src.policy,
+            capgate::oci::Expect::Policy,
+            trust.as_ref(),
+            announce,
+        )
+    }
     #[cfg(not(feature = "oci"))]
     {
         let _ = announce;
@@ -95,8 +110,9 @@ pub(super) fn pulled_dir(file: std::borrow::Cow<'_, Path>) -> Option<std::path::
     let std::borrow::Cow::Owned(f) = file else {
         return None;
     };
-    f.parent()
-        .map(|d| std::fs::canonicalize(d).unwrap_or_else(|_| d.to_owned()))
+    // The cache's root: the bundle is laid out in `ROOT/files/HEX/`.
+    let root = f.parent()?.parent()?.parent()?;
+    Some(std::fs::canonicalize(root).unwrap_or_else(|_| root.to_owned()))
 }
 
 /// `policy`, unless it was pulled into `cache` and names a path inside it: its audit log
@@ -110,12 +126,24 @@ pub(super) fn outside(
         return Ok(policy);
     };
     let p = policy.policy();
+    let bundle = p.path.parent().unwrap_or(Path::new("."));
+    // A path is in the cache if it is written relative to the bundle (`..` included), or
+    // resolves into the cache's root.
+    let inside_cache = |path: &Path| {
+        let resolved = path
+            .parent()
+            .and_then(|d| std::fs::canonicalize(d).ok())
+            .map(|d| d.join(path.file_name().unwrap_or_default()));
+        path.starts_with(bundle)
+            || path.starts_with(cache)
+            || resolved.is_some_and(|r| r.starts_with(cache))
+    };
     let log = p.audit.log.as_ref().filter(|_| !audit_given);
     let hosts = p
         .components
         .values()
         .flat_map(|c| c.files.iter().map(|f| &f.host));
-    if let Some(inside) = log.into_iter().chain(hosts).find(|h| h.starts_with(cache)) {
+    if let Some(inside) = log.into_iter().chain(hosts).find(|h| inside_cache(h)) {
         return Err(CliError::new(
             Exit::DataErr,
             format!(

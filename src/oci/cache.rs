@@ -42,15 +42,28 @@ impl Cache {
                 .mode(0o700)
                 .create(&root)
                 .map_err(io)?;
-            let mode = std::fs::symlink_metadata(&root)
-                .map_err(io)?
-                .permissions()
-                .mode();
+            use std::os::unix::fs::MetadataExt as _;
+            let meta = std::fs::metadata(&root).map_err(io)?;
+            let mode = meta.permissions().mode();
             if mode & 0o022 != 0 {
                 return Err(io(std::io::Error::other(format!(
                     "its mode is {:o}: others may write to it (run `chmod 700` on it)",
                     mode & 0o777
                 ))));
+            }
+            // Owned by this user: a file this process creates there says who that is.
+            let probe = root.join(format!(".owner-{}", std::process::id()));
+            let mine = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&probe)
+                .and_then(|f| f.metadata())
+                .map(|m| m.uid());
+            let _ = std::fs::remove_file(&probe);
+            if mine.map_err(io)? != meta.uid() {
+                return Err(io(std::io::Error::other(
+                    "it belongs to another user, who could change what this user's pulls lay out",
+                )));
             }
         }
         #[cfg(not(unix))]
@@ -127,6 +140,7 @@ impl Cache {
         r: &Reference,
         digest: &str,
         expect: Expect,
+        trusted: Option<super::Trusted<'_>>,
     ) -> Result<Option<Fetched>, OciError> {
         let Some(bytes) = self.blob(digest)? else {
             return Ok(None);
@@ -146,6 +160,10 @@ impl Cache {
         else {
             return Ok(None);
         };
+        // A signature the trust root does not accept (any more) is pulled again.
+        if trusted.is_some_and(|t| t(&sig).is_err()) {
+            return Ok(None);
+        }
         signed_only(&mut files, &sig);
         for (name, d) in &files {
             match std::fs::read(dir.join(name)) {
@@ -161,9 +179,16 @@ impl Cache {
         }))
     }
 
+    /// Where the files of manifest `digest` are laid out: signed layouts under `files/`,
+    /// unsigned ones (`--allow-unsigned`, every layer) apart under `unsigned/`, so a later
+    /// signed pull of the same manifest never finds an unsigned file beside the signed ones.
     fn files_dir(&self, digest: &str) -> PathBuf {
+        self.layout_dir(digest, true)
+    }
+
+    fn layout_dir(&self, digest: &str, signed: bool) -> PathBuf {
         self.root
-            .join("files")
+            .join(if signed { "files" } else { "unsigned" })
             .join(digest.strip_prefix("sha256:").unwrap_or(digest))
     }
 
@@ -176,7 +201,7 @@ impl Cache {
         files: &[(PathBuf, super::registry::Descriptor)],
         sig: Option<&[u8]>,
     ) -> Result<Fetched, OciError> {
-        let dir = self.files_dir(digest);
+        let dir = self.layout_dir(digest, sig.is_some());
         let text = pinned(r, digest);
         // An intact layout is kept (only its signature file brought up to date): a policy's
         // directory is never pulled from under a host using it.
@@ -199,13 +224,14 @@ impl Cache {
                 pinned: text,
             });
         }
-        let tmp = self.root.join("files").join(format!(
+        let parent = dir.parent().unwrap_or(&self.root).to_owned();
+        let tmp = parent.join(format!(
             ".tmp-{}-{}",
             std::process::id(),
             Sha256::of(format!("{digest}{:?}", std::time::SystemTime::now()).as_bytes())
         ));
         let io = self.io("OCI cache", &tmp);
-        std::fs::create_dir_all(self.root.join("files")).map_err(&io)?;
+        std::fs::create_dir_all(&parent).map_err(&io)?;
         std::fs::create_dir(&tmp).map_err(&io)?;
         for (name, d) in files {
             let bytes = self.blob(&d.digest)?.ok_or_else(|| OciError::Io {

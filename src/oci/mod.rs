@@ -115,6 +115,14 @@ pub enum OciError {
         /// The digest of what arrived.
         found: String,
     },
+    /// The signatures found do not meet the trust root's requirement.
+    #[error("{reference}: its signatures are not trusted: {why}")]
+    Untrusted {
+        /// The reference (by digest).
+        reference: String,
+        /// Why.
+        why: String,
+    },
     /// No capgate signature refers to the manifest.
     #[error(
         "{reference}: no capgate signature refers to it (hint: sign the file, then `capgate push` it again: the signature is pushed with it)"
@@ -152,9 +160,10 @@ impl OciError {
         match self {
             Self::Reference { .. } | Self::Format { .. } => FetchClass::Invalid,
             Self::NotFound { .. } => FetchClass::Missing,
-            Self::Digest { .. } | Self::NoSignature { .. } | Self::Unauthorized { .. } => {
-                FetchClass::Trust
-            }
+            Self::Digest { .. }
+            | Self::NoSignature { .. }
+            | Self::Untrusted { .. }
+            | Self::Unauthorized { .. } => FetchClass::Trust,
             Self::Registry { .. } | Self::Io { .. } => FetchClass::Io,
             Self::Input(e) => match e.class() {
                 capgate_signing::ErrorClass::MissingInput => FetchClass::Missing,
@@ -230,26 +239,31 @@ pub struct Fetched {
 /// The longest one pull may take, however the registry trickles its answers.
 const PULL_DEADLINE: std::time::Duration = std::time::Duration::from_secs(600);
 
+/// Decides whether a signature file pulled for a manifest is trusted (its signatures meet
+/// the trust root's requirement), before anything else of the manifest is downloaded.
+pub type Trusted<'a> = &'a (dyn Fn(&capgate_signing::SignatureFile) -> Result<(), String> + Sync);
+
 /// Pulls what `reference` names (verifying every digest), lays it out in the cache, and
-/// returns where. With `require_signature`, a manifest no capgate signature refers to is
-/// refused before any of its files is downloaded. Blocks the calling thread (any thread,
+/// returns where. With `trusted`, a manifest without a signature file that `trusted`
+/// accepts is refused before any of its files is downloaded (and a cached layout whose
+/// signature it does not accept is pulled again). Blocks the calling thread (any thread,
 /// inside a tokio runtime or not).
 pub fn fetch(
     reference: &str,
     expect: Expect,
     options: &RegistryOptions,
-    require_signature: bool,
+    trusted: Option<Trusted<'_>>,
 ) -> Result<Fetched, OciError> {
     let r = registry::parse(reference)?;
     let cache = cache::Cache::at(options.cache_root()?)?;
     if let Some(digest) = r.digest()
-        && let Some(found) = cache.laid_out(&r, digest, expect)?
+        && let Some(found) = cache.laid_out(&r, digest, expect, trusted)?
     {
         return Ok(found);
     }
     let options = options.clone();
     block(reference, async move {
-        let pull = registry::pull(&r, expect, &options, &cache, require_signature);
+        let pull = registry::pull(&r, expect, &options, &cache, trusted);
         tokio::time::timeout(PULL_DEADLINE, pull)
             .await
             .map_err(|_| OciError::Registry {

@@ -326,7 +326,7 @@ pub(super) async fn pull(
     expect: Expect,
     options: &RegistryOptions,
     cache: &Cache,
-    require_signature: bool,
+    trusted: Option<super::Trusted<'_>>,
 ) -> Result<Fetched, OciError> {
     let text = format!("{SCHEME}{}", r.whole());
     let (client, auth) = connect(r, options);
@@ -360,7 +360,7 @@ pub(super) async fn pull(
                 && let Some(d) = cache.tag(r)
             {
                 let pinned_ref = r.clone_with_digest(d.clone());
-                if let Some(found) = cache.laid_out(&pinned_ref, &d, expect)? {
+                if let Some(found) = cache.laid_out(&pinned_ref, &d, expect, trusted)? {
                     eprintln!(
                         "warning: {text}: the registry cannot be reached ({e}); using {}, the digest this tag last resolved to",
                         found.pinned
@@ -378,16 +378,26 @@ pub(super) async fn pull(
     let pinned_ref = r.clone_with_digest(digest.clone());
     let mut files = plan(&text, &manifest, expect)?;
     let sig = pull_signatures(&client, &pinned_ref, &digest, &files[0].1, &text).await?;
-    match &sig {
-        None if require_signature => {
+    match (&sig, trusted) {
+        (None, Some(_)) => {
             return Err(OciError::NoSignature {
                 reference: pinned(r, &digest),
             });
         }
-        // Only what the signature covers is laid out: a layer no signature lists is never
-        // downloaded or written where the policy's relative paths could reach it.
-        Some((_, parsed)) => signed_only(&mut files, parsed),
-        None => {}
+        // The signatures are checked against the trust root now, over the statement they
+        // sign (digest, size, files): content is downloaded only for a trusted signature.
+        (Some((_, parsed)), Some(trusted)) => {
+            trusted(parsed).map_err(|why| OciError::Untrusted {
+                reference: pinned(r, &digest),
+                why,
+            })?;
+        }
+        _ => {}
+    }
+    // Only what the signature covers is laid out: a layer no signature lists is never
+    // downloaded or written where the policy's relative paths could reach it.
+    if let Some((_, parsed)) = &sig {
+        signed_only(&mut files, parsed);
     }
     for (_, d) in &files {
         if cache.blob(&d.digest)?.is_none() {
@@ -401,8 +411,9 @@ pub(super) async fn pull(
         &files,
         sig.as_ref().map(|s| s.0.as_slice()),
     )?;
-    // Only a signed layout is what an unreachable registry falls back to.
-    if r.digest().is_none() && fetched.signed {
+    // Only a layout whose signature was trusted is what an unreachable registry falls
+    // back to.
+    if r.digest().is_none() && fetched.signed && trusted.is_some() {
         cache.remember_tag(r, &digest);
     }
     Ok(fetched)
