@@ -118,6 +118,24 @@ fn a_component_and_a_policy_pushed_to_a_registry_run_from_it_and_a_second_run_by
     .expect(0)
     .stdout_has("signed by release");
 
+    // `--policy-name` pins which policy the tag may hold (the policy is `fleet`).
+    for (name, code) in [("fleet", 0), ("fleet-dev", 77)] {
+        capgate(
+            &sb,
+            "run1",
+            &[],
+            &[
+                "run",
+                "--policy",
+                &by_tag,
+                "--trust",
+                "trust.yaml",
+                "--policy-name",
+                name,
+            ],
+        )
+        .expect(code);
+    }
     // By digest, once pulled, the registry is not needed.
     capgate(
         &sb,

@@ -174,6 +174,7 @@ pub(super) fn run(command: AuditCommand, log_format: super::LogFormat) -> Result
                 audit_key: None,
                 audit_otlp: None,
                 audit_otlp_ca: None,
+                policy_name: None,
             };
             replay(&logs.logs, &src)
         }

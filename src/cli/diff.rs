@@ -122,6 +122,7 @@ pub(super) fn diff(old: &Path, new: &Path, logs: &[PathBuf]) -> Result<Report, C
             audit_key: None,
             audit_otlp: None,
             audit_otlp_ca: None,
+            policy_name: None,
         };
         let r = audit::replay(logs, &src)?;
         text.push_str(&format!("\nrecorded requests: {}", r.text));

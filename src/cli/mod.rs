@@ -301,6 +301,10 @@ struct PolicyArgs {
         requires = "audit_otlp"
     )]
     audit_otlp_ca: Option<PathBuf>,
+    /// Refuse the policy unless its `name` is this (exit 77): pins which policy an
+    /// `oci://` tag may hold, across restarts too.
+    #[arg(long, value_name = "NAME")]
+    policy_name: Option<String>,
 }
 
 impl PolicyArgs {
@@ -314,6 +318,7 @@ impl PolicyArgs {
             audit_key: self.audit_key.as_deref(),
             audit_otlp: self.audit_otlp.as_deref(),
             audit_otlp_ca: self.audit_otlp_ca.as_deref(),
+            policy_name: self.policy_name.as_deref(),
         }
     }
 }
@@ -441,6 +446,7 @@ fn run(cli: Cli) -> Result<Report, CliError> {
             audit_key: None,
             audit_otlp: None,
             audit_otlp_ca: None,
+            policy_name: None,
         }),
         Command::Policy {
             command: PolicyCommand::Suggest { component, name },
@@ -471,6 +477,7 @@ fn run(cli: Cli) -> Result<Report, CliError> {
                 audit_key: None,
                 audit_otlp: None,
                 audit_otlp_ca: None,
+                policy_name: None,
             };
             learn::learn(&logs, &src, out.as_deref())
         }

@@ -43,6 +43,7 @@ impl Polled {
             audit_key: None,
             audit_otlp: None,
             audit_otlp_ca: None,
+            policy_name: None,
         }
     }
 }

@@ -23,6 +23,8 @@ pub(super) struct Source<'a> {
     pub audit_otlp: Option<&'a str>,
     /// `--audit-otlp-ca PEM`.
     pub audit_otlp_ca: Option<&'a Path>,
+    /// `--policy-name NAME`.
+    pub policy_name: Option<&'a str>,
 }
 
 /// The rollback state store: `--state-dir`, or the default location.
@@ -89,7 +91,10 @@ pub(super) fn load(src: &Source<'_>, record: bool) -> Result<VerifiedPolicy, Cli
             );
         }
         let policy = capgate::danger::load_unsigned_policy(src.policy)?;
-        return outside(policy, pulled.as_deref(), src.audit.is_some());
+        return named(
+            outside(policy, pulled.as_deref(), src.audit.is_some())?,
+            src,
+        );
     }
     let trust = src.trust.ok_or_else(|| {
         CliError::new(Exit::Usage, "`--trust TRUST.yaml` is required to verify the policy (hint: for local development only, `--allow-unsigned` skips verification)")
@@ -97,11 +102,28 @@ pub(super) fn load(src: &Source<'_>, record: bool) -> Result<VerifiedPolicy, Cli
     let trust = TrustRoot::load(trust)?;
     let state = state(src.state_dir)?;
     let policy = VerifiedPolicy::check(src.policy, &trust, &state)?;
-    let policy = outside(policy, pulled.as_deref(), src.audit.is_some())?;
+    let policy = named(
+        outside(policy, pulled.as_deref(), src.audit.is_some())?,
+        src,
+    )?;
     if record {
         policy.accept(&state)?;
     }
     Ok(policy)
+}
+
+/// `policy`, if it has the name `--policy-name` asks for.
+fn named(policy: VerifiedPolicy, src: &Source<'_>) -> Result<VerifiedPolicy, CliError> {
+    match src.policy_name {
+        Some(want) if policy.policy().name != want => Err(CliError::new(
+            Exit::NoPerm,
+            format!(
+                "the policy is `{}`, not `{want}` as `--policy-name` requires: refused",
+                policy.policy().name
+            ),
+        )),
+        _ => Ok(policy),
+    }
 }
 
 /// The directory of a policy file pulled from a registry (`policy_file` gives one as owned,
