@@ -196,7 +196,7 @@ fn fetch_sources(mut policy: Policy, trust: Option<&TrustRoot>) -> Result<Policy
         };
         #[cfg(feature = "oci")]
         {
-            use crate::oci::{Expect, OciError, RegistryOptions, fetch};
+            use crate::oci::{Expect, RegistryOptions, fetch, meets};
             // The signatures must meet what the artifact's own verification will require:
             // its `signed_by` keys, else the trust root's `artifact` role.
             let req = match trust {
@@ -205,15 +205,13 @@ fn fetch_sources(mut policy: Policy, trust: Option<&TrustRoot>) -> Result<Policy
                 None => None,
             };
             let check = |sf: &capgate_signing::SignatureFile| match (trust, &req) {
-                (Some(t), Some(req)) => t
-                    .check(
-                        Path::new(&reference),
-                        req,
-                        &sf.signed_message(capgate_signing::PayloadKind::Artifact),
-                        sf,
-                    )
-                    .map(drop)
-                    .map_err(|e| e.to_string()),
+                (Some(t), Some(req)) => meets(
+                    t,
+                    req,
+                    capgate_signing::PayloadKind::Artifact,
+                    &reference,
+                    sf,
+                ),
                 _ => Err("a `signed_by` key is not in the trust root".to_owned()),
             };
             let trusted: Option<crate::oci::Trusted<'_>> = trust.map(|_| &check as _);
@@ -224,12 +222,6 @@ fn fetch_sources(mut policy: Policy, trust: Option<&TrustRoot>) -> Result<Policy
                 trusted,
             )
             .map_err(|e| fail(e.to_string(), e.class()))?;
-            if trust.is_some() && !got.signed {
-                let e = OciError::NoSignature {
-                    reference: got.pinned,
-                };
-                return Err(fail(e.to_string(), e.class()));
-            }
             c.sha256.get_or_insert(got.content);
             c.artifact = got.path;
             c.source = Some(got.pinned);

@@ -52,20 +52,13 @@ pub(super) fn local<'a>(
         Expect::Policy => (Role::Policy, PayloadKind::Policy),
         _ => (Role::Artifact, PayloadKind::Artifact),
     };
-    let check = |sf: &SignatureFile| {
-        let Some(t) = trust else { return Ok(()) };
-        t.check(path, &t.role(role), &sf.signed_message(kind), sf)
-            .map(drop)
-            .map_err(|e| e.to_string())
+    let req = trust.map(|t| t.role(role));
+    let check = |sf: &SignatureFile| match (trust, &req) {
+        (Some(t), Some(req)) => oci::meets(t, req, kind, text, sf),
+        _ => Ok(()),
     };
     let trusted: Option<oci::Trusted<'_>> = trust.map(|_| &check as _);
     let got = oci::fetch(text, expect, &RegistryOptions::from_env(), trusted)?;
-    if trust.is_some() && !got.signed {
-        return Err(OciError::NoSignature {
-            reference: got.pinned,
-        }
-        .into());
-    }
     if announce && got.pinned != text {
         eprintln!("note: {text} is {}", got.pinned);
     }

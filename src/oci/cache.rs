@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use capgate_signing::Sha256;
 use oci_client::Reference;
 
-use super::registry::{Manifest, pinned, plan, signed_only};
+use super::registry::{Descriptor, Manifest, digest_of, pinned, plan, signed_only};
 use super::{Expect, Fetched, OciError};
 
 pub(super) struct Cache {
@@ -92,7 +92,7 @@ impl Cache {
             return Ok(None);
         };
         match std::fs::read(&path) {
-            Ok(b) if format!("sha256:{}", Sha256::of(&b)) == digest => Ok(Some(b)),
+            Ok(b) if digest_of(&b) == digest => Ok(Some(b)),
             Ok(_) => {
                 let _ = std::fs::remove_file(&path);
                 Ok(None)
@@ -165,11 +165,8 @@ impl Cache {
             return Ok(None);
         }
         signed_only(&mut files, &sig);
-        for (name, d) in &files {
-            match std::fs::read(dir.join(name)) {
-                Ok(b) if format!("sha256:{}", Sha256::of(&b)) == d.digest => {}
-                _ => return Ok(None),
-            }
+        if !intact(&dir, &files) {
+            return Ok(None);
         }
         Ok(Some(Fetched {
             content: content(&files[0].1.digest),
@@ -198,18 +195,14 @@ impl Cache {
         &self,
         r: &Reference,
         digest: &str,
-        files: &[(PathBuf, super::registry::Descriptor)],
+        files: &[(PathBuf, Descriptor)],
         sig: Option<&[u8]>,
     ) -> Result<Fetched, OciError> {
         let dir = self.layout_dir(digest, sig.is_some());
         let text = pinned(r, digest);
         // An intact layout is kept (only its signature file brought up to date): a policy's
         // directory is never pulled from under a host using it.
-        let intact = files.iter().all(|(name, d)| {
-            std::fs::read(dir.join(name))
-                .is_ok_and(|b| format!("sha256:{}", Sha256::of(&b)) == d.digest)
-        });
-        if intact {
+        if intact(&dir, files) {
             let main = dir.join(&files[0].0);
             let sig_path = capgate_signing::sig_path(&main);
             if let Some(sig) = sig
@@ -264,6 +257,13 @@ impl Cache {
             signed: sig.is_some(),
         })
     }
+}
+
+/// Whether every file of `files` is in `dir` with the digest its descriptor gives.
+fn intact(dir: &Path, files: &[(PathBuf, Descriptor)]) -> bool {
+    files
+        .iter()
+        .all(|(name, d)| std::fs::read(dir.join(name)).is_ok_and(|b| digest_of(&b) == d.digest))
 }
 
 fn content(digest: &str) -> Sha256 {

@@ -243,10 +243,25 @@ const PULL_DEADLINE: std::time::Duration = std::time::Duration::from_secs(600);
 /// the trust root's requirement), before anything else of the manifest is downloaded.
 pub type Trusted<'a> = &'a (dyn Fn(&capgate_signing::SignatureFile) -> Result<(), String> + Sync);
 
+/// What a [`Trusted`] check of a pulled signature file usually is: its signatures meet `req`
+/// of `root`, over the statement a `kind` signature covers (digest, size, files). `what`
+/// names the pulled reference in errors.
+pub fn meets(
+    root: &capgate_signing::TrustRoot,
+    req: &capgate_signing::Requirement,
+    kind: capgate_signing::PayloadKind,
+    what: &str,
+    sf: &capgate_signing::SignatureFile,
+) -> Result<(), String> {
+    root.check(Path::new(what), req, &sf.signed_message(kind), sf)
+        .map(drop)
+        .map_err(|e| e.to_string())
+}
+
 /// Pulls what `reference` names (verifying every digest), lays it out in the cache, and
 /// returns where. With `trusted`, a manifest without a signature file that `trusted`
 /// accepts is refused before any of its files is downloaded (and a cached layout whose
-/// signature it does not accept is pulled again). Blocks the calling thread (any thread,
+/// signature it does not accept is pulled again): what it returns is then always signed. Blocks the calling thread (any thread,
 /// inside a tokio runtime or not).
 pub fn fetch(
     reference: &str,
