@@ -8,34 +8,13 @@ mod common;
 use std::io::{Read as _, Write as _};
 use std::process::Command;
 
-use common::{Sandbox, Server, image_service_sandbox as sandbox, request, serve};
+use common::{
+    IMAGE_SERVICE_POLICY, Sandbox, Server, image_service_command, image_service_sandbox as sandbox,
+    request, sign_image_service_policy as sign_policy, spawn_serve,
+};
 
 fn start(sb: &Sandbox, extra: &[&str]) -> Server {
-    let mut args = vec![
-        "serve",
-        "--policy",
-        "policies/image-service/policy.yaml",
-        "--trust",
-        "trust.yaml",
-        "--component",
-        "http-handler",
-        "--listen",
-        "127.0.0.1:0",
-    ];
-    args.extend_from_slice(extra);
-    serve(sb, &args)
-}
-
-/// Signs the demo policy with the policy key.
-fn sign_policy(sb: &Sandbox) {
-    sb.capgate([
-        "sign",
-        "policy",
-        "policies/image-service/policy.yaml",
-        "--key",
-        "keys/alice.key",
-    ])
-    .expect(0);
+    spawn_serve(image_service_command(sb, IMAGE_SERVICE_POLICY, extra))
 }
 
 /// A W×H RGB test image with a gradient in every channel.

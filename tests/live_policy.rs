@@ -11,9 +11,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use common::registry::Registry;
-use common::{Sandbox, Server, image_service_sandbox, request, serve};
-
-const POLICY: &str = "policies/image-service/policy.yaml";
+use common::{
+    IMAGE_SERVICE_POLICY as POLICY, Sandbox, Server, image_service_command, image_service_sandbox,
+    request, spawn_serve,
+};
 
 /// The demo policy at `version`, the handler allowed `functions` of the processor.
 fn version(sb: &Sandbox, version: u32, functions: &str, extra: &str) {
@@ -35,25 +36,13 @@ fn sign(sb: &Sandbox, key: &str) {
         .expect(0);
 }
 
+/// Serves the demo under `policy`, polled every 200 ms, audited to `audit.jsonl`.
+fn poll_command(sb: &Sandbox, policy: &str) -> std::process::Command {
+    image_service_command(sb, policy, &["--poll", "200ms", "--audit", "audit.jsonl"])
+}
+
 fn start(sb: &Sandbox) -> Server {
-    serve(
-        sb,
-        &[
-            "serve",
-            "--policy",
-            POLICY,
-            "--trust",
-            "trust.yaml",
-            "--component",
-            "http-handler",
-            "--listen",
-            "127.0.0.1:0",
-            "--poll",
-            "200ms",
-            "--audit",
-            "audit.jsonl",
-        ],
-    )
+    spawn_serve(poll_command(sb, POLICY))
 }
 
 /// Waits (up to 20 s) until `GET /admin` answers `status`.
@@ -265,23 +254,9 @@ fn a_version_pushed_to_the_polled_oci_tag_is_activated_and_one_without_its_signa
     from_registry(1, "apply-filter, get-dimensions", "live");
     let tag = reg.oci("demo/policy:live");
     let mut server = {
-        let mut cmd = sb.command([
-            "serve",
-            "--policy",
-            &tag,
-            "--trust",
-            "trust.yaml",
-            "--component",
-            "http-handler",
-            "--listen",
-            "127.0.0.1:0",
-            "--poll",
-            "200ms",
-            "--audit",
-            "audit.jsonl",
-        ]);
+        let mut cmd = poll_command(&sb, &tag);
         cmd.env("CAPGATE_OCI_CACHE", &cache);
-        common::spawn_serve(cmd)
+        spawn_serve(cmd)
     };
     assert_eq!(request(&server.addr, "GET", "/admin", b"").0, 403);
     from_registry(2, "apply-filter, get-dimensions, admin-stats", "live");

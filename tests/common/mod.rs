@@ -437,13 +437,39 @@ pub fn image_service_sandbox() -> Sandbox {
         sb.capgate(["sign", "artifact", f, "--key", "keys/release.key"])
             .expect(0);
     }
+    sign_image_service_policy(&sb);
+    sb
+}
+
+/// Where [`image_service_sandbox`] puts the demo policy.
+pub const IMAGE_SERVICE_POLICY: &str = "policies/image-service/policy.yaml";
+
+/// Signs the demo policy of [`image_service_sandbox`] with the policy key.
+pub fn sign_image_service_policy(sb: &Sandbox) {
     sb.capgate([
         "sign",
         "policy",
-        "policies/image-service/policy.yaml",
+        IMAGE_SERVICE_POLICY,
         "--key",
         "keys/alice.key",
     ])
     .expect(0);
-    sb
+}
+
+/// `capgate serve` of the demo's `http-handler` under `policy` on a free loopback port,
+/// with `extra` arguments: to adjust (environment) and start with [`spawn_serve`].
+pub fn image_service_command(sb: &Sandbox, policy: &str, extra: &[&str]) -> Command {
+    let mut args = vec![
+        "serve",
+        "--policy",
+        policy,
+        "--trust",
+        "trust.yaml",
+        "--component",
+        "http-handler",
+        "--listen",
+        "127.0.0.1:0",
+    ];
+    args.extend_from_slice(extra);
+    sb.command(args)
 }
