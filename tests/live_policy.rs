@@ -266,33 +266,11 @@ fn a_version_pushed_to_the_polled_oci_tag_is_activated_and_one_without_its_signa
     // Version 3 reaches the polled tag without its signature (the registry withholds it):
     // refused and recorded, version 2 goes on.
     from_registry(3, "apply-filter, get-dimensions", "staging");
-    let manifest_of = |tag: &str| {
-        let (status, _, body) = reg.http(
-            "GET",
-            &format!("/v2/demo/policy/manifests/{tag}"),
-            &[("accept", "application/vnd.oci.image.manifest.v1+json")],
-            b"",
-        );
-        assert_eq!(status, 200);
-        body
-    };
-    let v3 = manifest_of("staging");
-    let digest = format!("sha256:{}", capgate::signing::Sha256::of(&v3));
-    let (status, _, index) = reg.http(
-        "GET",
-        &format!("/v2/demo/policy/manifests/{}", digest.replace(':', "-")),
-        &[("accept", "application/vnd.oci.image.index.v1+json")],
-        b"",
+    let v3 = reg.manifest("demo/policy", "staging");
+    reg.withhold_signatures(
+        "demo/policy",
+        &format!("sha256:{}", capgate::signing::Sha256::of(&v3)),
     );
-    assert_eq!(status, 200);
-    let index = format!("sha256:{}", capgate::signing::Sha256::of(&index));
-    let (status, head, _) = reg.http(
-        "DELETE",
-        &format!("/v2/demo/policy/manifests/{index}"),
-        &[],
-        b"",
-    );
-    assert_eq!(status, 202, "{head}");
     reg.put_manifest(
         "demo/policy",
         "live",

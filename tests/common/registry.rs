@@ -188,4 +188,32 @@ impl Registry {
         );
         assert_eq!(status, 201, "{head}\n{}", String::from_utf8_lossy(&body));
     }
+
+    /// The OCI image manifest under `reference` (a tag or digest) of `repo`.
+    pub fn manifest(&self, repo: &str, reference: &str) -> Vec<u8> {
+        let (status, head, body) = self.http(
+            "GET",
+            &format!("/v2/{repo}/manifests/{reference}"),
+            &[("accept", "application/vnd.oci.image.manifest.v1+json")],
+            b"",
+        );
+        assert_eq!(status, 200, "{head}");
+        body
+    }
+
+    /// Withholds the signatures of manifest `digest` of `repo`: deletes its referrers index
+    /// (this registry has no referrers API, so that index is how signatures are found).
+    pub fn withhold_signatures(&self, repo: &str, digest: &str) {
+        let (status, head, index) = self.http(
+            "GET",
+            &format!("/v2/{repo}/manifests/{}", digest.replace(':', "-")),
+            &[("accept", "application/vnd.oci.image.index.v1+json")],
+            b"",
+        );
+        assert_eq!(status, 200, "{head}");
+        let index = format!("sha256:{}", capgate::signing::Sha256::of(&index));
+        let (status, head, _) =
+            self.http("DELETE", &format!("/v2/{repo}/manifests/{index}"), &[], b"");
+        assert_eq!(status, 202, "{head}");
+    }
 }
